@@ -1,0 +1,111 @@
+"""The router's exceptions, one tree, mapped once at each edge.
+
+    RouterError
+    ├── ConfigError            a setting is missing or out of range (names the key)
+    ├── CatalogueError         a catalogue file or entry is malformed (names model and field)
+    ├── RequestError           a routing request is malformed (names the field)
+    ├── NoEligibleModel        every model was masked out (names the constraint)
+    ├── BudgetExceeded         a spend cap was reached
+    └── UpstreamError          a model call failed (carries the model id)
+        ├── UpstreamConnectError   the upstream could not be reached
+        ├── UpstreamTimeout        no answer within the attempt's timeout
+        ├── UpstreamStatusError    a non-2xx answer (status, body)
+        └── UpstreamProtocolError  an answer that is not OpenAI-shaped, or a stream cut short
+
+Lower-layer errors (httpx, redis, pydantic) are translated into these in exactly one place
+each, with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "CatalogueError",
+    "ConfigError",
+    "NoEligibleModel",
+    "RequestError",
+    "RouterError",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+]
+
+
+class RouterError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(RouterError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"setting {key!r}: {message}")
+        self.key = key
+
+
+class CatalogueError(RouterError):
+    def __init__(self, model: str, field: str, message: str) -> None:
+        super().__init__(f"catalogue model {model!r}, field {field!r}: {message}")
+        self.model = model
+        self.field = field
+
+
+class RequestError(RouterError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NoEligibleModel(RouterError):
+    """No model met the request's constraints; ``constraint`` names the one that emptied the set."""
+
+    def __init__(self, constraint: str, message: str) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
+class BudgetExceeded(RouterError):
+    def __init__(self, scope: str, message: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class UpstreamError(RouterError):
+    """A call to one model failed. ``retryable`` says whether the next candidate may be tried."""
+
+    retryable = True
+    kind = "upstream_error"
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model = model
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    kind = "protocol_error"
+
+
+CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
+
+
+class UpstreamStatusError(UpstreamError):
+    """A non-2xx answer. 400, 413 and 422 reject the request itself and go back to the client
+    as they are; anything else (401/403 for one provider's key, 404 for a retired model, 408,
+    429, 5xx) is that model's or provider's trouble, and the next candidate may answer."""
+
+    kind = "status_error"
+
+    def __init__(self, model: str, status_code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        super().__init__(model, f"upstream answered HTTP {status_code}")
+        self.status_code = status_code
+        self.body = body
+        self.headers = headers or {}
+        self.retryable = status_code not in CLIENT_FAULT_STATUSES

@@ -1,0 +1,100 @@
+"""A cheap profile of a request: task class, token estimate, length bucket.
+
+Cheap enough for the decision path: the words of the prompt's last user turn (its head and tail,
+``scan_chars`` in all) are collected once into a set and intersected with each task class's
+keywords; the few regexes a class may add run over the same lower-cased text. The rules live
+in settings (``profile.tasks``).
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Profile", "Profiler", "TaskRules", "estimate_tokens"]
+
+CHARS_PER_TOKEN = 4.0
+_WORD = re.compile(r"[a-z0-9+#]+(?:[;'][a-z]+)?")
+
+
+def estimate_tokens(chars: int) -> int:
+    """About four characters a token for English text, as OpenAI's guidance says."""
+    return max(1, int(chars / CHARS_PER_TOKEN + 0.999))
+
+
+@dataclass(frozen=True)
+class TaskRules:
+    keywords: Sequence[str] = ()
+    patterns: Sequence[str] = ()
+    words: frozenset[str] = field(init=False)
+    phrases: tuple[str, ...] = field(init=False)
+    regexes: tuple[re.Pattern[str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        keys = [k.lower() for k in self.keywords]
+        object.__setattr__(self, "words", frozenset(k for k in keys if _WORD.fullmatch(k)))
+        object.__setattr__(self, "phrases", tuple(k for k in keys if not _WORD.fullmatch(k)))
+        object.__setattr__(self, "regexes", tuple(re.compile(p) for p in self.patterns))
+
+    def hits(self, words: set[str], text: str) -> int:
+        count = len(self.words & words)
+        count += sum(1 for phrase in self.phrases if phrase in text)
+        count += sum(1 for regex in self.regexes if regex.search(text))
+        return count
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    task: str
+    task_index: int
+    prompt_tokens: int
+    bucket: int
+    expected_output_tokens: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}:{self.bucket}"
+
+
+class Profiler:
+    """Most keyword hits wins (ties go to the class listed first); no hit: the default task."""
+
+    def __init__(
+        self,
+        tasks: Mapping[str, TaskRules],
+        default_task: str = "general",
+        length_buckets: Sequence[int] = (256, 2048),
+        expected_output_tokens: Mapping[str, int] | None = None,
+        scan_chars: int = 2000,
+    ) -> None:
+        self.tasks: tuple[str, ...] = (*tasks, default_task)
+        self._rules = list(tasks.values())
+        self._default = len(self.tasks) - 1
+        self._buckets = list(length_buckets)
+        out = expected_output_tokens or {}
+        fallback = out.get(default_task, 300)
+        self._expected_out = [int(out.get(task, fallback)) for task in self.tasks]
+        self._half = scan_chars // 2
+
+    def classify(self, text: str) -> int:
+        if len(text) > 2 * self._half:
+            text = f"{text[: self._half]} {text[-self._half :]}"
+        text = text.lower()
+        words = set(_WORD.findall(text))
+        best, best_hits = self._default, 0
+        for index, rules in enumerate(self._rules):
+            hits = rules.hits(words, text)
+            if hits > best_hits:
+                best, best_hits = index, hits
+        return best
+
+    def profile(self, text: str, chars: int | None = None, max_tokens: int | None = None) -> Profile:
+        """``text`` is scanned for the task (the last user turn); ``chars`` counts the whole prompt."""
+        task = self.classify(text)
+        tokens = estimate_tokens(len(text) if chars is None else chars)
+        expected = self._expected_out[task]
+        if max_tokens is not None:
+            expected = min(expected, max_tokens)
+        return Profile(self.tasks[task], task, tokens, bisect_right(self._buckets, tokens), expected)
