@@ -9,7 +9,15 @@
 
 from __future__ import annotations
 
-from .catalogue import CAPABILITIES, Catalogue, Model, apply_overlay, load_bundled, load_catalogue, load_openrouter
+from .catalogue import (
+    CAPABILITIES,
+    Catalogue,
+    Model,
+    apply_overlay,
+    load_bundled,
+    load_catalogue,
+    load_openrouter,
+)
 from .errors import (
     BudgetExceeded,
     CatalogueError,
@@ -25,7 +33,7 @@ from .errors import (
 )
 from .learning import Estimates, Learner, LearnerState
 from .profile import Profile, Profiler
-from .router import Candidate, Decision, Outcome, RouteRequest, Router, RouterConfig
+from .router import Candidate, Decision, Outcome, Router, RouterConfig, RouteRequest
 from .scoring import POLICIES, LogScale, make_policy
 from .settings import Settings, load_settings
 

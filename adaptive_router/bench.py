@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .catalogue import Catalogue, Model, load_bundled
-from .router import RouteRequest, Router
+from .router import Router, RouteRequest
 from .settings import Settings
 
 __all__ = ["Timing", "python_loop_decide", "sample_requests", "synthetic_catalogue", "time_decisions"]
@@ -106,7 +106,9 @@ def time_decisions(router: Router, requests: Sequence[RouteRequest], iterations:
         if gc_was_enabled:
             gc.enable()
     p50, p95, p99 = np.percentile(samples, [50, 95, 99]) * 1e6
-    return Timing(float(p50), float(p95), float(p99), float(samples.mean() * 1e6), iterations / total, iterations)
+    return Timing(
+        float(p50), float(p95), float(p99), float(samples.mean() * 1e6), iterations / total, iterations
+    )
 
 
 def python_loop_decide(router: Router, request: RouteRequest) -> str:
@@ -134,10 +136,15 @@ def python_loop_decide(router: Router, request: RouteRequest) -> str:
         if request.max_cost_usd is not None and bound > request.max_cost_usd:
             continue
         latency = est.ttft[i] + est.tpot[i] * out
-        cost = max(catalogue.price_prompt[i], 1e-15) * profile.prompt_tokens + max(
-            catalogue.price_completion[i], 1e-15) * out
-        score = (wl * (1 - cfg.latency_scale.norm(latency)) + wc * (1 - cfg.cost_scale.norm(cost))
-                 + wq * est.value[profile.task_index, i])
+        cost = (
+            max(catalogue.price_prompt[i], 1e-15) * profile.prompt_tokens
+            + max(catalogue.price_completion[i], 1e-15) * out
+        )
+        score = (
+            wl * (1 - cfg.latency_scale.norm(latency))
+            + wc * (1 - cfg.cost_scale.norm(cost))
+            + wq * est.value[profile.task_index, i]
+        )
         if score > best_score:
             best, best_score = model_id, score
     if best is None:
@@ -155,11 +162,15 @@ def time_python_loop(router: Router, requests: Sequence[RouteRequest], iteration
         samples[i] = clock() - t
     total = clock() - started
     p50, p95, p99 = np.percentile(samples, [50, 95, 99]) * 1e6
-    return Timing(float(p50), float(p95), float(p99), float(samples.mean() * 1e6), iterations / total, iterations)
+    return Timing(
+        float(p50), float(p95), float(p99), float(samples.mean() * 1e6), iterations / total, iterations
+    )
 
 
 def router_for(settings: Settings, models: int, policy: str | None = None, seed: int = 0) -> Router:
     """A router over a synthetic catalogue of ``models`` models, with a fixed exploration seed."""
-    exploration = settings.exploration.model_copy(update={"seed": seed, **({"policy": policy} if policy else {})})
+    exploration = settings.exploration.model_copy(
+        update={"seed": seed, **({"policy": policy} if policy else {})}
+    )
     tuned = settings.model_copy(update={"exploration": exploration})
     return Router.from_settings(tuned, synthetic_catalogue(models, seed=seed))

@@ -75,8 +75,16 @@ def _check_model(m: Model) -> None:
         ("id", bool(m.id) and isinstance(m.id, str), "must be a non-empty string"),
         ("price_prompt", _finite_nonneg(m.price_prompt), "must be a finite number >= 0"),
         ("price_completion", _finite_nonneg(m.price_completion), "must be a finite number >= 0"),
-        ("context_length", isinstance(m.context_length, int) and m.context_length > 0, "must be an integer > 0"),
-        ("max_output_tokens", isinstance(m.max_output_tokens, int) and m.max_output_tokens >= 0, "must be >= 0"),
+        (
+            "context_length",
+            isinstance(m.context_length, int) and m.context_length > 0,
+            "must be an integer > 0",
+        ),
+        (
+            "max_output_tokens",
+            isinstance(m.max_output_tokens, int) and m.max_output_tokens >= 0,
+            "must be >= 0",
+        ),
         ("ttft_s", _finite_nonneg(m.ttft_s) and m.ttft_s > 0, "must be > 0 seconds"),
         ("tpot_s", _finite_nonneg(m.tpot_s) and m.tpot_s > 0, "must be > 0 seconds"),
         ("quality", _finite_nonneg(m.quality) and m.quality <= 1, "must be in [0, 1]"),
@@ -236,8 +244,11 @@ def _openrouter_model(entry: Any) -> Model | None:
         raise CatalogueError(model_id, "pricing", "missing or not an object")
     prompt = _price(model_id, "pricing.prompt", pricing.get("prompt"))
     completion = _price(model_id, "pricing.completion", pricing.get("completion"))
-    if prompt < 0 or completion < 0:
-        return None  # "-1": a router pseudo-model such as openrouter/auto
+    if prompt == -1 or completion == -1:
+        return None  # "-1": a router pseudo-model such as openrouter/auto, priced per routed model
+    for field_name, price in (("pricing.prompt", prompt), ("pricing.completion", completion)):
+        if price < 0:
+            raise CatalogueError(model_id, field_name, f"negative price {price!r} (only -1 marks a router)")
     architecture = entry.get("architecture") or {}
     if "text" not in (architecture.get("output_modalities") or ["text"]):
         return None  # image, audio or embedding models cannot answer a chat
@@ -251,10 +262,21 @@ def _openrouter_model(entry: Any) -> Model | None:
         price_prompt=prompt,
         price_completion=completion,
         context_length=context,
-        max_output_tokens=int(top.get("max_completion_tokens") or 0),
+        max_output_tokens=_optional_count(
+            model_id, "top_provider.max_completion_tokens", top.get("max_completion_tokens")
+        ),
         capabilities=_openrouter_capabilities(entry),
         prior_sources={"ttft_s": DEFAULT_SOURCE, "tpot_s": DEFAULT_SOURCE, "quality": DEFAULT_SOURCE},
     )
+
+
+def _optional_count(model_id: str, field_name: str, value: Any) -> int:
+    """A token count that may be null (unknown: 0)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
+        raise CatalogueError(model_id, field_name, f"must be a whole number >= 0 or null, got {value!r}")
+    return int(value)
 
 
 def _price(model_id: str, field_name: str, value: Any) -> float:
@@ -330,7 +352,9 @@ def _overlay_fields(pattern: str, values: Any) -> dict[str, float]:
         raise CatalogueError(pattern, "overlay", "each entry must map field names to values")
     unknown = set(values) - _OVERLAY_FIELDS - {"source"}
     if unknown:
-        raise CatalogueError(pattern, sorted(unknown)[0], f"not an overlay field; use {sorted(_OVERLAY_FIELDS)}")
+        raise CatalogueError(
+            pattern, sorted(unknown)[0], f"not an overlay field; use {sorted(_OVERLAY_FIELDS)}"
+        )
     fields: dict[str, float] = {}
     for key in _OVERLAY_FIELDS & set(values):
         value = values[key]
@@ -355,7 +379,9 @@ def _read_overlay(path: str | Path) -> Mapping[str, Any]:
     return data
 
 
-def load_catalogue(source: str = "bundled", overlay: str | None = None, api_key: str | None = None) -> Catalogue:
+def load_catalogue(
+    source: str = "bundled", overlay: str | None = None, api_key: str | None = None
+) -> Catalogue:
     """``bundled``, ``openrouter`` (fetched live), or a path to an OpenRouter models JSON file."""
     if source == "bundled":
         catalogue = load_bundled()

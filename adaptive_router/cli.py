@@ -60,12 +60,18 @@ def _weights(text: str) -> tuple[float, float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adaptive-router", description="Route each LLM request to the best model.")
-    parser.add_argument("--config", metavar="FILE", help="settings YAML (default: $ROUTER_SETTINGS_FILE, "
-                        "else ./settings.yaml if present, else the embedded defaults)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings YAML (default: $ROUTER_SETTINGS_FILE, "
+        "else ./settings.yaml if present, else the embedded defaults)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     models = sub.add_parser("models", help="the catalogue ranked for a mode")
-    models.add_argument("--mode", default=None, help="speed, cost, quality, balanced, or a mode from settings")
+    models.add_argument(
+        "--mode", default=None, help="speed, cost, quality, balanced, or a mode from settings"
+    )
     models.add_argument("--limit", type=_positive_int, default=None, help="show the first N")
     models.add_argument("--json", action="store_true")
 
@@ -151,8 +157,22 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    columns = ["rank", "model", "score", "latency", "cost", "quality", "est_latency_ms", "est_cost_usd",
-               "quality_est", "success", "evidence", "prompt_per_m", "completion_per_m", "context"]
+    columns = [
+        "rank",
+        "model",
+        "score",
+        "latency",
+        "cost",
+        "quality",
+        "est_latency_ms",
+        "est_cost_usd",
+        "quality_est",
+        "success",
+        "evidence",
+        "prompt_per_m",
+        "completion_per_m",
+        "context",
+    ]
     _print_table(f"{router.catalogue} ranked for mode {rows[0]['mode'] if rows else ''}", columns, rows)
     return EXIT_OK
 
@@ -167,16 +187,25 @@ def model_rows(router: Any, mode: str | None, prompt: str = "Hello, how are you?
     rows = []
     for rank, c in enumerate(decision.candidates, start=1):
         i = cat.index[c.model]
-        rows.append({
-            "rank": rank, "model": c.model, "mode": decision.mode, "score": round(c.score, 4),
-            "latency": round(c.latency_term, 4), "cost": round(c.cost_term, 4), "quality": round(c.quality_term, 4),
-            "est_latency_ms": round(c.latency_s * 1000, 1), "est_cost_usd": float(f"{c.cost_usd:.3g}"),
-            "quality_est": round(c.quality, 3), "success": round(float(est.success[i]), 3),
-            "evidence": round(float(est.latency_evidence[i]), 1),
-            "prompt_per_m": round(float(cat.price_prompt[i]) * 1e6, 4),
-            "completion_per_m": round(float(cat.price_completion[i]) * 1e6, 4),
-            "context": int(cat.context_length[i]),
-        })
+        rows.append(
+            {
+                "rank": rank,
+                "model": c.model,
+                "mode": decision.mode,
+                "score": round(c.score, 4),
+                "latency": round(c.latency_term, 4),
+                "cost": round(c.cost_term, 4),
+                "quality": round(c.quality_term, 4),
+                "est_latency_ms": round(c.latency_s * 1000, 1),
+                "est_cost_usd": float(f"{c.cost_usd:.3g}"),
+                "quality_est": round(c.quality, 3),
+                "success": round(float(est.success[i]), 3),
+                "evidence": round(float(est.latency_evidence[i]), 1),
+                "prompt_per_m": round(float(cat.price_prompt[i]) * 1e6, 4),
+                "completion_per_m": round(float(cat.price_completion[i]) * 1e6, 4),
+                "context": int(cat.context_length[i]),
+            }
+        )
     return rows
 
 
@@ -184,13 +213,19 @@ def model_rows(router: Any, mode: str | None, prompt: str = "Hello, how are you?
 
 
 def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
-    from .router import RouteRequest, Router
+    from .router import Router, RouteRequest
 
     router = Router.from_settings(settings)
     request = RouteRequest(
-        prompt=args.prompt, mode=args.mode, weights=args.weights, max_latency_ms=args.max_latency,
-        max_cost_usd=args.max_cost, max_tokens=args.max_tokens, capabilities=frozenset(args.capability),
-        allow=tuple(args.allow), deny=tuple(args.deny),
+        prompt=args.prompt,
+        mode=args.mode,
+        weights=args.weights,
+        max_latency_ms=args.max_latency,
+        max_cost_usd=args.max_cost,
+        max_tokens=args.max_tokens,
+        capabilities=frozenset(args.capability),
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
     )
     decision = router.decide(request)
     if not args.dry_run:
@@ -201,10 +236,21 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
     print(f"model:     {decision.model}")
     print(f"fallbacks: {', '.join(decision.fallbacks) or '-'}")
     print(f"reason:    {decision.reason}")
-    print(f"profile:   task={decision.profile.task} prompt_tokens={decision.profile.prompt_tokens} "
-          f"expected_output_tokens={decision.profile.expected_output_tokens}")
+    print(
+        f"profile:   task={decision.profile.task} prompt_tokens={decision.profile.prompt_tokens} "
+        f"expected_output_tokens={decision.profile.expected_output_tokens}"
+    )
     print(f"decided in {decision.decision_us:.1f} us over {decision.eligible} eligible models")
-    columns = ["model", "score", "latency_term", "cost_term", "quality_term", "exploration", "latency_s", "cost_usd"]
+    columns = [
+        "model",
+        "score",
+        "latency_term",
+        "cost_term",
+        "quality_term",
+        "exploration",
+        "latency_s",
+        "cost_usd",
+    ]
     _print_table("ranking", columns, [_candidate_row(c) for c in decision.candidates])
     return EXIT_OK
 
@@ -232,15 +278,20 @@ def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
     if args.models is not None:
         router = router_for(settings, args.models, args.policy)
     else:
-        router = Router.from_settings(settings, load_catalogue(settings.catalogue.source, settings.catalogue.overlay))
+        router = Router.from_settings(
+            settings, load_catalogue(settings.catalogue.source, settings.catalogue.overlay)
+        )
     timing = time_decisions(router, sample_requests(), args.iterations)
     result = {"models": len(router.catalogue), "policy": router.policy.name, **timing.as_dict()}
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     columns = ["models", "policy", "p50_us", "p95_us", "p99_us", "mean_us", "per_second", "iterations"]
-    _print_table("decision time (in-process, profile + masks + score + exploration + ranking)", columns,
-                 [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in result.items()}])
+    _print_table(
+        "decision time (in-process, profile + masks + score + exploration + ranking)",
+        columns,
+        [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in result.items()}],
+    )
     return EXIT_OK
 
 
@@ -250,9 +301,13 @@ def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .service import serve
 
-    server = settings.server.model_copy(update={
-        k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None
-    })
+    server = settings.server.model_copy(
+        update={
+            k: v
+            for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+            if v is not None
+        }
+    )
     serve(settings.model_copy(update={"server": server}))
     return EXIT_OK
 
@@ -263,7 +318,10 @@ def cmd_simulate_upstream(args: argparse.Namespace, settings: Settings) -> int:
 
     catalogue = load_catalogue(settings.catalogue.source, settings.catalogue.overlay)
     scenario = load_scenario(args.scenario) if args.scenario else None
-    print(f"simulated upstream for {len(catalogue)} models on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    print(
+        f"simulated upstream for {len(catalogue)} models on http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+    )
     run_simulator(sim_models_from_catalogue(catalogue), scenario, args.host, args.port)
     return EXIT_OK
 

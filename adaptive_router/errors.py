@@ -103,7 +103,9 @@ class UpstreamStatusError(UpstreamError):
 
     kind = "status_error"
 
-    def __init__(self, model: str, status_code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model: str, status_code: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(model, f"upstream answered HTTP {status_code}")
         self.status_code = status_code
         self.body = body

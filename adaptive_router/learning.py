@@ -15,7 +15,7 @@ move fast; quality is per (task class, model) and moves slowly. Estimates blend 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,10 @@ class Estimates:
     """Current beliefs, as arrays aligned with the catalogue (and task classes for 2-D ones).
 
     Latencies are medians in seconds (the geometric mean of a log-normal); ``*_log_sd`` is the
-    spread of one observation in log space; ``value`` is expected quality times success.
+    spread of one observation in log space; ``value`` is expected quality times success. The
+    ``*_var`` arrays say what exploration can still learn: the variance of the mean log-latency
+    and of the mean quality (the latter only matters as often as feedback arrives: with none,
+    trying a model teaches nothing about its quality).
     """
 
     ttft: FloatArray
@@ -98,10 +101,13 @@ class Estimates:
     ttft_log_sd: FloatArray
     tpot_log_sd: FloatArray
     latency_evidence: FloatArray
+    latency_var: FloatArray
     success: FloatArray
     quality: FloatArray  # (tasks, models)
+    quality_var: FloatArray  # (tasks, models): variance of the mean quality
+    feedback_rate: FloatArray  # (tasks,): answers that got a quality score, per answer
     value: FloatArray  # (tasks, models): quality times the model's success rate
-    evidence: FloatArray  # (tasks, models): decayed count of outcomes, drives exploration
+    evidence: FloatArray  # (tasks, models): decayed count of outcomes
     task_evidence: FloatArray  # (tasks,)
     quality_evidence: FloatArray  # (tasks, models)
 
@@ -121,6 +127,12 @@ class Learner:
         learner = Learner(ids, tasks, ttft_prior, tpot_prior, quality_prior)
         learner.observe(model=3, task=0, t=now, success=True, ttft_s=0.4, tpot_s=0.01)
         learner.estimates(now).ttft[3]
+
+    A latency far outside what a model's cell expects (``surprise_z`` standard deviations in
+    log space) multiplies that cell's past evidence by ``surprise_forget`` before it is added:
+    a model that slows down fivefold is believed within a handful of requests, not after its
+    whole history has decayed, while ordinary heavy-tail outliers (rare) barely matter. Set
+    ``surprise_forget=1`` for plain decay.
     """
 
     def __init__(
@@ -137,6 +149,8 @@ class Learner:
         latency_log_sd_prior: float = 0.5,
         success_prior: float = 0.98,
         refresh_interval_s: float = 1.0,
+        surprise_z: float = 2.5,
+        surprise_forget: float = 0.5,
         t0: float = 0.0,
         latency_z: float = 1.2815515655446004,
     ) -> None:
@@ -147,6 +161,8 @@ class Learner:
         self.sd0 = latency_log_sd_prior
         self.success0 = success_prior
         self.refresh_interval_s = refresh_interval_s
+        self.surprise_z = surprise_z
+        self.surprise_forget = surprise_forget
         self.latency_z = latency_z
         self.prior_log_ttft = np.log(np.asarray(ttft_prior, dtype=np.float64))
         self.prior_log_tpot = np.log(np.asarray(tpot_prior, dtype=np.float64))
@@ -156,8 +172,10 @@ class Learner:
         self.success = DecayedSums((k, m), latency_half_life_s, t0)
         self.quality = DecayedSums((k, m), quality_half_life_s, t0)
         self.version = 0
+        self.surprises = 0
         self._refreshed_at = -math.inf
         self._est: Estimates | None = None
+        self._dirty: set[int] = set()  # models observed since the estimates were computed
 
     # --- recording ---------------------------------------------------------------------
 
@@ -173,36 +191,59 @@ class Learner:
         """One attempt's outcome. Latencies are recorded for successful attempts only."""
         self.success.add((task, model), 1.0 if success else 0.0, t)
         if success and ttft_s is not None and ttft_s > 0:
-            self.ttft.add(model, math.log(ttft_s), t)
+            self._add_latency(self.ttft, self.prior_log_ttft, model, math.log(ttft_s), t)
         if success and tpot_s is not None and tpot_s > 0:
-            self.tpot.add(model, math.log(tpot_s), t)
-        self._update_cell(model, task, t)
+            self._add_latency(self.tpot, self.prior_log_tpot, model, math.log(tpot_s), t)
+        self._dirty.add(model)
+        self.version += 1
+
+    def _add_latency(self, sums: DecayedSums, prior: FloatArray, model: int, x: float, t: float) -> None:
+        if self.surprise_forget < 1.0:
+            mu, sd, _ = _log_normal(sums, t, self.k, prior, self.sd0, model)
+            if abs(x - float(mu)) > self.surprise_z * float(sd):
+                for array in (sums.w, sums.s1, sums.s2):
+                    array[model] *= self.surprise_forget
+                self.surprises += 1
+        sums.add(model, x, t)
 
     def feedback(self, model: int, task: int, t: float, score: float) -> None:
         """A quality score in [0, 1] for one answer (explicit feedback or an evaluation hook)."""
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise ValueError(f"score must be in [0, 1], got {score!r}")
         self.quality.add((task, model), score, t)
-        self._update_cell(model, task, t)
+        self._dirty.add(model)
+        self.version += 1
 
     # --- reading -----------------------------------------------------------------------
 
     def estimates(self, t: float) -> Estimates:
-        """Cached estimates; rebuilt in full when older than ``refresh_interval_s`` (decay)."""
+        """Current estimates. Rebuilt in full when older than ``refresh_interval_s`` (decay moves
+        every cell); in between, only the columns of models observed since are recomputed."""
         if self._est is None or t - self._refreshed_at >= self.refresh_interval_s:
-            self._est = self._compute(t)
+            self._est = self._compute(t, slice(None))
             self._refreshed_at = t
-            self.version += 1
+            self._dirty.clear()
+        elif self._dirty:
+            self._refresh_columns(self._est, t)
         return self._est
 
-    def _compute(self, t: float) -> Estimates:
-        ttft_mu, ttft_sd, lat_n = _log_normal(self.ttft, t, self.k, self.prior_log_ttft, self.sd0)
-        tpot_mu, tpot_sd, _ = _log_normal(self.tpot, t, self.k, self.prior_log_tpot, self.sd0)
+    def _compute(self, t: float, models: slice | npt.NDArray[np.intp]) -> Estimates:
+        """Estimates for the ``models`` columns (all of them, or one: the same arithmetic)."""
+        k = self.k
+        ttft_mu, ttft_sd, ttft_n = _log_normal(self.ttft, t, k, self.prior_log_ttft, self.sd0, models)
+        tpot_mu, tpot_sd, tpot_n = _log_normal(self.tpot, t, k, self.prior_log_tpot, self.sd0, models)
         fs, fq = self.success.factor(t), self.quality.factor(t)
-        n = self.success.w * fs
-        qn = self.quality.w * fq
-        quality = (self.k * self.prior_quality + self.quality.s1 * fq) / (self.k + qn)
-        success_per_model = _pool_rows(self.success, fs, self.k, self.success0)
+        n = self.success.w[:, models] * fs
+        qn = self.quality.w[:, models] * fq
+        quality = (k * self.prior_quality[:, models] + self.quality.s1[:, models] * fq) / (k + qn)
+        # An outage is the model's, whatever the task: success is pooled over task classes.
+        pooled_n = n.sum(axis=0)
+        success = (k * self.success0 + self.success.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
+        lat_n = ttft_n + tpot_n
+        feedback_rate = np.minimum(
+            (self.quality.w.sum(axis=1) * fq) / np.maximum(self.success.w.sum(axis=1) * fs, 1.0), 1.0
+        )
+        quality_var = quality * (1.0 - quality) / (k + qn)
         return Estimates(
             ttft=np.exp(ttft_mu),
             tpot=np.exp(tpot_mu),
@@ -213,47 +254,30 @@ class Learner:
             ttft_log_sd=ttft_sd,
             tpot_log_sd=tpot_sd,
             latency_evidence=lat_n,
-            success=success_per_model,
+            latency_var=(ttft_sd * ttft_sd) / (k + lat_n),
+            success=success,
             quality=quality,
-            value=quality * success_per_model,
+            quality_var=quality_var,
+            feedback_rate=feedback_rate,
+            value=quality * success,
             evidence=n,
-            task_evidence=n.sum(axis=1),
+            task_evidence=self.success.w.sum(axis=1) * fs,
             quality_evidence=qn,
         )
 
-    def _update_cell(self, model: int, task: int, t: float) -> None:
-        """Bring one cell of the cached estimates up to date without a full rebuild."""
-        est = self._est
-        if est is None:
-            return
-        k = self.k
-        for sums, prior, mu, sd, median, quantile in (
-            (self.ttft, self.prior_log_ttft, est.ttft_log_mu, est.ttft_log_sd, est.ttft, est.ttft_q),
-            (self.tpot, self.prior_log_tpot, est.tpot_log_mu, est.tpot_log_sd, est.tpot, est.tpot_q),
-        ):
-            f = sums.factor(t)
-            w, s1, s2 = sums.w[model] * f, sums.s1[model] * f, sums.s2[model] * f
-            mean = (k * prior[model] + s1) / (k + w)
-            second = (k * (self.sd0**2 + prior[model] ** 2) + s2) / (k + w)
-            mu[model] = mean
-            sd[model] = math.sqrt(max(second - mean * mean, _MIN_LOG_SD**2))
-            median[model] = math.exp(mean)
-            quantile[model] = math.exp(mean + self.latency_z * sd[model])
-        est.latency_evidence[model] = self.ttft.w[model] * self.ttft.factor(t)
-        fs, fq = self.success.factor(t), self.quality.factor(t)
-        cell = (task, model)
-        n = self.success.w[cell] * fs
-        old_n = est.evidence[cell]
-        est.evidence[cell] = n
-        est.task_evidence[task] += n - old_n
-        qn = self.quality.w[cell] * fq
-        est.quality[cell] = (k * self.prior_quality[cell] + self.quality.s1[cell] * fq) / (k + qn)
-        est.quality_evidence[cell] = qn
-        # An outage is the model's, whatever the task: success is pooled over task classes.
-        column_w = self.success.w[:, model].sum() * fs
-        est.success[model] = (k * self.success0 + self.success.s1[:, model].sum() * fs) / (k + column_w)
-        est.value[:, model] = est.quality[:, model] * est.success[model]
-        self.version += 1
+    def _refresh_columns(self, est: Estimates, t: float) -> None:
+        """Recompute the columns of the models observed since the last refresh (same arithmetic)."""
+        columns = np.fromiter(self._dirty, dtype=np.intp, count=len(self._dirty))
+        self._dirty.clear()
+        fresh = self._compute(t, columns)
+        for name, values in vars(fresh).items():
+            target = getattr(est, name)
+            if name in ("task_evidence", "feedback_rate"):
+                target[...] = values
+            elif target.ndim == 1:
+                target[columns] = values
+            else:
+                target[:, columns] = values
 
     # --- sharing, saving ---------------------------------------------------------------
 
@@ -264,6 +288,7 @@ class Learner:
     def merge(self, state: LearnerState) -> None:
         """Add another learner's evidence (matched by model id and task name; others ignored)."""
         mine = {"ttft": self.ttft, "tpot": self.tpot, "success": self.success, "quality": self.quality}
+        self.version += 1
         model_map = _index_map(state.ids, self.ids)
         task_map = _index_map(state.tasks, self.tasks)
         for name, sums in mine.items():
@@ -275,12 +300,17 @@ class Learner:
             for array in (sums.w, sums.s1, sums.s2):
                 array[...] = 0.0
         self._est = None
+        self.version += 1
 
     def save(self, path: str | Path) -> None:
         """Write the learned state (npz) atomically: a crash mid-write leaves the old file."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
-        arrays: dict[str, Any] = {"version": STATE_VERSION, "ids": np.array(self.ids), "tasks": np.array(self.tasks)}
+        arrays: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "ids": np.array(self.ids),
+            "tasks": np.array(self.tasks),
+        }
         for name, sums in self.state().sums.items():
             for key, value in sums.arrays().items():
                 arrays[f"{name}.{key}"] = value
@@ -293,31 +323,36 @@ class Learner:
     def read_state(path: str | Path) -> LearnerState:
         with np.load(Path(path), allow_pickle=False) as data:
             if int(data["version"]) != STATE_VERSION:
-                raise ValueError(f"{path}: learned-state version {int(data['version'])} is not {STATE_VERSION}")
+                raise ValueError(
+                    f"{path}: learned-state version {int(data['version'])} is not {STATE_VERSION}"
+                )
             sums = {}
             for name in ("ttft", "tpot", "success", "quality"):
                 rate = float(data[f"{name}.rate"])
                 s = DecayedSums(data[f"{name}.w"].shape, math.log(2.0) / rate, float(data[f"{name}.t0"]))
                 s.w[...], s.s1[...], s.s2[...] = data[f"{name}.w"], data[f"{name}.s1"], data[f"{name}.s2"]
                 sums[name] = s
-            return LearnerState(tuple(str(i) for i in data["ids"]), tuple(str(t) for t in data["tasks"]), sums)
+            return LearnerState(
+                tuple(str(i) for i in data["ids"]), tuple(str(t) for t in data["tasks"]), sums
+            )
 
 
 def _log_normal(
-    sums: DecayedSums, t: float, k: float, prior_mu: FloatArray, sd0: float
+    sums: DecayedSums,
+    t: float,
+    k: float,
+    prior_mu: FloatArray,
+    sd0: float,
+    models: slice | int | npt.NDArray[np.intp],
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Mean and spread of log-latency, blending ``k`` prior pseudo-observations with the evidence."""
     f = sums.factor(t)
-    w = sums.w * f
-    mean = (k * prior_mu + sums.s1 * f) / (k + w)
-    second = (k * (sd0 * sd0 + prior_mu * prior_mu) + sums.s2 * f) / (k + w)
+    w = sums.w[models] * f
+    mu0 = prior_mu[models]
+    mean = (k * mu0 + sums.s1[models] * f) / (k + w)
+    second = (k * (sd0 * sd0 + mu0 * mu0) + sums.s2[models] * f) / (k + w)
     sd = np.sqrt(np.maximum(second - mean * mean, _MIN_LOG_SD**2))
     return mean, sd, w
-
-
-def _pool_rows(sums: DecayedSums, f: float, k: float, prior: float) -> FloatArray:
-    w = sums.w.sum(axis=0) * f
-    result: FloatArray = (k * prior + sums.s1.sum(axis=0) * f) / (k + w)
-    return result
 
 
 def _index_map(source: Sequence[str], target: Sequence[str]) -> list[tuple[int, int]]:

@@ -112,14 +112,39 @@ class Decision:
     """The chosen model, the fallback order, and why. ``candidates`` and ``reason`` are lazy."""
 
     __slots__ = (
-        "_candidates", "_ranking", "decision_us", "eligible", "explored", "fallbacks", "mode", "model", "pinned",
-        "policy", "profile", "propensity", "request_id", "requested", "weights",
+        "_candidates",
+        "_ranking",
+        "decision_us",
+        "eligible",
+        "explored",
+        "fallbacks",
+        "mode",
+        "model",
+        "pinned",
+        "policy",
+        "profile",
+        "propensity",
+        "request_id",
+        "requested",
+        "weights",
     )
 
     def __init__(
-        self, *, request_id: str, chain: list[str], propensity: float | None, policy: str, explored: bool,
-        profile: Profile, mode: str, weights: tuple[float, float, float], eligible: int, requested: str | None,
-        pinned: bool, ranking: _Ranking, decision_us: float = 0.0,
+        self,
+        *,
+        request_id: str,
+        chain: list[str],
+        propensity: float | None,
+        policy: str,
+        explored: bool,
+        profile: Profile,
+        mode: str,
+        weights: tuple[float, float, float],
+        eligible: int,
+        requested: str | None,
+        pinned: bool,
+        ranking: _Ranking,
+        decision_us: float = 0.0,
     ) -> None:
         self.request_id = request_id
         self.model = chain[0]
@@ -161,8 +186,8 @@ class Decision:
         lead = max(terms, key=lambda k: terms[k])
         text = (
             f"{prefix}{self.mode} mode: best score {best.score:.3f} of {self.eligible} eligible "
-            f"(latency ~{best.latency_s * 1000:.0f} ms, cost ~${best.cost_usd:.6f}, quality {best.quality:.2f}; "
-            f"led by {lead})"
+            f"(latency ~{best.latency_s * 1000:.0f} ms, cost ~${best.cost_usd:.6f}, "
+            f"quality {best.quality:.2f}; led by {lead})"
         )
         if self.explored:
             text += f"; explored by {self.policy} (bonus {best.exploration:+.3f})"
@@ -269,8 +294,15 @@ class Router:
         cls, settings: Settings, catalogue: Catalogue | None = None, *, clock: Callable[[], float] = time.time
     ) -> Router:
         if catalogue is None:
-            catalogue = load_catalogue(settings.catalogue.source, settings.catalogue.overlay, settings.openrouter_key())
-        routing, learning, exploration, prof = settings.routing, settings.learning, settings.exploration, settings.profile
+            catalogue = load_catalogue(
+                settings.catalogue.source, settings.catalogue.overlay, settings.openrouter_key()
+            )
+        routing, learning, exploration, prof = (
+            settings.routing,
+            settings.learning,
+            settings.exploration,
+            settings.profile,
+        )
         config = RouterConfig(
             modes={name: w.normalised() for name, w in routing.modes.items()},
             default_weights=routing.default_weights.normalised(),
@@ -282,22 +314,44 @@ class Router:
             feedback_memory=learning.feedback_memory,
         )
         rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
-        profiler = Profiler(rules, prof.default_task, prof.length_buckets, prof.expected_output_tokens, prof.scan_chars)
+        profiler = Profiler(
+            rules, prof.default_task, prof.length_buckets, prof.expected_output_tokens, prof.scan_chars
+        )
         learner = Learner(
-            catalogue.ids, profiler.tasks, catalogue.ttft_prior, catalogue.tpot_prior, catalogue.quality_prior,
-            latency_half_life_s=learning.latency_half_life_s, quality_half_life_s=learning.quality_half_life_s,
-            prior_strength=learning.prior_strength, latency_log_sd_prior=learning.latency_log_sd_prior,
-            success_prior=learning.success_prior, refresh_interval_s=learning.refresh_interval_s, t0=clock(),
+            catalogue.ids,
+            profiler.tasks,
+            catalogue.ttft_prior,
+            catalogue.tpot_prior,
+            catalogue.quality_prior,
+            latency_half_life_s=learning.latency_half_life_s,
+            quality_half_life_s=learning.quality_half_life_s,
+            prior_strength=learning.prior_strength,
+            latency_log_sd_prior=learning.latency_log_sd_prior,
+            success_prior=learning.success_prior,
+            refresh_interval_s=learning.refresh_interval_s,
+            t0=clock(),
+            surprise_z=learning.surprise_z,
+            surprise_forget=learning.surprise_forget,
             latency_z=normal_quantile(routing.latency_quantile),
         )
-        policy = make_policy(exploration.policy, exploration.ucb_c, exploration.temperature,
-                             learning.prior_strength, config.latency_scale.inv_range)
-        return cls(catalogue, config, profiler, learner, policy, rng=np.random.default_rng(exploration.seed),
-                   clock=clock)
+        policy = make_policy(
+            exploration.policy, exploration.ucb_c, exploration.temperature, config.latency_scale.inv_range
+        )
+        return cls(
+            catalogue,
+            config,
+            profiler,
+            learner,
+            policy,
+            rng=np.random.default_rng(exploration.seed),
+            clock=clock,
+        )
 
     # --- deciding -------------------------------------------------------------------------
 
-    def weights_for(self, mode: str | None, weights: tuple[float, float, float] | None) -> tuple[str, tuple[float, float, float]]:
+    def weights_for(
+        self, mode: str | None, weights: tuple[float, float, float] | None
+    ) -> tuple[str, tuple[float, float, float]]:
         if weights is not None:
             return "custom", _normalise_weights(weights)
         if mode is None or mode == "default":
@@ -373,7 +427,9 @@ class Router:
             raise RequestError("messages", "a request needs messages or a prompt")
         return self.profiler.profile(text, chars, request.max_tokens)
 
-    def _score(self, est: Estimates, profile: Profile, weights: tuple[float, float, float], out: float) -> FloatArray:
+    def _score(
+        self, est: Estimates, profile: Profile, weights: tuple[float, float, float], out: float
+    ) -> FloatArray:
         """Fill the score buffer, less a constant that does not change the ranking."""
         b, cfg = self._buf, self.config
         wl, wc, wq = weights
@@ -443,26 +499,51 @@ class Router:
             raise RequestError("model", f"model {model!r} is not in the catalogue; use 'auto' to route")
         return row if mask[row] else None
 
-    def _why_none(self, request: RouteRequest, profile: Profile, est: Estimates, out: float) -> NoEligibleModel:
+    def _why_none(
+        self, request: RouteRequest, profile: Profile, est: Estimates, out: float
+    ) -> NoEligibleModel:
         """Cold path: replay the masks one at a time to name the one that emptied the set."""
         cat = self.catalogue
         need = profile.prompt_tokens + (request.max_tokens or 0)
         steps: list[tuple[str, Callable[[], BoolArray], str]] = [
-            ("context_length", lambda: need <= cat.context_length,
-             f"no model has a context window for {need} tokens (largest: {cat.max_context})"),
+            (
+                "context_length",
+                lambda: need <= cat.context_length,
+                f"no model has a context window for {need} tokens (largest: {cat.max_context})",
+            ),
             ("available", lambda: self.available, "every model's circuit breaker is open or over budget"),
-            ("max_tokens", lambda: cat.max_output_tokens >= (request.max_tokens or 0),
-             f"no model can write max_tokens={request.max_tokens}"),
-            ("capabilities", lambda: (cat.capabilities & _capability_bits(request.capabilities))
-             == _capability_bits(request.capabilities), f"no model has {sorted(request.capabilities)}"),
-            ("allow", lambda: cat.glob_mask(request.allow) if request.allow else np.ones(len(cat), np.bool_),
-             f"no model matches allow={list(request.allow)}"),
+            (
+                "max_tokens",
+                lambda: cat.max_output_tokens >= (request.max_tokens or 0),
+                f"no model can write max_tokens={request.max_tokens}",
+            ),
+            (
+                "capabilities",
+                lambda: (
+                    (cat.capabilities & _capability_bits(request.capabilities))
+                    == _capability_bits(request.capabilities)
+                ),
+                f"no model has {sorted(request.capabilities)}",
+            ),
+            (
+                "allow",
+                lambda: cat.glob_mask(request.allow) if request.allow else np.ones(len(cat), np.bool_),
+                f"no model matches allow={list(request.allow)}",
+            ),
             ("deny", lambda: ~cat.glob_mask(request.deny), f"deny={list(request.deny)} excludes the rest"),
-            ("max_latency_ms", lambda: self.latency_quantile(est, out) <= (request.max_latency_ms or math.inf) / 1e3,
-             f"no remaining model is expected under {request.max_latency_ms} ms"),
-            ("max_cost_usd", lambda: self.cost_bound(profile, request.max_tokens, out)
-             <= (request.max_cost_usd if request.max_cost_usd is not None else math.inf),
-             f"no remaining model is expected under ${request.max_cost_usd}"),
+            (
+                "max_latency_ms",
+                lambda: self.latency_quantile(est, out) <= (request.max_latency_ms or math.inf) / 1e3,
+                f"no remaining model is expected under {request.max_latency_ms} ms",
+            ),
+            (
+                "max_cost_usd",
+                lambda: (
+                    self.cost_bound(profile, request.max_tokens, out)
+                    <= (request.max_cost_usd if request.max_cost_usd is not None else math.inf)
+                ),
+                f"no remaining model is expected under ${request.max_cost_usd}",
+            ),
         ]
         mask = np.ones(len(cat), dtype=np.bool_)
         for name, step, message in steps:
@@ -478,7 +559,7 @@ class Router:
         if k >= n:
             top = np.argsort(score)[::-1][:k]
         else:
-            part = np.argpartition(score, n - k)[n - k:]
+            part = np.argpartition(score, n - k)[n - k :]
             top = part[np.argsort(score[part])[::-1]]
         ranked: list[int] = top.tolist()
         return ranked
@@ -547,7 +628,9 @@ def _capability_bits(names: Iterable[str]) -> int:
     try:
         return capability_bits(names)
     except KeyError as exc:
-        raise RequestError("capabilities", f"unknown capability {exc.args[0]!r}; known: {list(CAPABILITIES)}") from None
+        raise RequestError(
+            "capabilities", f"unknown capability {exc.args[0]!r}; known: {list(CAPABILITIES)}"
+        ) from None
 
 
 def _message_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
@@ -565,5 +648,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+        return " ".join(
+            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+        )
     return ""

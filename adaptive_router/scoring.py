@@ -33,6 +33,7 @@ __all__ = [
     "Ucb",
     "make_policy",
     "normal_quantile",
+    "score_sd",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -64,11 +65,23 @@ def normal_quantile(q: float) -> float:
     """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
     if not 0.0 < q < 1.0:
         raise ValueError("q must be in (0, 1)")
-    a = (-39.69683028665376, 220.9460984245205, -275.9285104469687, 138.357751867269, -30.66479806614716,
-         2.506628277459239)
+    a = (
+        -39.69683028665376,
+        220.9460984245205,
+        -275.9285104469687,
+        138.357751867269,
+        -30.66479806614716,
+        2.506628277459239,
+    )
     b = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
-    c = (-0.007784894002430293, -0.3223964580411365, -2.400758277161838, -2.549732539343734, 4.374664141464968,
-         2.938163982698783)
+    c = (
+        -0.007784894002430293,
+        -0.3223964580411365,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    )
     d = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
     if q < 0.02425:
         r = math.sqrt(-2 * math.log(q))
@@ -79,8 +92,10 @@ def normal_quantile(q: float) -> float:
         return -normal_quantile(1 - q)
     r = q - 0.5
     s = r * r
-    return (((((a[0] * s + a[1]) * s + a[2]) * s + a[3]) * s + a[4]) * s + a[5]) * r / (
-        ((((b[0] * s + b[1]) * s + b[2]) * s + b[3]) * s + b[4]) * s + 1
+    return (
+        (((((a[0] * s + a[1]) * s + a[2]) * s + a[3]) * s + a[4]) * s + a[5])
+        * r
+        / (((((b[0] * s + b[1]) * s + b[2]) * s + b[3]) * s + b[4]) * s + 1)
     )
 
 
@@ -114,50 +129,55 @@ class Greedy:
         return Choice(int(score.argmax()), 1.0, None)
 
 
+def score_sd(est: Estimates, task: int, weights: Weights3, latency_inv_range: float) -> FloatArray:
+    """The standard deviation of each model's score that more evidence could still remove.
+
+    Latency term: ``w_latency / log-range`` times the spread of the mean log-latency; quality
+    term: ``w_quality`` times the spread of the mean quality (zero when no feedback arrives).
+    """
+    slope = weights[0] * latency_inv_range
+    var = est.latency_var * (slope * slope)
+    var += est.quality_var[task] * (weights[2] * weights[2] * float(est.feedback_rate[task]))
+    return np.sqrt(var, out=var)
+
+
 class Ucb:
-    """Adds ``c * sqrt(ln(1 + N) / (1 + n))``, ``n`` the model's decayed evidence for this task
-    class and ``N`` the task's: large for a model not tried lately. Deterministic given the
-    state, so the chosen model's propensity is 1.
+    """Adds ``c * sqrt(ln(1 + N)) * sd``: the score's learnable spread (``score_sd``), inflated
+    as the task's total evidence ``N`` grows. Large for a model not tried lately, whose decayed
+    evidence is thin; deterministic given the state, so the chosen model's propensity is 1.
     """
 
     name = "ucb"
 
-    def __init__(self, c: float) -> None:
+    def __init__(self, c: float, latency_inv_range: float) -> None:
         self.c = c
-
-    def choose(
-        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
-    ) -> Choice:
-        bonus = est.evidence[task] + 1.0
-        np.divide(self.c * self.c * math.log1p(float(est.task_evidence[task])), bonus, out=bonus)
-        np.sqrt(bonus, out=bonus)
-        return Choice(int((score + bonus).argmax()), 1.0, bonus)
-
-
-class Thompson:
-    """Samples each model's score from a Gaussian approximation of its posterior.
-
-    The quality term (success-weighted) gets ``sqrt(v (1 - v) / (k + n))``; the latency term
-    the spread of the mean log-latency, ``sd / sqrt(k + n)``, times the term's slope. The chosen
-    model's probability has no closed form, so none is logged (use ``softmax`` for replay).
-    """
-
-    name = "thompson"
-
-    def __init__(self, prior_strength: float, latency_inv_range: float) -> None:
-        self.k = prior_strength
         self.latency_inv_range = latency_inv_range
 
     def choose(
         self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
     ) -> Choice:
-        k, v = self.k, est.value[task]
-        noise = rng.standard_normal((2, score.shape[0]))
-        noise[0] *= np.sqrt(v * (1.0 - v) / (k + est.quality_evidence[task]))
-        noise[0] *= weights[2]
-        noise[1] *= est.ttft_log_sd / np.sqrt(k + est.latency_evidence)
-        noise[1] *= weights[0] * self.latency_inv_range
-        bonus = noise[0] + noise[1]
+        bonus = score_sd(est, task, weights, self.latency_inv_range)
+        bonus *= self.c * math.sqrt(math.log1p(float(est.task_evidence[task])))
+        return Choice(int((score + bonus).argmax()), 1.0, bonus)
+
+
+class Thompson:
+    """Samples each model's score from a Gaussian around its estimate with spread ``score_sd``.
+
+    The chosen model's probability has no closed form, so none is logged (use ``softmax`` when
+    the traffic log must support off-policy replay).
+    """
+
+    name = "thompson"
+
+    def __init__(self, latency_inv_range: float) -> None:
+        self.latency_inv_range = latency_inv_range
+
+    def choose(
+        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
+    ) -> Choice:
+        bonus = score_sd(est, task, weights, self.latency_inv_range)
+        bonus *= rng.standard_normal(score.shape[0])
         return Choice(int((score + bonus).argmax()), None, bonus)
 
 
@@ -192,13 +212,16 @@ POLICIES = ("ucb", "thompson", "softmax", "greedy")
 
 
 def make_policy(
-    name: str, ucb_c: float = 0.1, temperature: float = 0.02, prior_strength: float = 5.0,
+    name: str,
+    ucb_c: float = 1.0,
+    temperature: float = 0.02,
     latency_inv_range: float = 1.0 / math.log(2400.0),
 ) -> Policy:
+    """``latency_inv_range`` is ``1 / ln(high / low)`` of the latency scale (the latency term's slope)."""
     if name == "ucb":
-        return Ucb(ucb_c)
+        return Ucb(ucb_c, latency_inv_range)
     if name == "thompson":
-        return Thompson(prior_strength, latency_inv_range)
+        return Thompson(latency_inv_range)
     if name == "softmax":
         return Softmax(temperature)
     if name == "greedy":

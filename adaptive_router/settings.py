@@ -10,13 +10,19 @@ raises :class:`ConfigError` naming the key, e.g. ``routing.default_weights.laten
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from .errors import ConfigError
 
@@ -26,12 +32,12 @@ __all__ = [
     "ExplorationSettings",
     "LearningSettings",
     "ProfileSettings",
-    "TaskRule",
     "ProviderSettings",
     "RedisSettings",
     "RoutingSettings",
     "ServerSettings",
     "Settings",
+    "TaskRule",
     "UpstreamSettings",
     "Weights",
     "load_settings",
@@ -47,9 +53,9 @@ class _Section(BaseModel):
 class Weights(_Section):
     """Non-negative weights of the three terms; normalised to sum to 1."""
 
-    latency: float = Field(ge=0)
-    cost: float = Field(ge=0)
-    quality: float = Field(ge=0)
+    latency: float = Field(ge=0, allow_inf_nan=False)
+    cost: float = Field(ge=0, allow_inf_nan=False)
+    quality: float = Field(ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> Weights:
@@ -97,8 +103,11 @@ class CacheSettings(_Section):
     decision_ttl_seconds: float = Field(default=1.0, ge=0)
 
 
+_DEFAULT_WEIGHTS = {"latency": 0.4, "cost": 0.3, "quality": 0.3}
+
+
 class RoutingSettings(_Section):
-    default_weights: Weights = Weights(latency=0.4, cost=0.3, quality=0.3)
+    default_weights: Weights = Weights(**_DEFAULT_WEIGHTS)
     modes: dict[str, Weights] = Field(default_factory=_default_modes)
     fallback_models: list[str] = Field(default_factory=list)
     top_k: int = Field(default=4, ge=1, le=64, description="candidates kept as the fallback order")
@@ -113,6 +122,26 @@ class RoutingSettings(_Section):
         if not 0 < low < high:
             raise ValueError("needs 0 < low < high")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_default_weights(cls, data: Any) -> Any:
+        # ROUTER_ROUTING__DEFAULT_WEIGHTS__LATENCY=0.5 alone keeps the other two defaults;
+        # likewise for one weight of a built-in mode. A new mode must give all three.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("default_weights"), dict):
+            data["default_weights"] = {**_DEFAULT_WEIGHTS, **data["default_weights"]}
+        if isinstance(data.get("modes"), dict):
+            builtin = _default_modes()
+            data["modes"] = {
+                name: {**builtin[name].model_dump(), **value}
+                if name in builtin and isinstance(value, dict)
+                else value
+                for name, value in data["modes"].items()
+            }
+        return data
 
     @model_validator(mode="after")
     def _builtin_modes_present(self) -> RoutingSettings:
@@ -129,6 +158,8 @@ class LearningSettings(_Section):
     latency_log_sd_prior: float = Field(default=0.5, gt=0)
     success_prior: float = Field(default=0.98, gt=0, lt=1)
     refresh_interval_s: float = Field(default=1.0, gt=0, description="full re-estimate at most this often")
+    surprise_z: float = Field(default=2.5, gt=0, description="a latency this many sd off is a surprise")
+    surprise_forget: float = Field(default=0.5, gt=0, le=1, description="past evidence kept after a surprise")
     feedback_memory: int = Field(default=100_000, ge=0, description="request ids kept for /feedback")
     state_path: str | None = Field(default=None, description="save/load learned state here")
     sync_interval_ms: float = Field(default=1000.0, gt=0)
@@ -136,7 +167,7 @@ class LearningSettings(_Section):
 
 class ExplorationSettings(_Section):
     policy: Literal["ucb", "thompson", "softmax", "greedy"] = "ucb"
-    ucb_c: float = Field(default=0.1, ge=0)
+    ucb_c: float = Field(default=1.0, ge=0, description="UCB: bonus = c * sqrt(ln(1 + N)) * score sd")
     temperature: float = Field(default=0.02, gt=0, description="softmax temperature in score units")
     seed: int | None = None
 
@@ -172,26 +203,83 @@ def _default_tasks() -> dict[str, TaskRule]:
     return {
         "code": TaskRule(
             keywords=[
-                "code", "python", "javascript", "typescript", "java", "rust", "golang", "c++", "sql", "regex",
-                "function", "def", "class", "bug", "debug", "compile", "compiler", "refactor", "api", "json",
-                "stack trace", "traceback", "exception", "script", "program", "algorithm", "html", "css",
+                "code",
+                "python",
+                "javascript",
+                "typescript",
+                "java",
+                "rust",
+                "golang",
+                "c++",
+                "sql",
+                "regex",
+                "function",
+                "def",
+                "class",
+                "bug",
+                "debug",
+                "compile",
+                "compiler",
+                "refactor",
+                "api",
+                "json",
+                "stack trace",
+                "traceback",
+                "exception",
+                "script",
+                "program",
+                "algorithm",
+                "html",
+                "css",
             ],
             patterns=[r"```"],
         ),
         "math": TaskRule(
             keywords=[
-                "math", "equation", "integral", "derivative", "solve", "prove", "proof", "probability",
-                "calculate", "compute", "arithmetic", "algebra", "geometry", "theorem", "how many",
+                "math",
+                "equation",
+                "integral",
+                "derivative",
+                "solve",
+                "prove",
+                "proof",
+                "probability",
+                "calculate",
+                "compute",
+                "arithmetic",
+                "algebra",
+                "geometry",
+                "theorem",
+                "how many",
             ],
-            patterns=[r"\d\s*[-+*/^=×÷]\s*\d"],
+            # "2 + 3", "x^2 = 4", "7 - 2" (spaced minus only: "2024-01-05" is a date, not a sum)
+            patterns=[r"\d\s*[+*/^=×÷]\s*\d", r"\d\s+-\s+\d"],
         ),
         "translation": TaskRule(
-            keywords=["translate", "translation", "translated", "into french", "into english", "into german",
-                      "into spanish", "into chinese", "into japanese"],
+            keywords=[
+                "translate",
+                "translation",
+                "translated",
+                "into french",
+                "into english",
+                "into german",
+                "into spanish",
+                "into chinese",
+                "into japanese",
+            ],
         ),
         "summarisation": TaskRule(
-            keywords=["summarise", "summarize", "summary", "summarisation", "summarization", "tldr", "tl;dr",
-                      "key points", "in one sentence"],
+            keywords=[
+                "summarise",
+                "summarize",
+                "summary",
+                "summarisation",
+                "summarization",
+                "tldr",
+                "tl;dr",
+                "key points",
+                "in one sentence",
+            ],
         ),
     }
 
@@ -204,13 +292,19 @@ class ProfileSettings(_Section):
     scan_chars: int = Field(default=2000, ge=64, description="head and tail of the last user turn scanned")
     length_buckets: list[int] = Field(default_factory=lambda: [256, 2048])
     expected_output_tokens: dict[str, int] = Field(
-        default_factory=lambda: {"general": 300, "code": 500, "math": 400, "translation": 200, "summarisation": 200}
+        default_factory=lambda: {
+            "general": 300,
+            "code": 500,
+            "math": 400,
+            "translation": 200,
+            "summarisation": 200,
+        }
     )
 
     @field_validator("length_buckets")
     @classmethod
     def _buckets_increasing(cls, buckets: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(buckets, buckets[1:], strict=False)) or any(b <= 0 for b in buckets):
+        if any(b <= a for a, b in itertools.pairwise(buckets)) or any(b <= 0 for b in buckets):
             raise ValueError("length_buckets must be positive and strictly increasing")
         return buckets
 

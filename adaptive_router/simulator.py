@@ -1,0 +1,904 @@
+"""A simulated OpenAI-compatible upstream: many models, seeded latency, errors and scripted events.
+
+It is the router's default upstream when no API key is set, the upstream of the tests and of the
+benchmarks. Latency is a log-normal body around each model's median with a rare heavy tail, shaped
+after real llmperf measurements (see ``fit_llmperf``); ``Scenario.time_scale`` shrinks every sleep
+so that a test can run a minute of traffic in a second.
+
+Usage::
+
+    models = [SimModel("fast", ttft_s=0.2, tpot_s=0.01), SimModel("slow", ttft_s=1.5, tpot_s=0.05)]
+    scenario = load_scenario("scenario.yaml")  # or Scenario(seed=1, time_scale=0.01, events=[...])
+    app = create_simulator_app(models, scenario)  # a Starlette app: POST /v1/chat/completions
+
+Scenario file (YAML or JSON)::
+
+    seed: 7
+    time_scale: 0.01
+    models: {"gpt-*": {ttft_s: 0.3}}
+    events:
+      - {at_request: 100, model: "gpt-4*", action: slow, factor: 5}
+      - {at_seconds: 60, model: "*", action: fail, status: 0}   # status 0 drops the connection
+      - {at_request: 300, model: "*", action: recover}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import random
+import socket
+import statistics
+import struct
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import uvicorn
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from adaptive_router.errors import ConfigError
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "DEFAULT_ERROR_RATE",
+    "DEFAULT_RATE_LIMIT_RATE",
+    "DEFAULT_TAIL_FACTOR",
+    "DEFAULT_TAIL_PROB",
+    "DEFAULT_TPOT_S",
+    "DEFAULT_TPOT_SIGMA",
+    "DEFAULT_TTFT_S",
+    "DEFAULT_TTFT_SIGMA",
+    "CatalogueLike",
+    "ModelOverride",
+    "Scenario",
+    "SimEvent",
+    "SimModel",
+    "create_simulator_app",
+    "fit_llmperf",
+    "load_scenario",
+    "parse_scenario",
+    "run_simulator",
+    "sim_models_from_catalogue",
+]
+
+# Fitted to data/latency/llmperf_requests.csv (2,845 requests, 19 provider/size groups) by
+#   python3 -c "from adaptive_router.simulator import fit_llmperf as f; \
+#               print(f('/work/shared/data/latency/llmperf_requests.csv'))"
+# rounded to 4 significant digits. Medians are the median over groups of each group's median; the
+# sigmas are log-normal widths of the body around each group's median; the tail is the share of
+# requests slower than 3x their group's ttft median and their median multiple.
+DEFAULT_TTFT_S = 0.5166
+DEFAULT_TPOT_S = 0.01806
+DEFAULT_TTFT_SIGMA = 0.2547
+DEFAULT_TPOT_SIGMA = 0.07972
+DEFAULT_TAIL_PROB = 0.01223
+DEFAULT_TAIL_FACTOR = 10.45
+DEFAULT_ERROR_RATE = 0.0003515
+# 429s in llmperf come in bursts from one provider under load (87% of its requests, 0% for most
+# others), so a typical (median) model sees none; script them with rate_limit events or overrides.
+DEFAULT_RATE_LIMIT_RATE = 0.0
+
+CHARS_PER_TOKEN = 4
+_TAIL_THRESHOLD = 3.0
+_Z90 = 1.2815515655446004  # standard normal 90th percentile: sigma from the central 80% range
+
+
+@dataclass(frozen=True)
+class SimModel:
+    """One simulated model. Latencies are medians in seconds; the sigmas are log-normal widths;
+    with probability ``tail_prob`` a request's ttft is multiplied by ``tail_factor``."""
+
+    id: str
+    ttft_s: float = DEFAULT_TTFT_S
+    tpot_s: float = DEFAULT_TPOT_S
+    error_rate: float = DEFAULT_ERROR_RATE
+    rate_limit_rate: float = DEFAULT_RATE_LIMIT_RATE
+    ttft_sigma: float = DEFAULT_TTFT_SIGMA
+    tpot_sigma: float = DEFAULT_TPOT_SIGMA
+    tail_prob: float = DEFAULT_TAIL_PROB
+    tail_factor: float = DEFAULT_TAIL_FACTOR
+
+    def __post_init__(self) -> None:
+        key = f"simulator.models[{self.id}]"
+        if not self.id:
+            raise ConfigError("simulator.models.id", "must not be empty")
+        for name in ("ttft_s", "tpot_s", "ttft_sigma", "tpot_sigma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key}.{name}", f"must be a finite number >= 0, got {value!r}")
+        for name in ("error_rate", "rate_limit_rate", "tail_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{key}.{name}", "must be between 0 and 1")
+        if not self.tail_factor >= 1.0:
+            raise ConfigError(f"{key}.tail_factor", "must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting the distribution shape to llmperf
+
+
+def fit_llmperf(path: str | os.PathLike[str]) -> dict[str, float]:
+    """Fit the latency shape and error rates to an llmperf-leaderboard requests CSV.
+
+    Per-token time is ``(end_to_end - ttft) / (output_tokens - 1)``: the CSV's
+    ``inter_token_latency_s`` averages over stream chunks and includes the first token's wait."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            groups.setdefault((row["provider"], row["llama2_size"]), []).append(row)
+    ttft_res: list[float] = []
+    tpot_res: list[float] = []
+    ttft_medians: list[float] = []
+    tpot_medians: list[float] = []
+    limited_shares: list[float] = []
+    total = errors = limited = 0
+    for rows in groups.values():
+        codes = [_error_code(r) for r in rows]
+        total += len(rows)
+        limited += codes.count(429)
+        errors += sum(1 for c in codes if c not in (None, 429, -100))
+        limited_shares.append(codes.count(429) / len(rows))
+        # -100 is llmperf's own "fewer tokens than asked" mark on a successful answer.
+        ok = [r for r, c in zip(rows, codes, strict=True) if c in (None, -100)]
+        if ok:
+            _add_residuals(np.array([float(r["ttft_s"]) for r in ok]), ttft_res, ttft_medians)
+            _add_residuals(
+                np.array([_tpot(r) for r in ok if int(r["number_output_tokens"]) > 1]), tpot_res, tpot_medians
+            )
+    ttft = np.array(ttft_res)
+    tail = ttft > math.log(_TAIL_THRESHOLD)
+    return {
+        "ttft_s": float(np.median(ttft_medians)),
+        "tpot_s": float(np.median(tpot_medians)),
+        "ttft_sigma": _central_sigma(ttft),
+        "tpot_sigma": _central_sigma(np.array(tpot_res)),
+        "tail_prob": float(tail.mean()),
+        "tail_factor": float(np.exp(np.median(ttft[tail]))) if tail.any() else 1.0,
+        "error_rate": errors / total,
+        "rate_limit_rate": float(np.median(limited_shares)),
+        "rate_limit_rate_pooled": limited / total,
+        "requests": float(total),
+        "groups": float(len(groups)),
+    }
+
+
+def _error_code(row: Mapping[str, str]) -> int | None:
+    return int(float(row["error_code"])) if row["error_code"] else None
+
+
+def _tpot(row: Mapping[str, str]) -> float:
+    e2e, ttft = float(row["end_to_end_latency_s"]), float(row["ttft_s"])
+    return (e2e - ttft) / (int(row["number_output_tokens"]) - 1)
+
+
+def _add_residuals(values: npt.NDArray[np.float64], residuals: list[float], medians: list[float]) -> None:
+    values = values[values > 0]
+    if values.size:
+        median = float(np.median(values))
+        medians.append(median)
+        residuals.extend((np.log(values) - math.log(median)).tolist())
+
+
+def _central_sigma(log_residuals: npt.NDArray[np.float64]) -> float:
+    # The central 80% sets the body; the tail beyond it is modelled separately (tail_prob/factor).
+    q10, q90 = np.quantile(log_residuals, [0.1, 0.9])
+    return float((q90 - q10) / (2 * _Z90))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario
+
+
+class ModelOverride(BaseModel):
+    """Per-model overrides in a scenario, keyed by model id or glob."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttft_s: float | None = Field(default=None, ge=0)
+    tpot_s: float | None = Field(default=None, ge=0)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    rate_limit_rate: float | None = Field(default=None, ge=0, le=1)
+    ttft_sigma: float | None = Field(default=None, ge=0)
+    tpot_sigma: float | None = Field(default=None, ge=0)
+    tail_prob: float | None = Field(default=None, ge=0, le=1)
+    tail_factor: float | None = Field(default=None, ge=1)
+
+
+class SimEvent(BaseModel):
+    """A scripted change, fired once the global request counter reaches ``at_request`` (that many
+    chat requests were admitted before) or ``at_seconds`` of simulated time have passed.
+
+    slow: latency x ``factor`` (relative to the model's own, not compounding); fail: answer
+    ``status`` (0 = reset the connection without an answer); rate_limit: answer 429 with
+    Retry-After; recover: undo all three. ``probability`` applies to fail and rate_limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at_request: int | None = Field(default=None, ge=0)
+    at_seconds: float | None = Field(default=None, ge=0, validate_default=True)
+    model: str = Field(default="*", min_length=1)
+    action: Literal["slow", "fail", "recover", "rate_limit"]
+    factor: float | None = Field(default=None, gt=0, validate_default=True)
+    status: int = Field(default=500, validate_default=True)
+    probability: float = Field(default=1.0, gt=0, le=1)
+    retry_after_s: float = Field(default=1.0, ge=0)
+
+    @field_validator("at_seconds")
+    @classmethod
+    def _one_trigger(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if "at_request" in info.data and (value is None) == (info.data["at_request"] is None):
+            raise ValueError("give exactly one of at_request and at_seconds")
+        return value
+
+    @field_validator("factor")
+    @classmethod
+    def _factor_for_slow(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("action") == "slow" and value is None:
+            raise ValueError("required when action is 'slow'")
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _status_range(cls, value: int) -> int:
+        if value != 0 and not 400 <= value <= 599:
+            raise ValueError("must be 0 (drop the connection) or an HTTP status from 400 to 599")
+        return value
+
+
+class Scenario(BaseModel):
+    """Everything about a simulation run that is not a model's own parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    time_scale: float = Field(default=1.0, ge=0)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    rate_limit_rate: float | None = Field(default=None, ge=0, le=1)
+    retry_after_s: float = Field(default=1.0, ge=0)
+    output_tokens_median: int = Field(default=150, ge=1)
+    output_tokens_sigma: float = Field(default=0.6, ge=0)
+    max_output_tokens: int = Field(default=4096, ge=1)
+    min_chunk_interval_s: float = Field(default=0.02, ge=0)
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+    events: list[SimEvent] = Field(default_factory=list)
+
+
+def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping; the ConfigError's key names the offending field."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(_loc_key(err["loc"]) or "scenario", f"{message} (in {source})") from exc
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Load a scenario from a YAML or JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError("scenario", f"cannot read {path}: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("scenario", f"{path} must hold a mapping at the top level")
+    return parse_scenario(data, source=str(path))
+
+
+def _loc_key(loc: Sequence[int | str]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _apply_overrides(models: Sequence[SimModel], scenario: Scenario) -> dict[str, SimModel]:
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("simulator.models", "model ids must be unique")
+    for glob in scenario.models:
+        if not fnmatch.filter(ids, glob):
+            raise ConfigError(f"models.{glob}", "matches no simulated model")
+    for i, event in enumerate(scenario.events):
+        if not fnmatch.filter(ids, event.model):
+            raise ConfigError(f"events[{i}].model", f"{event.model!r} matches no simulated model")
+    out: dict[str, SimModel] = {}
+    for model in models:
+        if scenario.error_rate is not None:
+            model = replace(model, error_rate=scenario.error_rate)
+        if scenario.rate_limit_rate is not None:
+            model = replace(model, rate_limit_rate=scenario.rate_limit_rate)
+        for glob, override in scenario.models.items():
+            if fnmatch.fnmatchcase(model.id, glob):
+                model = replace(model, **override.model_dump(exclude_none=True))
+        out[model.id] = model
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime state: counters, scripted events, per-model random streams
+
+
+@dataclass
+class _ModelState:
+    slow: float = 1.0
+    fail_status: int | None = None
+    fail_prob: float = 0.0
+    limit_prob: float = 0.0
+    retry_after_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: int  # 200, an injected error status, or 0 for a dropped connection
+    ttft_s: float  # simulated (unscaled) seconds
+    tpot_s: float
+    retry_after_s: float = 0.0
+
+
+@dataclass
+class _Stats:
+    requests: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, dict[str, int]] = field(default_factory=dict)
+    streams: int = 0
+    bad_requests: int = 0
+    unknown_model: int = 0
+    events_applied: int = 0
+
+
+class _Simulator:
+    def __init__(self, models: Sequence[SimModel], scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.models = _apply_overrides(models, scenario)
+        self.ids = tuple(self.models)
+        self.states = {mid: _ModelState() for mid in self.ids}
+        # One stream per model, so traffic to one model never shifts another's draws.
+        self.rngs = {mid: random.Random(_digest(scenario.seed, mid)) for mid in self.ids}
+        self.stats = _Stats(requests=dict.fromkeys(self.ids, 0))
+        self.counter = 0
+        self.started: float | None = None
+        self.boot = random.getrandbits(32)
+        self._pending = list(scenario.events)
+        self._next_request, self._next_time = self._thresholds()
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def admit(self, model_id: str) -> _Outcome:
+        """Count one request, fire the events now due, and draw its latency and fault."""
+        self.start()
+        self._fire_due()
+        self.counter += 1
+        self.stats.requests[model_id] += 1
+        outcome = self._draw(model_id)
+        if outcome.status != 200:
+            per_model = self.stats.errors.setdefault(model_id, {})
+            per_model[str(outcome.status)] = per_model.get(str(outcome.status), 0) + 1
+        return outcome
+
+    def _draw(self, model_id: str) -> _Outcome:
+        model, state, rng = self.models[model_id], self.states[model_id], self.rngs[model_id]
+        # Always five draws per request, so an injected fault does not shift later latencies.
+        u_event, u_rand, z_ttft, u_tail, z_tpot = (
+            rng.random(),
+            rng.random(),
+            rng.gauss(),
+            rng.random(),
+            rng.gauss(),
+        )
+        tail = model.tail_factor if u_tail < model.tail_prob else 1.0
+        ttft = model.ttft_s * state.slow * math.exp(model.ttft_sigma * z_ttft) * tail
+        tpot = model.tpot_s * state.slow * math.exp(model.tpot_sigma * z_tpot)
+        if state.fail_status is not None and u_event < state.fail_prob:
+            return _Outcome(state.fail_status, ttft, tpot, state.retry_after_s)
+        if u_event < state.limit_prob:
+            return _Outcome(429, ttft, tpot, state.retry_after_s)
+        if u_rand < model.error_rate:
+            return _Outcome(500, ttft, tpot)
+        if u_rand < model.error_rate + model.rate_limit_rate:
+            return _Outcome(429, ttft, tpot, self.scenario.retry_after_s)
+        return _Outcome(200, ttft, tpot)
+
+    def _thresholds(self) -> tuple[float, float]:
+        reqs = [e.at_request for e in self._pending if e.at_request is not None]
+        secs = [e.at_seconds for e in self._pending if e.at_seconds is not None]
+        return min(reqs, default=math.inf), min(secs, default=math.inf)
+
+    def _fire_due(self) -> None:
+        elapsed = self.elapsed_sim_s()
+        if not (self.counter >= self._next_request or elapsed >= self._next_time):
+            return
+        remaining: list[SimEvent] = []
+        for event in self._pending:
+            due = (event.at_request is not None and self.counter >= event.at_request) or (
+                event.at_seconds is not None and elapsed >= event.at_seconds
+            )
+            if due:
+                self._apply(event)
+            else:
+                remaining.append(event)
+        self._pending = remaining
+        self._next_request, self._next_time = self._thresholds()
+
+    def elapsed_sim_s(self) -> float:
+        real = time.monotonic() - self.started if self.started is not None else 0.0
+        scale = self.scenario.time_scale
+        # With time_scale 0 simulated time passes instantly: every at_seconds event is due.
+        return real / scale if scale > 0 else math.inf
+
+    def _apply(self, event: SimEvent) -> None:
+        self.stats.events_applied += 1
+        for mid in fnmatch.filter(self.ids, event.model):
+            state = self.states[mid]
+            if event.action == "slow":
+                state.slow = event.factor if event.factor is not None else 1.0
+            elif event.action == "fail":
+                state.fail_status, state.fail_prob = event.status, event.probability
+            elif event.action == "rate_limit":
+                state.limit_prob, state.retry_after_s = event.probability, event.retry_after_s
+            else:
+                self.states[mid] = _ModelState()
+
+    def stats_json(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "requests_total": self.counter,
+            "requests": s.requests,
+            "errors_total": sum(sum(v.values()) for v in s.errors.values()),
+            "errors": s.errors,
+            "streams": s.streams,
+            "bad_requests": s.bad_requests,
+            "unknown_model": s.unknown_model,
+            "events_applied": s.events_applied,
+            "events_pending": len(self._pending),
+            "elapsed_s": 0.0 if self.started is None else time.monotonic() - self.started,
+        }
+
+
+def _digest(*parts: object) -> int:
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(str(part).encode())
+        h.update(b"\x1f")
+    return int.from_bytes(h.digest(), "big")
+
+
+# ---------------------------------------------------------------------------------------------
+# Request validation (OpenAI request shape) and OpenAI error bodies
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: str = Field(min_length=1)
+    content: Any = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_shape(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+            return value
+        raise ValueError("must be a string, a list of content parts, or null")
+
+
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    include_usage: bool = False
+
+
+class _ChatRequest(BaseModel):
+    # Unknown OpenAI parameters (top_p, tools, ...) are accepted and ignored, as a server would.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    messages: list[_Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    n: int | None = Field(default=None, ge=1, le=1)  # one choice only
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = Field(default=None, validate_default=True)
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(
+        cls, value: _StreamOptions | None, info: ValidationInfo
+    ) -> _StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("only allowed when 'stream' is true")
+        return value
+
+
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return Response(json.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def _bad_request(exc: ValidationError) -> Response:
+    err = exc.errors()[0]
+    param = _loc_key(err["loc"]) or None
+    if err["type"] == "json_invalid":
+        message = f"We could not parse the JSON body of your request: {err['msg']}."
+    elif param is None:
+        message = "The request body must be a JSON object."
+    elif err["type"] == "missing":
+        message = f"Missing required parameter: '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {err['msg'].removeprefix('Value error, ')}."
+    return _error(400, message, "invalid_request_error", param)
+
+
+_STATUS_MESSAGES = {
+    429: ("Rate limit reached for requests (simulated).", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request (simulated).", "server_error", None),
+    503: ("The engine is currently overloaded (simulated).", "server_error", None),
+}
+
+
+def _injected_error(outcome: _Outcome, time_scale: float) -> Response:
+    message, type_, code = _STATUS_MESSAGES.get(
+        outcome.status, (f"Simulated upstream error {outcome.status}.", "server_error", None)
+    )
+    headers = {
+        "x-sim-latency-ms": _ms(0.0 if outcome.status == 429 else outcome.ttft_s),
+        "x-sim-injected": "1",
+    }
+    if outcome.status == 429:
+        wait = outcome.retry_after_s * time_scale
+        headers["retry-after"] = str(math.ceil(wait))
+        headers["retry-after-ms"] = str(round(wait * 1000))
+    return _error(outcome.status, message, type_, None, code, headers)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Completions: length, filler text, response bodies
+
+
+_WORD_LETTERS = (
+    "theandforyouarebutnotallanycanhadherwasoneouroutdaygethashimhishowmannewnowoldseetwowaywhoboydid"
+    "itsletputsayshetoouseactaddageagoairarmartaskbadbagbedbigbitboxbusbuycarcatcupcutdogdrydueeareat"
+    "eggendeyefarfewfitflyfungasgodgunguyhathithoticejobkeykidlawlayleglielotlowmapmixnetnoroilownpay"
+    "perpopredrowrunseasetsitsixskysonsuntaxteatentietoptoytrywarwebwetwinyes"
+)
+_WORDS = [_WORD_LETTERS[i : i + 3] for i in range(0, len(_WORD_LETTERS), 3)]
+_FILLER_TOKENS = 2048
+# Every token is exactly CHARS_PER_TOKEN characters ("cat "), so content length = 4 * tokens.
+_FILLER = "".join(f"{w} " for w in random.Random(0).choices(_WORDS, k=_FILLER_TOKENS))
+_FILLER2 = _FILLER * 2
+_NORMAL = statistics.NormalDist()
+
+
+def _filler(offset: int, tokens: int) -> str:
+    start = (offset % _FILLER_TOKENS) * CHARS_PER_TOKEN
+    end = start + tokens * CHARS_PER_TOKEN
+    if end <= len(_FILLER2):
+        return _FILLER2[start:end]
+    return (_FILLER * (end // len(_FILLER) + 1))[start:end]
+
+
+@dataclass(frozen=True)
+class _Completion:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def _plan_completion(req: _ChatRequest, scenario: Scenario) -> _Completion:
+    """Length and text depend only on (seed, model, messages), then the request's cap applies."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{scenario.seed}\x1f{req.model}".encode())
+    chars = 0
+    for msg in req.messages:
+        text = _content_text(msg.content)
+        chars += len(text)
+        h.update(f"\x1e{msg.role}\x1f{text}".encode())
+    value = int.from_bytes(h.digest(), "big")
+    u = ((value >> 11) + 0.5) / 2.0**53
+    natural = round(
+        scenario.output_tokens_median * math.exp(scenario.output_tokens_sigma * _NORMAL.inv_cdf(u))
+    )
+    tokens = min(max(natural, 1), scenario.max_output_tokens)
+    cap = req.max_completion_tokens or req.max_tokens
+    finish = "stop"
+    if cap is not None and tokens > cap:
+        tokens, finish = cap, "length"
+    return _Completion(_filler(value, tokens), math.ceil(chars / CHARS_PER_TOKEN), tokens, finish)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if p.get("type", "text") == "text")
+    return ""
+
+
+def _usage(c: _Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+    }
+
+
+def _completion_body(completion_id: str, model: str, c: _Completion) -> bytes:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": c.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+            }
+        ],
+        "usage": _usage(c),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class _ChunkWriter:
+    """Builds ``data: {chat.completion.chunk}\\n\\n`` events from a fixed prefix and suffix, so
+    each chunk costs one string join rather than a JSON encoding of the whole object."""
+
+    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+        head = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self.include_usage = include_usage
+        self._prefix = (
+            "data: " + json.dumps(head, separators=(",", ":"))[:-1] + ',"choices":[{"index":0,"delta":'
+        )
+        usage = ',"usage":null' if include_usage else ""
+        self._suffix = ',"logprobs":null,"finish_reason":null}]' + usage + "}\n\n"
+        self._final = ',"logprobs":null,"finish_reason":"%s"}]' + usage + "}\n\n"
+        self._head = head
+
+    def content(self, text: str, *, first: bool = False) -> str:
+        role = '{"role":"assistant","content":""}' if first else None
+        opening = self._prefix + role + self._suffix if role else ""
+        return opening + self._prefix + '{"content":' + json.dumps(text) + "}" + self._suffix
+
+    def finish(self, c: _Completion) -> str:
+        out = self._prefix + "{}" + self._final % c.finish_reason
+        if self.include_usage:
+            usage_chunk = dict(self._head, choices=[], usage=_usage(c))
+            out += "data: " + json.dumps(usage_chunk, separators=(",", ":")) + "\n\n"
+        return out + "data: [DONE]\n\n"
+
+
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _stream_body(
+    writer: _ChunkWriter, c: _Completion, outcome: _Outcome, scenario: Scenario, t0: float
+) -> AsyncIterator[str]:
+    """The first token goes out alone at ttft (so clients measure ttft right); later tokens are
+    batched so that chunks are at least ``min_chunk_interval_s`` of real time apart."""
+    scale, n = scenario.time_scale, c.completion_tokens
+    per_token = outcome.tpot_s * scale
+    batch = n if per_token <= 0 else max(1, math.ceil(scenario.min_chunk_interval_s / per_token))
+    await _sleep_until(t0 + outcome.ttft_s * scale)
+    first = writer.content(c.content[:CHARS_PER_TOKEN], first=True)
+    if n == 1:
+        yield first + writer.finish(c)
+        return
+    yield first
+    done = 1
+    while done < n:
+        upto = min(done + batch, n)
+        await _sleep_until(t0 + (outcome.ttft_s + outcome.tpot_s * (upto - 1)) * scale)
+        piece = writer.content(c.content[done * CHARS_PER_TOKEN : upto * CHARS_PER_TOKEN])
+        done = upto
+        yield piece + writer.finish(c) if done == n else piece
+
+
+def _total_latency(outcome: _Outcome, c: _Completion) -> float:
+    return outcome.ttft_s + outcome.tpot_s * (c.completion_tokens - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropping a connection without an answer
+
+
+def _reset_connection(request: Request) -> bool:
+    """Reset the client's TCP connection (RST, no HTTP answer).
+
+    ASGI has no message for this, so reach the transport through uvicorn's ``receive``, a method of
+    its per-request cycle object, which Starlette passes through unwrapped. Returns False when the
+    server is not uvicorn-like; the caller then breaks the response after its headers instead."""
+    cycle = getattr(request.receive, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if not isinstance(transport, asyncio.Transport):
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        # Linger 0 turns close() into a reset, like a crashed or overloaded upstream.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    return True
+
+
+async def _broken_body() -> AsyncIterator[bytes]:
+    raise ConnectionAbortedError("simulated dropped connection")
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _drop(request: Request) -> Response:
+    if not _reset_connection(request):
+        return StreamingResponse(_broken_body(), media_type="application/json")
+    # Let the server see the connection is gone, so the response below is discarded silently.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return Response(status_code=500)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None = None) -> Starlette:
+    """A Starlette app serving ``models`` the OpenAI way; ``app.state.simulator`` holds its state.
+
+    Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /sim/stats``."""
+    sim = _Simulator(models, scenario or Scenario())
+    models_body = json.dumps(
+        {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "simulator"} for m in sim.ids],
+        }
+    ).encode()
+
+    async def chat(request: Request) -> Response:
+        return await _chat(sim, request)
+
+    async def list_models(request: Request) -> Response:
+        return Response(models_body, media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def stats(request: Request) -> Response:
+        return Response(json.dumps(sim.stats_json()), media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sim.start()
+        yield
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/sim/stats", stats, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.simulator = sim
+    return app
+
+
+async def _chat(sim: _Simulator, request: Request) -> Response:
+    t0 = asyncio.get_running_loop().time()
+    try:
+        req = _ChatRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        sim.stats.bad_requests += 1
+        return _bad_request(exc)
+    if req.model not in sim.models:
+        sim.stats.unknown_model += 1
+        return _error(
+            404,
+            f"The model `{req.model}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
+        )
+    outcome = sim.admit(req.model)
+    scale = sim.scenario.time_scale
+    if outcome.status != 200:
+        if outcome.status != 429:  # a failing upstream takes its time; a rate limiter answers at once
+            await _sleep_until(t0 + outcome.ttft_s * scale)
+        return await _drop(request) if outcome.status == 0 else _injected_error(outcome, scale)
+    completion = _plan_completion(req, sim.scenario)
+    completion_id = f"chatcmpl-sim{sim.boot:08x}{sim.counter:010x}"
+    headers = {"x-sim-latency-ms": _ms(_total_latency(outcome, completion))}
+    if req.stream:
+        sim.stats.streams += 1
+        include_usage = req.stream_options is not None and req.stream_options.include_usage
+        writer = _ChunkWriter(completion_id, req.model, include_usage)
+        body = _stream_body(writer, completion, outcome, sim.scenario, t0)
+        return StreamingResponse(body, headers=headers, media_type="text/event-stream")
+    await _sleep_until(t0 + _total_latency(outcome, completion) * scale)
+    return Response(
+        _completion_body(completion_id, req.model, completion), headers=headers, media_type="application/json"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# From the catalogue, and serving
+
+
+class CatalogueLike(Protocol):
+    @property
+    def ids(self) -> tuple[str, ...]: ...
+    @property
+    def ttft_prior(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def tpot_prior(self) -> npt.NDArray[np.float64]: ...
+
+
+def sim_models_from_catalogue(catalogue: CatalogueLike) -> list[SimModel]:
+    """One SimModel per catalogue model, its medians taken from the catalogue's latency priors
+    (a missing or non-positive prior falls back to the llmperf-fitted default)."""
+    ttft = np.asarray(catalogue.ttft_prior, dtype=np.float64)
+    tpot = np.asarray(catalogue.tpot_prior, dtype=np.float64)
+    if not len(catalogue.ids) == ttft.shape[0] == tpot.shape[0]:
+        raise ConfigError("catalogue", "ids, ttft_prior and tpot_prior must have the same length")
+    return [
+        SimModel(mid, ttft_s=_prior(t, DEFAULT_TTFT_S), tpot_s=_prior(p, DEFAULT_TPOT_S))
+        for mid, t, p in zip(catalogue.ids, ttft.tolist(), tpot.tolist(), strict=True)
+    ]
+
+
+def _prior(value: float, default: float) -> float:
+    return value if math.isfinite(value) and value > 0 else default
+
+
+def run_simulator(
+    models: Sequence[SimModel],
+    scenario: Scenario | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    *,
+    log_level: str = "info",
+) -> None:
+    """Serve the simulator with uvicorn until interrupted (``adaptive-router simulate-upstream``)."""
+    app = create_simulator_app(models, scenario)
+    # No access log: at benchmark rates it would cost more CPU than the simulation itself.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on", ws="none")

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaptive_router.learning import DecayedSums, Learner
+
+IDS = ("a/x", "b/y", "c/z")
+TASKS = ("code", "general")
+
+
+def make_learner(**kwargs: float) -> Learner:
+    options: dict[str, float] = {"latency_half_life_s": 60.0, "quality_half_life_s": 600.0, "t0": 0.0}
+    options.update(kwargs)
+    return Learner(
+        IDS,
+        TASKS,
+        np.array([0.5, 1.0, 2.0]),
+        np.array([0.01, 0.02, 0.04]),
+        np.array([0.5, 0.6, 0.7]),
+        **options,
+    )
+
+
+def test_learner_estimates_start_at_the_priors() -> None:
+    est = make_learner().estimates(0.0)
+    assert est.ttft == pytest.approx([0.5, 1.0, 2.0])
+    assert est.tpot == pytest.approx([0.01, 0.02, 0.04])
+    assert est.quality[0] == pytest.approx([0.5, 0.6, 0.7])
+    assert est.success == pytest.approx([0.98] * 3)
+
+
+def test_learner_moves_toward_measurements_as_evidence_accumulates() -> None:
+    learner = make_learner(surprise_forget=1.0)
+    previous = learner.estimates(0.0).ttft[0]
+    for i in range(50):
+        learner.observe(0, 1, t=float(i) * 0.01, success=True, ttft_s=2.0)
+        now = learner.estimates(float(i) * 0.01).ttft[0]
+        assert now >= previous - 1e-12
+        previous = now
+    # five prior pseudo-observations at 0.5 s against fifty at 2 s, averaged in log space
+    assert previous == pytest.approx(math.exp((5 * math.log(0.5) + 50 * math.log(2.0)) / 55), rel=0.01)
+
+
+def test_learner_old_evidence_decays_back_to_the_prior() -> None:
+    learner = make_learner(surprise_forget=1.0)
+    for i in range(100):
+        learner.observe(1, 0, t=float(i) * 0.01, success=True, ttft_s=4.0)
+    assert learner.estimates(1.0).ttft[1] == pytest.approx(4.0, rel=0.1)
+    # Ten half-lives later the 100 observations weigh ~0.1 against a prior worth 5.
+    assert learner.estimates(601.0).ttft[1] == pytest.approx(1.0, rel=0.05)
+
+
+def test_learner_failures_lower_success_and_value() -> None:
+    learner = make_learner()
+    before = learner.estimates(0.0).value[0, 2]
+    for i in range(10):
+        learner.observe(2, 0, t=0.1 * i, success=False)
+    est = learner.estimates(1.0)
+    assert est.success[2] < 0.5
+    assert est.value[0, 2] < before / 2
+    assert est.value[1, 2] < before / 2  # an outage is the model's, for every task class
+
+
+def test_learner_feedback_moves_quality_of_its_task_only() -> None:
+    learner = make_learner()
+    for i in range(40):
+        learner.feedback(0, 0, t=0.1 * i, score=1.0)
+    est = learner.estimates(5.0)
+    assert est.quality[0, 0] > 0.9
+    assert est.quality[1, 0] == pytest.approx(0.5)
+
+
+def test_learner_rejects_scores_outside_unit_interval() -> None:
+    with pytest.raises(ValueError, match="score"):
+        make_learner().feedback(0, 0, 0.0, 1.5)
+
+
+def test_learner_surprise_makes_a_fivefold_slowdown_believed_quickly() -> None:
+    learner, plain = make_learner(), make_learner(surprise_forget=1.0)
+    t = 0.0
+    for _ in range(500):  # a long, steady history
+        t += 0.05
+        for each in (learner, plain):
+            each.observe(0, 1, t, True, ttft_s=0.5, tpot_s=0.01)
+    history = learner.ttft.w[0] * learner.ttft.factor(t)
+    for _ in range(8):
+        t += 0.05
+        for each in (learner, plain):
+            each.observe(0, 1, t, True, ttft_s=2.5, tpot_s=0.05)
+    # The surprised learner kept under a tenth of the old regime's evidence; plain decay all of it.
+    kept = learner.ttft.w[0] * learner.ttft.factor(t) - 8
+    assert kept < 0.1 * history
+    assert learner.estimates(t).ttft[0] > 0.7
+    assert plain.estimates(t).ttft[0] < 0.55
+    assert learner.surprises >= 4
+
+
+def test_learner_refresh_between_full_rebuilds_matches_a_full_rebuild() -> None:
+    learner = make_learner(refresh_interval_s=1e9)
+    learner.estimates(0.0)
+    learner.observe(1, 0, 0.5, True, ttft_s=3.0, tpot_s=0.1)
+    learner.feedback(1, 0, 0.5, 0.2)
+    incremental = learner.estimates(0.5)
+    full = learner._compute(0.5, slice(None))
+    for name, value in vars(full).items():
+        np.testing.assert_allclose(getattr(incremental, name), value, rtol=1e-12, err_msg=name)
+
+
+def test_learner_save_and_load_round_trip(tmp_path: pytest.TempPathFactory) -> None:
+    learner = make_learner()
+    learner.observe(2, 1, 3.0, True, ttft_s=0.7, tpot_s=0.03)
+    learner.feedback(2, 1, 3.0, 0.9)
+    path = tmp_path / "state.npz"  # type: ignore[operator]
+    learner.save(path)
+    restored = make_learner()
+    restored.merge(Learner.read_state(path))
+    for name, value in vars(learner.estimates(4.0)).items():
+        np.testing.assert_allclose(getattr(restored.estimates(4.0), name), value, rtol=1e-12, err_msg=name)
+
+
+def test_learner_merge_matches_models_by_id() -> None:
+    other = Learner(
+        ("c/z", "new/model"),
+        TASKS,
+        np.array([2.0, 1.0]),
+        np.array([0.04, 0.02]),
+        np.array([0.7, 0.5]),
+        latency_half_life_s=60.0,
+        quality_half_life_s=600.0,
+        t0=0.0,
+    )
+    for i in range(30):
+        other.observe(0, 0, 0.1 * i, True, ttft_s=8.0)
+    learner = make_learner()
+    learner.merge(other.state())
+    est = learner.estimates(3.0)
+    assert est.ttft[2] > 4.0
+    assert est.ttft[0] == pytest.approx(0.5)
+
+
+def test_decayed_sums_rebase_keeps_values() -> None:
+    sums = DecayedSums((2,), half_life_s=1.0)
+    sums.add(0, 2.0, t=0.0)
+    far = 1000.0  # exp(rate * 1000) would overflow without rebasing
+    sums.add(1, 3.0, t=far)
+    f = sums.factor(far)
+    assert sums.w[1] * f == pytest.approx(1.0)
+    assert sums.w[0] * f == pytest.approx(2.0**-1000, abs=1e-300)
+    assert all(math.isfinite(v) for v in sums.s2)
+
+
+events = st.lists(
+    st.tuples(
+        st.floats(0.0, 500.0),  # time
+        st.integers(0, 2),  # model
+        st.integers(0, 1),  # task
+        st.booleans(),  # success
+        st.floats(0.01, 30.0),  # ttft
+        st.floats(0.001, 0.2),  # tpot
+        st.one_of(st.none(), st.floats(0.0, 1.0)),  # feedback
+        st.booleans(),  # which replica
+    ),
+    max_size=60,
+)
+
+
+def _feed(learner: Learner, stream: list[tuple]) -> None:  # type: ignore[type-arg]
+    for t, model, task, success, ttft, tpot, score, _ in stream:
+        learner.observe(model, task, t, success, ttft, tpot)
+        if score is not None:
+            learner.feedback(model, task, t, score)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events)
+def test_learner_two_halves_merged_equal_the_whole_stream(stream: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Property 5: replicas that each saw part of the traffic, merged, know what one would."""
+    stream = sorted(stream, key=lambda e: e[0])
+    whole, left, right = (make_learner(surprise_forget=1.0) for _ in range(3))
+    _feed(whole, stream)
+    _feed(left, [e for e in stream if e[7]])
+    _feed(right, [e for e in stream if not e[7]])
+    left.merge(right.state())
+    at = 600.0
+    for name, value in vars(whole.estimates(at)).items():
+        np.testing.assert_allclose(
+            getattr(left.estimates(at), name), value, rtol=1e-9, atol=1e-12, err_msg=name
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(events)
+def test_learner_estimates_stay_in_range(stream: list[tuple]) -> None:  # type: ignore[type-arg]
+    learner = make_learner()
+    _feed(learner, sorted(stream, key=lambda e: e[0]))
+    est = learner.estimates(600.0)
+    assert np.all((est.quality >= 0) & (est.quality <= 1))
+    assert np.all((est.success > 0) & (est.success <= 1))
+    assert np.all(est.ttft > 0) and np.all(est.tpot > 0)
+    assert np.all(est.ttft_q >= est.ttft)
+    assert np.all(est.latency_var > 0) and np.all(est.quality_var >= 0)

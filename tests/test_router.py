@@ -1,0 +1,432 @@
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from adaptive_router.catalogue import Catalogue, Model
+from adaptive_router.errors import NoEligibleModel, RequestError
+from adaptive_router.router import Outcome, Router, RouteRequest
+from adaptive_router.scoring import Softmax
+from adaptive_router.settings import load_settings
+from adaptive_router.simulate import SimClock, World, run
+
+CAPS = ["tools", "vision", "json_mode"]
+
+
+def model(i: int, **kw: object) -> Model:
+    base: dict[str, object] = {
+        "id": f"p{i % 3}/m{i}",
+        "price_prompt": 1e-6,
+        "price_completion": 2e-6,
+        "context_length": 32_000,
+        "ttft_s": 0.5,
+        "tpot_s": 0.02,
+        "quality": 0.6,
+    }
+    base.update(kw)
+    return Model(**base)  # type: ignore[arg-type]
+
+
+def router_for(models: list[Model], policy: str = "greedy", seed: int = 0, **routing: object) -> Router:
+    settings_ = load_settings(exploration={"policy": policy, "seed": seed}, routing=routing or {})
+    return Router.from_settings(settings_, Catalogue(models), clock=SimClock())
+
+
+model_strategy = st.builds(
+    dict,
+    price_prompt=st.floats(0, 1e-4),
+    price_completion=st.floats(0, 2e-4),
+    context_length=st.integers(1_000, 200_000),
+    max_output_tokens=st.integers(0, 64_000),
+    ttft_s=st.floats(0.05, 20.0),
+    tpot_s=st.floats(0.001, 0.2),
+    quality=st.floats(0.0, 1.0),
+    capabilities=st.sets(st.sampled_from(CAPS)).map(lambda s: frozenset(s | {"streaming"})),
+)
+catalogue_strategy = st.lists(model_strategy, min_size=1, max_size=12).map(
+    lambda specs: [model(i, **spec) for i, spec in enumerate(specs)]
+)
+request_strategy = st.builds(
+    RouteRequest,
+    prompt=st.text(min_size=1, max_size=400),
+    max_tokens=st.one_of(st.none(), st.integers(1, 70_000)),
+    mode=st.sampled_from([None, "speed", "cost", "quality", "balanced"]),
+    max_latency_ms=st.one_of(st.none(), st.floats(100.0, 120_000.0)),
+    max_cost_usd=st.one_of(st.none(), st.floats(0.0, 0.5)),
+    capabilities=st.sets(st.sampled_from(CAPS)).map(frozenset),
+    allow=st.sampled_from([(), ("p0/*",), ("p0/*", "p1/*")]),
+    deny=st.sampled_from([(), ("p2/*",), ("*/m0",)]),
+)
+history_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 11),
+        st.booleans(),
+        st.floats(0.01, 30.0),
+        st.integers(1, 2000),
+        st.one_of(st.none(), st.floats(0, 1)),
+    ),
+    max_size=25,
+)
+
+
+def feed(
+    router: Router, history: list[tuple[int, bool, float, int, float | None]], n: int | None = None
+) -> None:
+    """Replay ``history`` against the first ``n`` models (default: all)."""
+    n = n or len(router.catalogue)
+    for i, (row, ok, latency, tokens, score) in enumerate(history):
+        decision = router.decide(RouteRequest(prompt=f"warm {i}", request_id=f"h{i}"))
+        name = router.catalogue.ids[row % n]
+        router.record(
+            decision,
+            Outcome(model=name, success=ok, latency_s=latency, ttft_s=latency / 3, completion_tokens=tokens),
+        )
+        if score is not None and ok:
+            router.feedback(decision.request_id, score)
+        router.clock.advance(0.7)  # type: ignore[attr-defined]
+
+
+def meets(router: Router, request: RouteRequest, name: str) -> bool:
+    """The constraints, checked one model at a time with plain Python."""
+    cat, row = router.catalogue, router.catalogue.index[name]
+    m = cat.models[row]
+    profile = router.profile(request)
+    est = router.learner.estimates(router.clock())
+    out = profile.expected_output_tokens
+    checks = [
+        profile.prompt_tokens + (request.max_tokens or 0) <= m.context_length,
+        request.max_tokens is None or not m.max_output_tokens or m.max_output_tokens >= request.max_tokens,
+        request.capabilities <= m.capabilities,
+        not request.allow or any(_glob(p, name) for p in request.allow),
+        not any(_glob(p, name) for p in request.deny),
+    ]
+    if request.max_latency_ms is not None:
+        checks.append(est.ttft_q[row] + est.tpot_q[row] * out <= request.max_latency_ms / 1000 * (1 + 1e-12))
+    if request.max_cost_usd is not None:
+        answer = request.max_tokens if request.max_tokens is not None else out
+        checks.append(
+            m.price_prompt * profile.prompt_tokens + m.price_completion * answer
+            <= request.max_cost_usd * (1 + 1e-12)
+        )
+    return all(checks)
+
+
+def _glob(pattern: str, name: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(name, pattern)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    catalogue_strategy,
+    request_strategy,
+    history_strategy,
+    st.sampled_from(["greedy", "ucb", "thompson", "softmax"]),
+)
+def test_router_choice_meets_every_constraint_or_raises(models, request, history, policy) -> None:  # type: ignore[no-untyped-def]
+    """Property 1."""
+    router = router_for(models, policy)
+    feed(router, history)
+    try:
+        decision = router.decide(request)
+    except NoEligibleModel as exc:
+        assert not any(meets(router, request, m.id) for m in models), exc.constraint
+        return
+    for name in decision.chain:
+        assert meets(router, request, name), name
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    catalogue_strategy,
+    history_strategy,
+    st.sampled_from([None, "speed", "cost", "quality", "balanced"]),
+    st.floats(1.0, 4.0),
+    st.floats(1.0, 4.0),
+    st.floats(0.0, 1.0),
+)
+def test_router_dominated_model_never_changes_the_winner(
+    models, history, mode, slower, pricier, worse
+) -> None:  # type: ignore[no-untyped-def]
+    """Property 2: fixed reference scales, not min/max of whichever models are present."""
+    router = router_for(models)
+    feed(router, history)
+    request = RouteRequest(prompt="Tell me about tides.", mode=mode)
+    winner = router.decide(request).model
+    row = router.catalogue.index[winner]
+    est = router.learner.estimates(router.clock())
+    w = router.catalogue.models[row]
+    dominated = model(
+        99,
+        price_prompt=w.price_prompt * pricier,
+        price_completion=w.price_completion * pricier,
+        ttft_s=float(est.ttft[row]) * slower,
+        tpot_s=float(est.tpot[row]) * slower,
+        quality=float(est.value[:, row].min()) * worse,
+        context_length=w.context_length,
+    )
+    bigger = router_for([*models, dominated])
+    feed(bigger, history, n=len(models))
+    assert bigger.decide(request).model == winner
+
+
+def _rank(router: Router, request: RouteRequest, name: str) -> int:
+    scores = {c.model: c.score for c in router.rank(request).candidates}
+    return sum(1 for s in scores.values() if s > scores[name] + 1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogue_strategy, st.integers(0, 11), st.floats(0.05, 0.95), st.integers(1, 30))
+def test_router_faster_measurements_never_lower_a_models_rank_in_speed_mode(models, pick, factor, n) -> None:  # type: ignore[no-untyped-def]
+    """Property 3 (latency, speed mode)."""
+    target = models[pick % len(models)].id
+    slow, fast = router_for(models), router_for(models)
+    for i in range(n):
+        for router, scale in ((slow, 1.0), (fast, factor)):
+            d = router.decide(RouteRequest(prompt="x", request_id=f"r{i}"))
+            latency = 2.0 * scale
+            router.record(
+                d,
+                Outcome(
+                    model=target, success=True, latency_s=latency, ttft_s=latency / 4, completion_tokens=100
+                ),
+            )
+    request = RouteRequest(prompt="Tell me about tides.", mode="speed")
+    assert _rank(fast, request, target) <= _rank(slow, request, target)
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogue_strategy, st.integers(0, 11), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.integers(1, 20))
+def test_router_better_feedback_never_lowers_a_models_rank_in_quality_mode(
+    models, pick, low, high, n
+) -> None:  # type: ignore[no-untyped-def]
+    """Property 3 (quality, quality mode)."""
+    assume(high >= low)
+    target = models[pick % len(models)].id
+    poor, good = router_for(models), router_for(models)
+    for i in range(n):
+        for router, score in ((poor, low), (good, high)):
+            d = router.decide(RouteRequest(prompt="x", request_id=f"r{i}"))
+            router.record(
+                d, Outcome(model=target, success=True, latency_s=1.0, ttft_s=0.3, completion_tokens=50)
+            )
+            assert router.feedback(d.request_id, score)
+    request = RouteRequest(prompt="Tell me about tides.", mode="quality")
+    assert _rank(good, request, target) <= _rank(poor, request, target)
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogue_strategy, st.integers(0, 11), st.floats(0.01, 1.0))
+def test_router_cheaper_price_never_lowers_a_models_rank_in_cost_mode(models, pick, factor) -> None:  # type: ignore[no-untyped-def]
+    """Property 3 (cost, cost mode): cost is not learned, it is the catalogue's price."""
+    target = pick % len(models)
+    m = models[target]
+    cheaper = [
+        *models[:target],
+        model(
+            target,
+            **{
+                **_spec(m),
+                "price_prompt": m.price_prompt * factor,
+                "price_completion": m.price_completion * factor,
+            },
+        ),
+        *models[target + 1 :],
+    ]
+    request = RouteRequest(prompt="Tell me about tides.", mode="cost")
+    assert _rank(router_for(cheaper), request, m.id) <= _rank(router_for(models), request, m.id)
+
+
+def _spec(m: Model) -> dict[str, object]:
+    return {
+        "price_prompt": m.price_prompt,
+        "price_completion": m.price_completion,
+        "context_length": m.context_length,
+        "max_output_tokens": m.max_output_tokens,
+        "ttft_s": m.ttft_s,
+        "tpot_s": m.tpot_s,
+        "quality": m.quality,
+        "capabilities": m.capabilities,
+    }
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogue_strategy, request_strategy, st.integers(0, 2**32 - 1))
+def test_router_softmax_propensity_is_the_probability_of_the_choice(models, request, seed) -> None:  # type: ignore[no-untyped-def]
+    """Property 4."""
+    router = router_for(models, "softmax", seed)
+    try:
+        ranked = router.rank(request)
+    except NoEligibleModel:
+        return
+    decision = router.decide(request)
+    temperature = router.policy.temperature  # type: ignore[attr-defined]
+    scores = np.array([c.score for c in ranked.candidates])
+    p = np.exp((scores - scores.max()) / temperature)
+    p /= p.sum()
+    assert p.sum() == pytest.approx(1.0)
+    expected = dict(zip([c.model for c in ranked.candidates], p, strict=True))
+    assert decision.propensity == pytest.approx(expected[decision.model], rel=1e-9, abs=1e-12)
+
+
+def test_softmax_samples_match_their_probabilities() -> None:
+    policy = Softmax(temperature=0.05)
+    score = np.array([0.5, 0.45, -np.inf, 0.4, 0.3])
+    p = policy.probabilities(score.copy())
+    assert p[2] == 0.0
+    assert p.sum() == pytest.approx(1.0)
+    rng = np.random.default_rng(7)
+    picks = Counter(policy.choose(score, None, 0, (1, 0, 0), rng).index for _ in range(20_000))  # type: ignore[arg-type]
+    assert picks[2] == 0
+    for i in (0, 1, 3, 4):
+        assert picks[i] / 20_000 == pytest.approx(p[i], abs=0.015)
+
+
+# --- learning in simulation (properties 6 and 7) --------------------------------------------
+
+IDS = [f"lab/m{i}" for i in range(6)]
+TRUTH = {
+    "ttft_s": [0.3, 0.5, 0.4, 0.8, 0.35, 0.6],
+    "tpot_s": [0.015, 0.02, 0.012, 0.03, 0.025, 0.01],
+    "quality": [0.55, 0.7, 0.8, 0.75, 0.6, 0.65],
+}
+
+
+def _lab(policy: str, seed: int) -> tuple[Router, SimClock, World]:
+    """Six models the catalogue cannot tell apart (equal priors); the truth differs."""
+    models = [
+        Model(
+            id=i,
+            price_prompt=1e-6,
+            price_completion=2e-6,
+            context_length=32_000,
+            ttft_s=0.5,
+            tpot_s=0.02,
+            quality=0.6,
+        )
+        for i in IDS
+    ]
+    clock = SimClock()
+    router = Router.from_settings(
+        load_settings(exploration={"policy": policy, "seed": seed}), Catalogue(models), clock=clock
+    )
+    return router, clock, World.from_arrays(IDS, **TRUTH)
+
+
+@pytest.mark.parametrize("policy", ["ucb", "thompson"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_router_learns_the_best_model_in_a_stationary_world(policy: str, seed: int) -> None:
+    """Property 6: over 90% of decisions go to the best model after 2,000 requests."""
+    router, clock, world = _lab(policy, seed)
+    truth = world.expected_score(router.config.default_weights, router, prompt_tokens=6)
+    best = IDS[int(np.argmax(truth))]
+    trace = run(router, world, 2_500, clock, seconds_per_request=0.5, seed=seed)
+    assert trace.share(best, start=2_000) > 0.9
+
+
+@pytest.mark.parametrize("policy", ["ucb", "thompson"])
+def test_router_moves_traffic_off_a_model_that_slows_down_fivefold(policy: str) -> None:
+    """Property 7: share of the slowed model in speed mode under 10% within 40 requests."""
+    router, clock, world = _lab(policy, 3)
+    truth = world.expected_score(router.config.modes["speed"], router, prompt_tokens=6)
+    fastest = IDS[int(np.argmax(truth))]
+    trace = run(
+        router, world, 2_000, clock, mode="speed", seed=3, events={1_500: lambda w: w.slow_down(fastest, 5.0)}
+    )
+    assert trace.share(fastest, 1_000, 1_500) > 0.8
+    assert trace.share(fastest, 1_540, 2_000) < 0.1
+
+
+# --- plain behaviour ---------------------------------------------------------------------------
+
+
+def test_router_modes_pick_what_they_promise() -> None:
+    fast = model(0, ttft_s=0.1, tpot_s=0.002, price_prompt=5e-6, price_completion=2e-5, quality=0.5)
+    cheap = model(1, ttft_s=2.0, tpot_s=0.05, price_prompt=1e-8, price_completion=2e-8, quality=0.5)
+    smart = model(2, ttft_s=2.0, tpot_s=0.05, price_prompt=5e-6, price_completion=2e-5, quality=0.95)
+    router = router_for([fast, cheap, smart])
+    pick = {
+        mode: router.decide(RouteRequest(prompt="hello", mode=mode)).model
+        for mode in ("speed", "cost", "quality")
+    }
+    assert pick == {"speed": fast.id, "cost": cheap.id, "quality": smart.id}
+
+
+def test_router_per_request_weights_are_normalised_and_validated() -> None:
+    router = router_for([model(0), model(1, quality=0.9)])
+    d = router.decide(RouteRequest(prompt="hi", weights=(0, 0, 5)))
+    assert d.weights == (0.0, 0.0, 1.0) and d.model == "p1/m1"
+    for bad in ((0.0, 0.0, 0.0), (-1.0, 1.0, 1.0), (math.nan, 1.0, 1.0)):
+        with pytest.raises(RequestError, match="weights"):
+            router.decide(RouteRequest(prompt="hi", weights=bad))
+    with pytest.raises(RequestError, match="unknown priority mode 'warp'"):
+        router.decide(RouteRequest(prompt="hi", mode="warp"))
+
+
+def test_router_candidate_terms_add_up_to_the_score() -> None:
+    router = router_for([model(i, ttft_s=0.2 * (i + 1), quality=0.1 * (i + 2)) for i in range(5)], "ucb")
+    for c in router.decide(RouteRequest(prompt="hi", mode="balanced")).candidates:
+        assert c.score == pytest.approx(c.latency_term + c.cost_term + c.quality_term + c.exploration)
+
+
+def test_router_no_eligible_model_names_the_constraint() -> None:
+    router = router_for([model(0, context_length=4_000), model(1, context_length=8_000)])
+    with pytest.raises(NoEligibleModel) as info:
+        router.decide(RouteRequest(prompt="x" * 40_000))
+    assert info.value.constraint == "context_length"
+    with pytest.raises(NoEligibleModel) as info:
+        router.decide(RouteRequest(prompt="hi", capabilities=frozenset({"vision"})))
+    assert info.value.constraint == "capabilities"
+    with pytest.raises(NoEligibleModel) as info:
+        router.decide(RouteRequest(prompt="hi", max_cost_usd=0.0))
+    assert info.value.constraint == "max_cost_usd"
+
+
+def test_router_pinned_model_leads_and_falls_back_when_unavailable() -> None:
+    router = router_for([model(i, quality=0.1 * i) for i in range(5)], fallback_models=["p0/m0"])
+    pinned = router.decide(RouteRequest(prompt="hi", model="p1/m1"))
+    assert pinned.model == "p1/m1" and pinned.propensity == 1.0 and "p1/m1" not in pinned.fallbacks
+    router.set_available("p1/m1", False)
+    moved = router.decide(RouteRequest(prompt="hi", model="p1/m1"))
+    assert moved.model != "p1/m1" and "p1/m1" in moved.reason
+    with pytest.raises(RequestError, match="not in the catalogue"):
+        router.decide(RouteRequest(prompt="hi", model="nope/x"))
+
+
+def test_router_fallback_models_close_the_chain() -> None:
+    models = [model(i, quality=0.9 - 0.05 * i) for i in range(8)]
+    router = router_for(models, top_k=2, fallback_models=["p1/m7"])
+    decision = router.decide(RouteRequest(prompt="hi", mode="quality"))
+    assert decision.chain == ["p0/m0", "p1/m1", "p1/m7"]
+    assert router.decide(RouteRequest(prompt="hi", mode="quality", fallback=False)).chain == ["p0/m0"]
+
+
+def test_router_feedback_needs_a_recorded_answer() -> None:
+    router = router_for([model(0)])
+    d = router.decide(RouteRequest(prompt="hi"))
+    assert router.feedback(d.request_id, 1.0) is False  # not answered yet
+    router.record(d, Outcome(model=d.model, success=True, latency_s=0.5, ttft_s=0.2, completion_tokens=10))
+    assert router.feedback(d.request_id, 1.0) is True
+    with pytest.raises(RequestError, match="score"):
+        router.feedback(d.request_id, 2.0)
+
+
+def test_router_messages_with_image_parts_profile_the_text() -> None:
+    router = router_for([model(0)])
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Translate into French: good night"},
+                {"type": "image_url", "image_url": {"url": "data:,"}},
+            ],
+        },
+    ]
+    assert router.decide(RouteRequest(messages=messages)).profile.task == "translation"
