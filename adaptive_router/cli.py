@@ -151,7 +151,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from .router import Router
 
     router = Router.from_settings(settings)
-    rows = model_rows(router, args.mode)
+    rows = router.model_table(args.mode)
     if args.limit:
         rows = rows[: args.limit]
     if args.json:
@@ -177,38 +177,6 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def model_rows(router: Any, mode: str | None, prompt: str = "Hello, how are you?") -> list[dict[str, Any]]:
-    """Every model's score terms for a typical short request, best first (also used by GET /models)."""
-    from .router import RouteRequest
-
-    decision = router.rank(RouteRequest(prompt=prompt, mode=mode))
-    est = router.learner.estimates(router.clock())
-    cat = router.catalogue
-    rows = []
-    for rank, c in enumerate(decision.candidates, start=1):
-        i = cat.index[c.model]
-        rows.append(
-            {
-                "rank": rank,
-                "model": c.model,
-                "mode": decision.mode,
-                "score": round(c.score, 4),
-                "latency": round(c.latency_term, 4),
-                "cost": round(c.cost_term, 4),
-                "quality": round(c.quality_term, 4),
-                "est_latency_ms": round(c.latency_s * 1000, 1),
-                "est_cost_usd": float(f"{c.cost_usd:.3g}"),
-                "quality_est": round(c.quality, 3),
-                "success": round(float(est.success[i]), 3),
-                "evidence": round(float(est.latency_evidence[i]), 1),
-                "prompt_per_m": round(float(cat.price_prompt[i]) * 1e6, 4),
-                "completion_per_m": round(float(cat.price_completion[i]) * 1e6, 4),
-                "context": int(cat.context_length[i]),
-            }
-        )
-    return rows
-
-
 # --- route -------------------------------------------------------------------------------
 
 
@@ -227,9 +195,9 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
         allow=tuple(args.allow),
         deny=tuple(args.deny),
     )
-    decision = router.decide(request)
     if not args.dry_run:
-        return _route_live(settings, router, decision, args)
+        return _route_live(settings, request, args)
+    decision = router.decide(request)
     if args.json:
         print(json.dumps(decision.to_dict(), indent=2))
         return EXIT_OK
@@ -261,10 +229,10 @@ def _candidate_row(candidate: Any) -> dict[str, Any]:
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(candidate).items()}
 
 
-def _route_live(settings: Settings, router: Any, decision: Any, args: argparse.Namespace) -> int:
+def _route_live(settings: Settings, request: Any, args: argparse.Namespace) -> int:
     from .service import complete_once
 
-    return complete_once(settings, router, decision, args.prompt, args.max_tokens, args.json)
+    return complete_once(settings, request, args.prompt, args.max_tokens, args.json)
 
 
 # --- benchmark ---------------------------------------------------------------------------

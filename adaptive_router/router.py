@@ -568,6 +568,38 @@ class Router:
         """``routing.fallback_models`` close the chain, where they meet the request's constraints."""
         return [self.catalogue.ids[r] for r in self._fallback_rows if r not in rows and mask[r]]
 
+    def model_table(self, mode: str | None, prompt: str = "Hello, how are you?") -> list[dict[str, Any]]:
+        """Every model's score terms and estimates for a typical short request, best first."""
+        decision = self.rank(RouteRequest(prompt=prompt, mode=mode))
+        est = self.learner.estimates(self.clock())
+        cat = self.catalogue
+        rows = []
+        for rank, c in enumerate(decision.candidates, start=1):
+            i = cat.index[c.model]
+            rows.append(
+                {
+                    "rank": rank,
+                    "model": c.model,
+                    "mode": decision.mode,
+                    "score": round(c.score, 4),
+                    "latency": round(c.latency_term, 4),
+                    "cost": round(c.cost_term, 4),
+                    "quality": round(c.quality_term, 4),
+                    "est_latency_ms": round(c.latency_s * 1000, 1),
+                    "est_cost_usd": float(f"{c.cost_usd:.3g}"),
+                    "quality_est": round(c.quality, 3),
+                    "success": round(float(est.success[i]), 3),
+                    "ttft_ms": round(float(est.ttft[i]) * 1000, 1),
+                    "tpot_ms": round(float(est.tpot[i]) * 1000, 2),
+                    "evidence": round(float(est.latency_evidence[i]), 1),
+                    "prompt_per_m": round(float(cat.price_prompt[i]) * 1e6, 4),
+                    "completion_per_m": round(float(cat.price_completion[i]) * 1e6, 4),
+                    "context": int(cat.context_length[i]),
+                    "capabilities": sorted(cat.models[i].capabilities),
+                }
+            )
+        return rows
+
     # --- learning ---------------------------------------------------------------------------
 
     def record(self, decision: Decision, outcome: Outcome) -> None:
