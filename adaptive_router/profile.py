@@ -38,11 +38,6 @@ class TaskRules:
         object.__setattr__(self, "phrases", tuple(k for k in keys if not _WORD.fullmatch(k)))
         object.__setattr__(self, "regexes", tuple(re.compile(p) for p in self.patterns))
 
-    def hits(self, words: set[str], text: str) -> int:
-        count = len(self.words & words)
-        count += sum(1 for phrase in self.phrases if phrase in text)
-        count += sum(1 for regex in self.regexes if regex.search(text))
-        return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +65,16 @@ class Profiler:
         scan_chars: int = 2000,
     ) -> None:
         self.tasks: tuple[str, ...] = (*tasks, default_task)
-        self._rules = list(tasks.values())
+        rules = list(tasks.values())
+        # Flattened once, so classifying is a set intersection and a few substring checks.
+        self._word_tasks: dict[str, list[int]] = {}
+        for index, rule in enumerate(rules):
+            for word in rule.words:
+                self._word_tasks.setdefault(word, []).append(index)
+        self._keywords = frozenset(self._word_tasks)
+        self._phrases = [(phrase, i) for i, rule in enumerate(rules) for phrase in rule.phrases]
+        self._regexes = [(regex, i) for i, rule in enumerate(rules) for regex in rule.regexes]
+        self._n_rules = len(rules)
         self._default = len(self.tasks) - 1
         self._buckets = list(length_buckets)
         out = expected_output_tokens or {}
@@ -82,13 +86,18 @@ class Profiler:
         if len(text) > 2 * self._half:
             text = f"{text[: self._half]} {text[-self._half :]}"
         text = text.lower()
-        words = set(_WORD.findall(text))
-        best, best_hits = self._default, 0
-        for index, rules in enumerate(self._rules):
-            hits = rules.hits(words, text)
-            if hits > best_hits:
-                best, best_hits = index, hits
-        return best
+        hits = [0] * self._n_rules
+        for word in self._keywords.intersection(_WORD.findall(text)):
+            for index in self._word_tasks[word]:
+                hits[index] += 1
+        for phrase, index in self._phrases:
+            if phrase in text:
+                hits[index] += 1
+        for regex, index in self._regexes:
+            if regex.search(text):
+                hits[index] += 1
+        best = max(hits, default=0)
+        return hits.index(best) if best > 0 else self._default
 
     def profile(self, text: str, chars: int | None = None, max_tokens: int | None = None) -> Profile:
         """``text`` is scanned for the task (the last user turn); ``chars`` counts the whole prompt."""

@@ -239,6 +239,7 @@ class _Buffers:
     def __init__(self, n: int) -> None:
         self.terms = np.empty((3, n))
         self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
+        self.logs = np.empty((3, n))  # clipped log latency, clipped log cost, quality value
         self.tmp = np.empty(n)
         self.mask = np.empty(n, dtype=np.bool_)
 
@@ -283,6 +284,9 @@ class Router:
         self._buf = _Buffers(n)
         self._price_prompt = np.maximum(catalogue.price_prompt, _PRICE_FLOOR)
         self._price_completion = np.maximum(catalogue.price_completion, _PRICE_FLOOR)
+        ls, cs = config.latency_scale, config.cost_scale
+        self._log_low = np.array([[ls.log_low], [cs.log_low]])
+        self._log_high = np.array([[ls.log_high], [cs.log_high]])
         self._answered: OrderedDict[str, tuple[int, int]] = OrderedDict()
         # Unique across replicas and restarts without a uuid4 per request (2-3 us each).
         self._id_prefix = f"req-{uuid.uuid4().hex[:12]}-"
@@ -430,26 +434,25 @@ class Router:
     def _score(
         self, est: Estimates, profile: Profile, weights: tuple[float, float, float], out: float
     ) -> FloatArray:
-        """Fill the score buffer, less a constant that does not change the ranking."""
-        b, cfg = self._buf, self.config
-        wl, wc, wq = weights
-        ls, cs = cfg.latency_scale, cfg.cost_scale
+        """Fill the score buffer, less a constant that does not change the ranking.
+
+        Latency and cost sit in adjacent rows, so the log and the clipping run once over both;
+        the weighted sum of the three terms is one dot product.
+        """
+        b = self._buf
         np.multiply(est.tpot, out, out=b.lat)
         b.lat += est.ttft
-        np.log(b.lat, out=b.tmp)
-        np.maximum(b.tmp, ls.log_low, out=b.tmp)
-        np.minimum(b.tmp, ls.log_high, out=b.tmp)
-        np.multiply(b.tmp, -wl * ls.inv_range, out=b.score)
         np.multiply(self._price_completion, out, out=b.cost)
         np.multiply(self._price_prompt, float(profile.prompt_tokens), out=b.tmp)
         b.cost += b.tmp
-        np.log(b.cost, out=b.tmp)
-        np.maximum(b.tmp, cs.log_low, out=b.tmp)
-        np.minimum(b.tmp, cs.log_high, out=b.tmp)
-        b.tmp *= -wc * cs.inv_range
-        b.score += b.tmp
-        np.multiply(est.value[profile.task_index], wq, out=b.tmp)
-        b.score += b.tmp
+        terms = b.logs[:2]
+        np.log(b.terms[1:], out=terms)
+        np.maximum(terms, self._log_low, out=terms)
+        np.minimum(terms, self._log_high, out=terms)
+        b.logs[2] = est.value[profile.task_index]
+        cfg = self.config
+        coef = np.array([-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]])
+        np.dot(coef, b.logs, out=b.score)
         return b.score
 
     def _offset(self, weights: tuple[float, float, float]) -> float:
