@@ -132,7 +132,7 @@ def build_service(
         settings.upstream.simulate == "auto" and not has_key
     )
     if simulated:
-        url = os.environ.get(SIMULATOR_URL_ENV)
+        url = settings.simulator_url or os.environ.get(SIMULATOR_URL_ENV)
         if not url:
             raise RouterError(
                 "no upstream API key is set and no simulated upstream is running; use "
@@ -709,7 +709,10 @@ def serve(settings: Settings) -> None:
     providers = providers_from_settings(settings.upstream, settings.openrouter_key())
     has_key = any(p.api_key for p in providers) or bool(settings.upstream.providers)
     if settings.upstream.simulate == "always" or (settings.upstream.simulate == "auto" and not has_key):
-        os.environ[SIMULATOR_URL_ENV] = _start_simulator(settings)
+        if not settings.simulator_url:  # a simulator already running elsewhere is used as it is
+            url = _start_simulator(settings)
+            os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
+            settings = settings.model_copy(update={"simulator_url": url})
     server = settings.server
     if server.workers > 1:
         uvicorn.run(
@@ -758,8 +761,8 @@ def complete_once(settings: Settings, route: Any, prompt: str, max_tokens: int |
     import sys
 
     providers = providers_from_settings(settings.upstream, settings.openrouter_key())
-    if not (any(p.api_key for p in providers) or settings.upstream.providers):
-        os.environ[SIMULATOR_URL_ENV] = _start_simulator(settings)
+    if not (any(p.api_key for p in providers) or settings.upstream.providers) and not settings.simulator_url:
+        settings = settings.model_copy(update={"simulator_url": _start_simulator(settings)})
     service = build_service(settings)
     body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}]}
     if max_tokens is not None:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -82,7 +82,7 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    api_keys: list[str] = Field(default_factory=list, description="bearer keys; empty means no auth")
+    api_keys: list[str] = Field(default_factory=list, description="bearer keys; empty means no auth", repr=False)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_prompts: bool = False
 
@@ -327,7 +327,7 @@ class ProviderSettings(_Section):
     """One OpenAI-compatible endpoint. ``models`` are globs of catalogue ids it serves."""
 
     base_url: str
-    api_key: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
     api_key_env: str | None = None
     models: list[str] = Field(default_factory=lambda: ["*"])
     strip_prefix: bool = Field(default=False, description="send 'llama3' for catalogue id 'ollama/llama3'")
@@ -341,7 +341,7 @@ class ProviderSettings(_Section):
 
 class UpstreamSettings(_Section):
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
-    openrouter_api_key: str | None = None
+    openrouter_api_key: str | None = Field(default=None, repr=False)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     simulate: Literal["auto", "always", "never"] = Field(
         default="auto", description="auto: simulate when no provider has a key"
@@ -367,6 +367,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="forbid",
         frozen=True,
+        populate_by_name=True,
     )
 
     server: ServerSettings = ServerSettings()
@@ -378,6 +379,12 @@ class Settings(BaseSettings):
     profile: ProfileSettings = ProfileSettings()
     catalogue: CatalogueSettings = CatalogueSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
+    openrouter_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False
+    )
+    settings_file: str | None = Field(default=None, description="ROUTER_SETTINGS_FILE: read before the rest")
+    simulator_url: str | None = Field(default=None, description="ROUTER_SIMULATOR_URL: a running simulated upstream")
 
     @classmethod
     def settings_customise_sources(
@@ -395,7 +402,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def openrouter_key(self) -> str | None:
-        return self.upstream.openrouter_api_key or os.environ.get("OPENROUTER_API_KEY") or None
+        return self.upstream.openrouter_api_key or self.openrouter_api_key or None
 
 
 def _error_key(error: Any) -> str:
