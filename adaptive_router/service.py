@@ -115,6 +115,15 @@ class RouterService:
             log.info("saved learned state to %s", path)
 
 
+def wants_simulator(settings: Settings) -> bool:
+    """Simulate when told to, or (``auto``) when no provider has a key and none is configured."""
+    mode = settings.upstream.simulate
+    if mode != "auto":
+        return mode == "always"
+    providers = providers_from_settings(settings.upstream, settings.openrouter_key())
+    return not (any(p.api_key for p in providers) or settings.upstream.providers)
+
+
 def build_service(
     settings: Settings,
     *,
@@ -127,10 +136,7 @@ def build_service(
     )
     router = Router.from_settings(settings, catalogue)
     providers = providers_from_settings(settings.upstream, settings.openrouter_key())
-    has_key = any(p.api_key for p in providers) or bool(settings.upstream.providers)
-    simulated = settings.upstream.simulate == "always" or (
-        settings.upstream.simulate == "auto" and not has_key
-    )
+    simulated = wants_simulator(settings)
     if simulated:
         url = settings.simulator_url or os.environ.get(SIMULATOR_URL_ENV)
         if not url:
@@ -706,9 +712,7 @@ def serve(settings: Settings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
-    providers = providers_from_settings(settings.upstream, settings.openrouter_key())
-    has_key = any(p.api_key for p in providers) or bool(settings.upstream.providers)
-    if settings.upstream.simulate == "always" or (settings.upstream.simulate == "auto" and not has_key):
+    if wants_simulator(settings):
         if not settings.simulator_url:  # a simulator already running elsewhere is used as it is
             url = _start_simulator(settings)
             os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
@@ -760,8 +764,7 @@ def complete_once(settings: Settings, route: Any, prompt: str, max_tokens: int |
     import json
     import sys
 
-    providers = providers_from_settings(settings.upstream, settings.openrouter_key())
-    if not (any(p.api_key for p in providers) or settings.upstream.providers) and not settings.simulator_url:
+    if wants_simulator(settings) and not settings.simulator_url:
         settings = settings.model_copy(update={"simulator_url": _start_simulator(settings)})
     service = build_service(settings)
     body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}]}
