@@ -5,6 +5,8 @@
     adaptive-router benchmark --iterations 20000 --models 300
     adaptive-router serve --port 8000
     adaptive-router simulate-upstream --port 9000
+    adaptive-router replay logs/traffic.jsonl --policy greedy --mode cost
+    adaptive-router replay ../shared/data/outcomes/outcomes.csv --source routerbench --mode quality
 
 Exit codes: 0 success, 1 a routing or upstream failure, 2 bad usage or configuration.
 """
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
 
     _add_service_commands(sub)
+    _add_replay_command(sub)
     return parser
 
 
@@ -127,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": cmd_benchmark,
         "serve": cmd_serve,
         "simulate-upstream": cmd_simulate_upstream,
+        "replay": cmd_replay,
     }
     try:
         settings = _settings(args.config)
@@ -292,6 +296,230 @@ def cmd_simulate_upstream(args: argparse.Namespace, settings: Settings) -> int:
     )
     run_simulator(sim_models_from_catalogue(catalogue), scenario, args.host, args.port)
     return EXIT_OK
+
+
+# --- replay --------------------------------------------------------------------------------
+
+
+def _add_replay_command(sub: Any) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="off-policy estimates on a traffic log, or the router run through an outcome table",
+        description="LOG_OR_TABLE is a traffic log (JSON lines; rotated files are read too) or an "
+        "outcome table (CSV: source,prompt_id,model,quality,cost_usd,...).",
+    )
+    replay.add_argument("path", metavar="LOG_OR_TABLE")
+    replay.add_argument("--policy", choices=["ucb", "thompson", "softmax", "greedy"], default=None)
+    replay.add_argument(
+        "--mode", default=None, help="speed, cost, quality, balanced, or a mode from settings"
+    )
+    replay.add_argument("--weights", type=_weights, default=None, metavar="L,C,Q")
+    replay.add_argument("--temperature", type=_non_negative_float, default=None, help="softmax temperature")
+    replay.add_argument(
+        "--limit", type=_positive_int, default=None, help="outcome tables: the first N prompts"
+    )
+    replay.add_argument("--seed", type=int, default=0, help="outcome tables: shuffle and exploration seed")
+    replay.add_argument("--source", default=None, help="outcome tables: which source (default: the first)")
+    replay.add_argument(
+        "--prompts", default=None, metavar="FILE", help="default: prompts.jsonl beside the table"
+    )
+    replay.add_argument(
+        "--latency",
+        default=None,
+        metavar="FILE",
+        help="measured latencies (llmperf CSV); default: ../latency/llmperf_requests.csv beside the table",
+    )
+    replay.add_argument("--curve", action="store_true", help="outcome tables: add the cost-quality curve")
+    replay.add_argument("--json", action="store_true")
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from .replay import ReplayError
+
+    try:
+        if args.temperature is not None and args.temperature <= 0:
+            raise ValueError("--temperature must be > 0")
+        if _is_traffic_log(args.path):
+            return _replay_log(args, settings)
+        return _replay_table(args, settings)
+    except (ReplayError, ValueError) as exc:
+        print(f"adaptive-router replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _is_traffic_log(path: str) -> bool:
+    """JSON lines (or only rotated backups present) is a traffic log; anything else a CSV table."""
+    from pathlib import Path
+
+    from .replay import ReplayError
+
+    file = Path(path)
+    if not file.exists():
+        if Path(f"{path}.1").exists():
+            return True
+        raise ReplayError(f"{path}: no such file")
+    if file.is_dir():
+        raise ReplayError(f"{path}: is a directory")
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(4096).lstrip()
+    except OSError as exc:
+        raise ReplayError(f"{path}: cannot read: {exc.strerror}") from exc
+    return head.startswith(b"{") or (not head and file.suffix != ".csv")
+
+
+def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
+    from .replay import RewardSpec, TargetPolicy, evaluate_many, logged_value, read_log
+    from .scoring import LogScale
+
+    if args.policy == "thompson":
+        raise ValueError("thompson has no action probabilities to replay; choose greedy, softmax or ucb")
+    temperature = args.temperature or settings.exploration.temperature
+    names = [args.policy] if args.policy else ["greedy", "softmax", "ucb"]
+    targets = [TargetPolicy(n, args.mode, args.weights, temperature) for n in names]
+    modes = {name: w.normalised() for name, w in settings.routing.modes.items()}
+    scales = (LogScale(*settings.routing.latency_scale_s), LogScale(*settings.routing.cost_scale_usd))
+    log = read_log(args.path)
+    estimates = evaluate_many(log, targets, RewardSpec(), modes=modes, scales=scales)
+    logged = logged_value(log)
+    if args.json:
+        print(json.dumps({"logged": _asdict(logged), "targets": [e.to_dict() for e in estimates]}, indent=2))
+        return EXIT_OK
+    rows = [{"target": "logged policy (on-policy)", "ips": _ci(logged), "n": estimates[0].n}]
+    rows += [
+        {
+            "target": e.target,
+            "ips": _ci(e.ips),
+            "snips": _ci(e.snips),
+            "dr": _ci(e.dr),
+            "ess": round(e.ess, 1),
+            "agreement": round(e.agreement, 3),
+            "n": e.n,
+        }
+        for e in estimates
+    ]
+    title = f"off-policy estimates of mean reward, 95% normal intervals ({len(log.files)} file(s))"
+    _print_table(title, ["target", "ips", "snips", "dr", "ess", "agreement", "n"], rows)
+    skipped = {k: v for k, v in estimates[0].skipped.items() if v}
+    if skipped:
+        print("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
+    return EXIT_OK
+
+
+def _asdict(value: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(value)
+
+
+def _ci(interval: Any) -> str:
+    return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
+
+
+def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from .replay import cost_quality_curve, load_outcomes, replay_outcomes, table_sources
+
+    if args.source is None:
+        sources = table_sources(args.path)
+        if len(sources) > 1:
+            others = ", ".join(sources[1:])
+            print(
+                f"using source {sources[0]!r} (also in the table: {others}; pick with --source)",
+                file=sys.stderr,
+            )
+    table = load_outcomes(args.path, args.prompts, source=args.source)
+    latency = args.latency
+    beside = Path(args.path).resolve().parent.parent / "latency" / "llmperf_requests.csv"
+    if latency is None and beside.is_file():
+        latency = beside
+    policy = args.policy or settings.exploration.policy
+    n = min(args.limit or len(table), len(table))
+    runs = 1 + (8 if args.curve else 0)
+    with _progress(n * runs, enabled=n * runs > 2_000) as advance:
+        report = replay_outcomes(
+            table,
+            None,
+            settings,
+            policy,
+            args.mode,
+            args.seed,
+            True,
+            args.limit,
+            latency,
+            weights=args.weights,
+            temperature=args.temperature,
+            progress=lambda d, t: advance(d),
+        )
+        curve = []
+        if args.curve:
+            curve = cost_quality_curve(
+                table,
+                settings,
+                policy,
+                seed=args.seed,
+                limit=args.limit,
+                latency=latency,
+                progress=lambda d, t: advance(n + d),
+            )
+    if args.json:
+        data = report.to_dict()
+        data["curve"] = [_asdict(p) for p in curve]
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    s = report.summary()
+    title = (
+        f"{s['source']}: {s['prompts']} prompts in one shuffled pass (seed {s['seed']}), "
+        f"policy {s['policy']}, mode {s['mode']}; reference {s['reference']}"
+    )
+    columns = ["name", "quality", "cost_usd", "latency_s", "utility", "quality_vs_ref", "cost_vs_ref"]
+    _print_table(title, columns, report.rows())
+    print(
+        f"router: {s['quality_ratio']:.1%} of {s['reference']}'s quality "
+        f"at {s['cost_ratio']:.1%} of its cost; "
+        f"quality regret vs best fixed {s['regret_vs_best_fixed']:+.4f}, "
+        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times; "
+        f"{s['dropped']} prompts dropped (incomplete rows)"
+    )
+    if curve:
+        rows = [
+            {
+                "quality_weight": p.quality_weight,
+                "quality": round(p.quality, 4),
+                "cost_usd": round(p.cost_usd, 4),
+                "quality_vs_ref": round(p.quality_ratio, 4),
+                "cost_vs_ref": round(p.cost_ratio, 4),
+            }
+            for p in curve
+        ]
+        _print_table("cost-quality curve (latency:cost weights 1:2)", list(rows[0]), rows)
+    return EXIT_OK
+
+
+class _progress:
+    """A rich progress bar on stderr for long runs; a no-op when short or rich is absent."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self.enabled:
+            try:
+                from rich.console import Console
+                from rich.progress import Progress
+            except ImportError:
+                return lambda done: None
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.bar.start()
+            task = self.bar.add_task("replaying", total=self.total)
+            return lambda done: self.bar.update(task, completed=done)
+        return lambda done: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 # --- output --------------------------------------------------------------------------------

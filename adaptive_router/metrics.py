@@ -45,6 +45,8 @@ INSTALL_HINT = "pip install 'adaptive-router[metrics]'"
 REQUEST_OUTCOMES = frozenset(
     {"ok", "upstream_error", "timeout", "client_error", "no_eligible", "rejected", "cache_hit", "cancelled"}
 )
+# Requests refused before routing: counted, but kept out of the latency window.
+_UNTIMED = frozenset({"rejected", "no_eligible"})
 # The gauge value of breaker_state{model}: ordered by how much traffic the model is denied.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 # A decision over a NumPy catalogue takes microseconds; buckets from 5 µs to 5 ms.
@@ -305,7 +307,8 @@ class Metrics:
         self._attempts += attempts
         self._streamed += stream
         self._cached += cached
-        self._latency.push(latency_s)
+        if outcome not in _UNTIMED:  # a refused body's "latency" says nothing about serving
+            self._latency.push(latency_s)
         if decision_us is not None:
             self._decision.push(decision_us)
         if model is not None:

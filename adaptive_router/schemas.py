@@ -7,6 +7,7 @@ not know are kept and passed to the upstream as they are (providers add their ow
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -79,12 +80,12 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field("auto", min_length=1)
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=1, description="one choice per request")
-    stream: bool = False
+    n: int | None = Field(None, ge=1, le=1, strict=True, description="one choice per request")
+    stream: bool = Field(False, strict=True)
     stream_options: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
@@ -186,11 +187,23 @@ def route_request(
     )
 
 
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal", "tuple"})
+
+
 def first_error(exc: ValidationError) -> tuple[str, str]:
-    """The dotted field path and message of the first validation error."""
+    """The dotted field path and message of the first validation error.
+
+    Pydantic puts the union branch it tried into the path (``content.str``,
+    ``content.list[dict[str,any]]``); those are not fields, so they are left out.
+    """
     error = exc.errors(include_url=False)[0]
-    path = ".".join(str(p) for p in error["loc"] if p not in ("body",)) or "body"
-    return path, error["msg"]
+    parts = [
+        str(p)
+        for p in error["loc"]
+        if isinstance(p, int) or (_FIELD.fullmatch(str(p)) and p not in _TYPE_TAGS)
+    ]
+    return ".".join(parts) or "body", error["msg"]
 
 
 def error_body(

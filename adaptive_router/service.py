@@ -36,6 +36,7 @@ from .metrics import Metrics
 from .router import Decision, Router
 from .schemas import ChatCompletionRequest, CompleteRequest, FeedbackRequest, RouteQuery, route_request
 from .settings import Settings
+from .trafficlog import TrafficLog
 from .upstream import Provider, UpstreamClient, providers_from_settings
 
 __all__ = ["RouterService", "create_app", "serve"]
@@ -60,6 +61,7 @@ class RouterService:
     breakers: Breakers | None = None
     keys: list[bytes] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    traffic_log: TrafficLog | None = None
 
     @property
     def upstream_mode(self) -> str:
@@ -89,9 +91,20 @@ class RouterService:
             observer=self.metrics,
         )
         self.metrics.set_info(upstream=self.upstream_mode, cache=self.cache.backend)
+        server = self.settings.server
+        if server.traffic_log:
+            self.traffic_log = TrafficLog(server.traffic_log, server.traffic_log_max_bytes, server.traffic_log_backups,
+                                          include_prompts=server.log_prompts)
         self._load_state()
 
+    def log(self, decision: Decision, result: Result, route: Any, answer: Any = None) -> None:
+        """One traffic-log line (enqueued; written by a background thread, never blocking)."""
+        if self.traffic_log is not None:
+            self.traffic_log.log_decision(decision, result.attempts, request=route, answer=answer)
+
     async def close(self) -> None:
+        if self.traffic_log is not None:
+            self.traffic_log.close()
         self._save_state()
         if self.client is not None:
             await self.client.aclose()
@@ -190,8 +203,11 @@ async def chat_completions(request: Request) -> Response:
     decision = _decide(service, route, chat.model)
     timeout = service.executor.timeout_for(route.max_latency_ms)  # type: ignore[union-attr]
     if chat.stream:
-        return await _stream(service, decision, upstream_body, timeout, started)
+        return await _stream(
+            service, decision, upstream_body, timeout, started, "miss" if cache_key else "bypass", route
+        )
     result = await service.executor.complete(decision, upstream_body, timeout)  # type: ignore[union-attr]
+    service.log(decision, result, route, result.completion)
     data = _answer(service, decision, result, started)
     if cache_key is not None and service.cache is not None:
         await _store(service, cache_key, data)
@@ -323,16 +339,21 @@ def _headers(service: RouterService, decision: Decision, result: Result | None, 
 
 
 async def _stream(
-    service: RouterService, decision: Decision, body: dict[str, Any], timeout: float, started: float
+    service: RouterService, decision: Decision, body: dict[str, Any], timeout: float, started: float, cache: str,
+    route: Any,
 ) -> Response:
     executor = service.executor
     assert executor is not None
     result = await executor.open_stream(decision, body, timeout)
     if result.stream is None:
+        service.log(decision, result, route)
         _answer(service, decision, result, started)  # raises the right error
     handle = result.stream
     assert handle is not None
-    headers = _headers(service, decision, result, "bypass")
+    headers = _headers(service, decision, result, cache)
+    headers["x-router-attempts"] = str(
+        len(result.attempts) + 1
+    )  # the stream's own attempt is recorded at its end
 
     async def events() -> AsyncIterator[bytes]:
         error: UpstreamError | None = None
@@ -352,6 +373,7 @@ async def _stream(
         finally:
             await handle.aclose()
             executor.finish_stream(decision, handle, error, cancelled, result)
+            service.log(decision, result, route, handle.result())
             _stream_metrics(service, decision, result, handle, started, error, cancelled)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -522,6 +544,7 @@ async def complete(request: Request) -> Response:
         upstream_body["temperature"] = query.temperature
     timeout = service.executor.timeout_for(route.max_latency_ms)  # type: ignore[union-attr]
     result = await service.executor.complete(decision, upstream_body, timeout)  # type: ignore[union-attr]
+    service.log(decision, result, route, result.completion)
     data = _answer(service, decision, result, started)
     answer = {
         "id": data.get("id"),
@@ -553,6 +576,8 @@ async def feedback(request: Request) -> Response:
             "request_id",
             code="unknown_request",
         )
+    if service.traffic_log is not None:
+        service.traffic_log.log_feedback(item.request_id, item.score)
     return json_response({"ok": True, "request_id": item.request_id})
 
 
@@ -616,7 +641,7 @@ async def ready(request: Request) -> Response:
         "catalogue": {"models": len(service.router.catalogue), "source": service.router.catalogue.source},
         "upstream": {"mode": service.upstream_mode, "providers": [p.name for p in service.providers]},
         "cache": {
-            "backend": cache.backend if cache else None,
+            "backend": cache.backend if cache is not None else None,
             "redis_configured": redis_configured,
             "redis_up": bool(getattr(cache, "redis_up", False)) if redis_configured else None,
         },

@@ -84,7 +84,10 @@ class ServerSettings(_Section):
     workers: int = Field(default=1, ge=1, le=64)
     api_keys: list[str] = Field(default_factory=list, description="bearer keys; empty means no auth", repr=False)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    log_prompts: bool = False
+    log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
+    traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
+    traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    traffic_log_backups: int = Field(default=5, ge=0)
 
 
 class RedisSettings(_Section):

@@ -86,8 +86,13 @@ def main() -> int:
     args = parser.parse_args()
     rows = run(args.quick)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"benchmark": "decision_latency", "quick": args.quick, "machine": machine(),
-                                       "rows": rows}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {"benchmark": "decision_latency", "quick": args.quick, "machine": machine(), "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     print_table(rows)
     print(f"\nwritten to {args.output}")
     return 0
