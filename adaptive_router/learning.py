@@ -7,6 +7,11 @@ That is the same as decaying every cell to ``t`` (what DESIGN.md describes with 
 time per cell), costs O(1) per observation, and makes merging two learners a plain addition once
 one is brought to the other's ``t0``: replicas share state that way without a coordinator.
 
+A learner keeps two sets of sums: its *local* evidence (what this replica observed itself, and
+what it publishes) and the *view* its estimates read, the local evidence plus the other
+replicas' (``set_remote``). Sums are linear, so the view never counts anything twice, and a
+replica that lost the shared store only has to publish its whole local state again.
+
 Latency (log time to first token, log time per output token) and success are per model and
 move fast; quality is per (task class, model) and moves slowly. Estimates blend a prior worth
 ``prior_strength`` observations with the decayed evidence.
@@ -15,6 +20,7 @@ move fast; quality is per (task class, model) and moves slowly. Estimates blend 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +29,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DecayedSums", "Estimates", "Learner", "LearnerState"]
+__all__ = ["LATENCY_SUMS", "SUM_NAMES", "DecayedSums", "Estimates", "Learner", "LearnerState", "Surprise"]
 
 FloatArray = npt.NDArray[np.float64]
 _REBASE_EXPONENT = 200.0  # exp(200) ~ 7e86: far from overflow, even squared sums of log-latencies
 _MIN_LOG_SD = 0.05
 STATE_VERSION = 1
+SUM_NAMES = ("ttft", "tpot", "success", "quality")
+LATENCY_SUMS = ("ttft", "tpot")
+_SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
 
 
 class DecayedSums:
@@ -67,6 +76,10 @@ class DecayedSums:
         """Add ``other``'s evidence to ours (same shape and half-life)."""
         if other.w.shape != self.w.shape or not math.isclose(other.rate, self.rate):
             raise ValueError("can only merge sums of the same shape and half-life")
+        if self.rate * (other.t0 - self.t0) > _REBASE_EXPONENT:
+            # A much newer reference time (an idle replica's t0 against a busy one's) would
+            # overflow exp(); bring ours forward first: same values, smaller numbers.
+            self.rebase(other.t0)
         g = math.exp(self.rate * (other.t0 - self.t0))
         self.w += g * other.w
         self.s1 += g * other.s1
@@ -74,8 +87,19 @@ class DecayedSums:
 
     def copy(self) -> DecayedSums:
         twin = DecayedSums(self.w.shape, math.log(2.0) / self.rate, self.t0)
-        twin.w[...], twin.s1[...], twin.s2[...] = self.w, self.s1, self.s2
+        twin.assign(self)
         return twin
+
+    def assign(self, other: DecayedSums) -> None:
+        """Become a copy of ``other`` (same shape), in place: references to our arrays stay valid."""
+        self.rate, self.t0 = other.rate, other.t0
+        self.w[...], self.s1[...], self.s2[...] = other.w, other.s1, other.s2
+
+    def scale(self, cell: int | tuple[int, int], factor: float) -> None:
+        """Keep ``factor`` of one cell's evidence (forgetting)."""
+        self.w[cell] *= factor
+        self.s1[cell] *= factor
+        self.s2[cell] *= factor
 
     def arrays(self) -> dict[str, Any]:
         return {"w": self.w, "s1": self.s1, "s2": self.s2, "t0": self.t0}
@@ -121,6 +145,17 @@ class LearnerState:
     sums: dict[str, DecayedSums]
 
 
+@dataclass(frozen=True)
+class Surprise:
+    """A latency surprise: cell ``model`` of the ``name`` sums ("ttft" or "tpot") kept only
+    ``factor`` of its evidence at time ``t``. Other replicas apply it to their own evidence."""
+
+    name: str
+    model: int
+    t: float
+    factor: float
+
+
 class Learner:
     """Decayed statistics for ``len(ids)`` models and ``len(tasks)`` task classes.
 
@@ -132,7 +167,14 @@ class Learner:
     log space) multiplies that cell's past evidence by ``surprise_forget`` before it is added:
     a model that slows down fivefold is believed within a handful of requests, not after its
     whole history has decayed, while ordinary heavy-tail outliers (rare) barely matter. Set
-    ``surprise_forget=1`` for plain decay.
+    ``surprise_forget=1`` for plain decay. Forgetting is not linear, so it cannot travel inside
+    the sums: each surprise is also appended to ``surprise_log`` for the shared state to tell
+    the other replicas, which apply it to their own evidence with ``forget``.
+
+    Sharing with other replicas (``adaptive_router.shared`` does this on a timer):
+
+        publish = learner.local_state()   # this replica's own evidence
+        learner.set_remote(others)        # the view = local + others, rebuilt at once
     """
 
     def __init__(
@@ -167,12 +209,17 @@ class Learner:
         self.prior_log_ttft = np.log(np.asarray(ttft_prior, dtype=np.float64))
         self.prior_log_tpot = np.log(np.asarray(tpot_prior, dtype=np.float64))
         self.prior_quality = np.broadcast_to(np.asarray(quality_prior, dtype=np.float64), (k, m)).copy()
+        # The view: what estimates read (local + remote). Names kept: tests and tools read them.
         self.ttft = DecayedSums((m,), latency_half_life_s, t0)
         self.tpot = DecayedSums((m,), latency_half_life_s, t0)
         self.success = DecayedSums((k, m), latency_half_life_s, t0)
         self.quality = DecayedSums((k, m), quality_half_life_s, t0)
+        self._local = {name: sums.copy() for name, sums in self._views().items()}
+        self._remote: dict[str, DecayedSums] | None = None
         self.version = 0
+        self.local_version = 0  # bumped whenever the local evidence changes: what to republish
         self.surprises = 0
+        self.surprise_log: deque[Surprise] = deque(maxlen=_SURPRISE_LOG_MAX)
         self._refreshed_at = -math.inf
         self._est: Estimates | None = None
         self._dirty: set[int] = set()  # models observed since the estimates were computed
@@ -189,28 +236,48 @@ class Learner:
         tpot_s: float | None = None,
     ) -> None:
         """One attempt's outcome. Latencies are recorded for successful attempts only."""
-        self.success.add((task, model), 1.0 if success else 0.0, t)
+        self._add("success", (task, model), 1.0 if success else 0.0, t)
         if success and ttft_s is not None and ttft_s > 0:
-            self._add_latency(self.ttft, self.prior_log_ttft, model, math.log(ttft_s), t)
+            self._add_latency("ttft", self.prior_log_ttft, model, math.log(ttft_s), t)
         if success and tpot_s is not None and tpot_s > 0:
-            self._add_latency(self.tpot, self.prior_log_tpot, model, math.log(tpot_s), t)
+            self._add_latency("tpot", self.prior_log_tpot, model, math.log(tpot_s), t)
         self._dirty.add(model)
         self.version += 1
 
-    def _add_latency(self, sums: DecayedSums, prior: FloatArray, model: int, x: float, t: float) -> None:
+    def _add(self, name: str, cell: int | tuple[int, int], x: float, t: float) -> None:
+        self._views()[name].add(cell, x, t)
+        self._local[name].add(cell, x, t)
+        self.local_version += 1
+
+    def _add_latency(self, name: str, prior: FloatArray, model: int, x: float, t: float) -> None:
         if self.surprise_forget < 1.0:
-            mu, sd, _ = _log_normal(sums, t, self.k, prior, self.sd0, model)
+            mu, sd, _ = _log_normal(self._views()[name], t, self.k, prior, self.sd0, model)
             if abs(x - float(mu)) > self.surprise_z * float(sd):
-                for array in (sums.w, sums.s1, sums.s2):
-                    array[model] *= self.surprise_forget
+                # The whole view forgets, the other replicas' part included; they are told
+                # through surprise_log so that their own copies forget too.
+                self.forget(name, model, self.surprise_forget)
                 self.surprises += 1
-        sums.add(model, x, t)
+                self.surprise_log.append(Surprise(name, model, t, self.surprise_forget))
+        self._add(name, model, x, t)
+
+    def forget(self, name: str, model: int, factor: float) -> None:
+        """Keep ``factor`` of model ``model``'s ``name`` evidence ("ttft" or "tpot"), in the local
+        evidence and in the view: how a surprise seen by another replica reaches this one."""
+        if name not in LATENCY_SUMS or not 0.0 <= factor <= 1.0:
+            raise ValueError(f"cannot forget {factor!r} of {name!r}")
+        self._views()[name].scale(model, factor)
+        self._local[name].scale(model, factor)
+        if self._remote is not None:
+            self._remote[name].scale(model, factor)
+        self._dirty.add(model)
+        self.version += 1
+        self.local_version += 1
 
     def feedback(self, model: int, task: int, t: float, score: float) -> None:
         """A quality score in [0, 1] for one answer (explicit feedback or an evaluation hook)."""
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise ValueError(f"score must be in [0, 1], got {score!r}")
-        self.quality.add((task, model), score, t)
+        self._add("quality", (task, model), score, t)
         self._dirty.add(model)
         self.version += 1
 
@@ -281,29 +348,72 @@ class Learner:
 
     # --- sharing, saving ---------------------------------------------------------------
 
-    def state(self) -> LearnerState:
-        sums = {"ttft": self.ttft, "tpot": self.tpot, "success": self.success, "quality": self.quality}
-        return LearnerState(self.ids, self.tasks, {name: s.copy() for name, s in sums.items()})
+    def _views(self) -> dict[str, DecayedSums]:
+        return {"ttft": self.ttft, "tpot": self.tpot, "success": self.success, "quality": self.quality}
 
-    def merge(self, state: LearnerState) -> None:
-        """Add another learner's evidence (matched by model id and task name; others ignored)."""
-        mine = {"ttft": self.ttft, "tpot": self.tpot, "success": self.success, "quality": self.quality}
-        self.version += 1
+    def state(self) -> LearnerState:
+        """Everything the estimates read: the local evidence plus the other replicas'."""
+        return LearnerState(self.ids, self.tasks, {name: s.copy() for name, s in self._views().items()})
+
+    def local_state(self) -> LearnerState:
+        """This replica's own evidence: what it publishes and saves (never the others')."""
+        return LearnerState(self.ids, self.tasks, {name: s.copy() for name, s in self._local.items()})
+
+    def align(self, state: LearnerState) -> LearnerState:
+        """``state`` laid out in this learner's models and tasks (matched by id and name; models
+        or tasks this learner does not know are dropped). Raises ValueError on another half-life."""
         model_map = _index_map(state.ids, self.ids)
         task_map = _index_map(state.tasks, self.tasks)
-        for name, sums in mine.items():
-            sums.merge(_realign(state.sums[name], sums, model_map, task_map))
-        self._est = None
+        sums = {}
+        for name, like in self._local.items():
+            other = state.sums[name]
+            if not math.isclose(other.rate, like.rate) or other.w.ndim != like.w.ndim:
+                raise ValueError(f"{name}: sums of another half-life or shape cannot be merged")
+            sums[name] = _realign(other, like, model_map, task_map)
+        return LearnerState(self.ids, self.tasks, sums)
 
-    def reset(self) -> None:
-        for sums in (self.ttft, self.tpot, self.success, self.quality):
-            for array in (sums.w, sums.s1, sums.s2):
-                array[...] = 0.0
+    def merge(self, state: LearnerState) -> None:
+        """Add evidence to the local state (matched by model id and task name; others ignored):
+        a saved state being loaded, or another learner's outcomes adopted as this one's."""
+        for name, sums in self.align(state).sums.items():
+            self._local[name].merge(sums)
+        self.local_version += 1
+        self._rebuild_view()
+
+    def set_local(self, state: LearnerState) -> None:
+        """Replace the local evidence by ``state`` (a restarted replica resuming its own)."""
+        for name, sums in self.align(state).sums.items():
+            self._local[name].assign(sums)
+        self.local_version += 1
+        self._rebuild_view()
+
+    def set_remote(self, state: LearnerState | None) -> None:
+        """Replace the other replicas' contribution to the view by ``state`` (their sums, added
+        up); ``None`` removes it. Estimates are rebuilt in full at the next read."""
+        self._remote = None if state is None else self.align(state).sums
+        self._rebuild_view()
+
+    def _rebuild_view(self) -> None:
+        for name, view in self._views().items():
+            view.assign(self._local[name])
+            if self._remote is not None:
+                view.merge(self._remote[name])
         self._est = None
+        self._dirty.clear()
         self.version += 1
 
+    def reset(self) -> None:
+        for sums in (*self._views().values(), *self._local.values()):
+            for array in (sums.w, sums.s1, sums.s2):
+                array[...] = 0.0
+        self._remote = None
+        self._est = None
+        self.version += 1
+        self.local_version += 1
+
     def save(self, path: str | Path) -> None:
-        """Write the learned state (npz) atomically: a crash mid-write leaves the old file."""
+        """Write the local state (npz) atomically: a crash mid-write leaves the old file. Only
+        this replica's own evidence: the others' lives in their own copies."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
         arrays: dict[str, Any] = {
@@ -311,7 +421,7 @@ class Learner:
             "ids": np.array(self.ids),
             "tasks": np.array(self.tasks),
         }
-        for name, sums in self.state().sums.items():
+        for name, sums in self.local_state().sums.items():
             for key, value in sums.arrays().items():
                 arrays[f"{name}.{key}"] = value
             arrays[f"{name}.rate"] = sums.rate
