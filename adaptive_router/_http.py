@@ -89,6 +89,8 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, RequestError):
         return json_response(error_body(str(exc), exc.field), 400)
     if isinstance(exc, NoEligibleModel):
+        if exc.constraint == "budget":
+            return json_response(error_body(str(exc), None, "rate_limit_error", "budget_exceeded"), 429)
         if exc.constraint == "available":
             return json_response(error_body(str(exc), None, "service_unavailable", "no_available_model"), 503)
         param = _CONSTRAINT_PARAM.get(exc.constraint, exc.constraint)

@@ -56,6 +56,7 @@ class RouteRequest:
     model: str | None = None
     fallback: bool = True
     request_id: str | None = None
+    mask: BoolArray | None = None  # rows this request may use (e.g. a budget's price ceiling)
 
 
 @dataclass(slots=True)
@@ -451,7 +452,9 @@ class Router:
         np.minimum(terms, self._log_high, out=terms)
         b.logs[2] = est.value[profile.task_index]
         cfg = self.config
-        coef = np.array([-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]])
+        coef = np.array(
+            [-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]]
+        )
         np.dot(coef, b.logs, out=b.score)
         return b.score
 
@@ -465,6 +468,8 @@ class Router:
         need = profile.prompt_tokens + (request.max_tokens or 0)
         np.less_equal(need, cat.context_length, out=mask)
         mask &= self.available
+        if request.mask is not None:
+            mask &= request.mask
         if request.max_tokens is not None:
             mask &= cat.max_output_tokens >= request.max_tokens
         if request.capabilities:
@@ -514,7 +519,12 @@ class Router:
                 lambda: need <= cat.context_length,
                 f"no model has a context window for {need} tokens (largest: {cat.max_context})",
             ),
-            ("available", lambda: self.available, "every model's circuit breaker is open or over budget"),
+            ("available", lambda: self.available, "every model's circuit breaker is open"),
+            (
+                "budget",
+                lambda: request.mask if request.mask is not None else np.ones(len(cat), np.bool_),
+                "near the spend cap only models under the price ceiling may serve, and none fits",
+            ),
             (
                 "max_tokens",
                 lambda: cat.max_output_tokens >= (request.max_tokens or 0),

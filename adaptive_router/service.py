@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ._http import JSON, ApiError, authorize, dumps, error_response, json_response, read_json
-from .cache import Cache, build_cache, is_cacheable, request_cache_key
+from .budget import Budget, price_mask
+from .cache import Cache, build_cache, is_cacheable, redis_client, request_cache_key
 from .catalogue import Catalogue, load_catalogue
 from .errors import NoEligibleModel, RequestError, RouterError, UpstreamError
 from .execution import Breakers, Executor, Result
@@ -36,6 +38,7 @@ from .metrics import Metrics
 from .router import Decision, Router
 from .schemas import ChatCompletionRequest, CompleteRequest, FeedbackRequest, RouteQuery, route_request
 from .settings import Settings
+from .shared import SharedState, every
 from .trafficlog import TrafficLog
 from .upstream import Provider, UpstreamClient, providers_from_settings
 
@@ -62,6 +65,11 @@ class RouterService:
     keys: list[bytes] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     traffic_log: TrafficLog | None = None
+    shared: SharedState | None = None
+    budget: Budget | None = None
+    cheap_mask: Any = None  # the budget's price ceiling as a row mask, built once
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    _redis_clients: list[Any] = field(default_factory=list)
 
     @property
     def upstream_mode(self) -> str:
@@ -93,9 +101,77 @@ class RouterService:
         self.metrics.set_info(upstream=self.upstream_mode, cache=self.cache.backend)
         server = self.settings.server
         if server.traffic_log:
-            self.traffic_log = TrafficLog(server.traffic_log, server.traffic_log_max_bytes, server.traffic_log_backups,
-                                          include_prompts=server.log_prompts)
-        self._load_state()
+            self.traffic_log = TrafficLog(
+                server.traffic_log,
+                server.traffic_log_max_bytes,
+                server.traffic_log_backups,
+                include_prompts=server.log_prompts,
+            )
+        saved_at = self._load_state()
+        await self._open_shared(saved_at)
+
+    async def _open_shared(self, saved_at: float | None) -> None:
+        """Replicas' shared learning and budgets, both through Redis when it is configured."""
+        settings, redis = self.settings, self.settings.redis
+        learning, budget = settings.learning, settings.budget
+        replica = learning.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        if redis.url:
+            interval = learning.sync_interval_ms / 1000
+            client = redis_client(
+                redis.url, redis.connect_timeout_ms, max(redis.op_timeout_ms, interval * 500)
+            )
+            self._redis_clients.append(client)
+            self.shared = SharedState(
+                client,
+                redis.prefix,
+                replica,
+                self.router.learner,
+                interval,
+                learning.shared_ttl_s,
+                clock=self.router.clock,
+                on_state_change=lambda up: self.metrics.set_info(shared="redis" if up else "local"),
+            )
+            await self.shared.start(local_saved_at=saved_at)
+        if budget.enabled:
+            client = (
+                redis_client(redis.url, redis.connect_timeout_ms, max(redis.op_timeout_ms, 50.0))
+                if redis.url
+                else None
+            )
+            if client is not None:
+                self._redis_clients.append(client)
+            self.budget = Budget(
+                client,
+                redis.prefix,
+                budget.global_daily_usd,
+                budget.per_key_daily_usd,
+                budget.near_fraction,
+                budget.price_ceiling_per_mtok,
+                budget.mode,
+                replica_id=replica,
+                api_keys=settings.server.api_keys,
+            )
+            self.cheap_mask = price_mask(self.router.catalogue, budget.price_ceiling_per_mtok)
+            self._spawn(every(budget.refresh_interval_ms / 1000, self.budget.refresh, "budget"))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def admit(self, route: Any, api_key: str | None) -> None:
+        """Budgets: 429 at the cap (mode reject); only models under the price ceiling near it."""
+        if self.budget is None:
+            return
+        verdict = self.budget.check(api_key)
+        verdict.raise_if_blocked()
+        if verdict.price_ceiling is not None:
+            route.mask = self.cheap_mask
+
+    def charge(self, api_key: str | None, usd: float) -> None:
+        if self.budget is not None and usd > 0:
+            self._spawn(self.budget.charge(api_key, usd))
 
     def log(self, decision: Decision, result: Result, route: Any, answer: Any = None) -> None:
         """One traffic-log line (enqueued; written by a background thread, never blocking)."""
@@ -105,20 +181,34 @@ class RouterService:
     async def close(self) -> None:
         if self.traffic_log is not None:
             self.traffic_log.close()
-        self._save_state()
+        for task in list(self._background):
+            if not task.done() and task.get_coro().__qualname__.startswith("every"):  # type: ignore[union-attr]
+                task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.budget is not None:
+            await self.budget.refresh()
+        pushed = await self.shared.stop() if self.shared is not None else False
+        if not pushed or self.settings.learning.state_path:
+            self._save_state()
+        for client in self._redis_clients:
+            await client.aclose()
         if self.client is not None:
             await self.client.aclose()
         if self.cache is not None:
             await self.cache.close()
 
-    def _load_state(self) -> None:
+    def _load_state(self) -> float | None:
+        """Load the saved learned state; returns when it was saved (or None)."""
         path = self.settings.learning.state_path
-        if path and os.path.exists(path):
-            try:
-                self.router.learner.merge(self.router.learner.read_state(path))
-                log.info("loaded learned state from %s", path)
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("could not load learned state from %s: %s; starting from priors", path, exc)
+        if not (path and os.path.exists(path)):
+            return None
+        try:
+            self.router.learner.merge(self.router.learner.read_state(path))
+            log.info("loaded learned state from %s", path)
+            return os.path.getmtime(path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("could not load learned state from %s: %s; starting from priors", path, exc)
+            return None
 
     def _save_state(self) -> None:
         path = self.settings.learning.state_path
@@ -177,7 +267,7 @@ def _service(request: Request) -> RouterService:
 
 async def _guarded_json(request: Request) -> tuple[RouterService, dict[str, Any]]:
     service = _service(request)
-    authorize(request, service.keys)
+    request.state.api_key = authorize(request, service.keys)
     return service, await read_json(request, service.settings.server.max_body_bytes)
 
 
@@ -199,16 +289,24 @@ async def chat_completions(request: Request) -> Response:
         cached = await _cached(service, cache_key, chat, started)
         if cached is not None:
             return cached
+    service.admit(route, request.state.api_key)
     service.breakers.refresh()  # type: ignore[union-attr]
     decision = _decide(service, route, chat.model)
     timeout = service.executor.timeout_for(route.max_latency_ms)  # type: ignore[union-attr]
     if chat.stream:
         return await _stream(
-            service, decision, upstream_body, timeout, started, "miss" if cache_key else "bypass", route
+            service,
+            decision,
+            upstream_body,
+            timeout,
+            started,
+            "miss" if cache_key else "bypass",
+            route,
+            request.state.api_key,
         )
     result = await service.executor.complete(decision, upstream_body, timeout)  # type: ignore[union-attr]
     service.log(decision, result, route, result.completion)
-    data = _answer(service, decision, result, started)
+    data = _answer(service, decision, result, started, request.state.api_key)
     if cache_key is not None and service.cache is not None:
         await _store(service, cache_key, data)
     data["routing"] = _routing(service, decision, result, cached=False)
@@ -226,7 +324,9 @@ def _decide(service: RouterService, route: Any, model: str) -> Decision:
         raise
 
 
-def _answer(service: RouterService, decision: Decision, result: Result, started: float) -> dict[str, Any]:
+def _answer(
+    service: RouterService, decision: Decision, result: Result, started: float, api_key: str | None = None
+) -> dict[str, Any]:
     """The upstream's answer with ``model`` set to what answered; raises the right error otherwise."""
     metrics = service.metrics
     if result.client_fault is not None:
@@ -264,6 +364,7 @@ def _answer(service: RouterService, decision: Decision, result: Result, started:
         completion.cost_usd,
     )
     metrics.usage(completion.model_id, completion.prompt_tokens or 0, completion.completion_tokens or 0, cost)
+    service.charge(api_key, cost)
     metrics.request(
         completion.model_id,
         "ok",
@@ -339,8 +440,14 @@ def _headers(service: RouterService, decision: Decision, result: Result | None, 
 
 
 async def _stream(
-    service: RouterService, decision: Decision, body: dict[str, Any], timeout: float, started: float, cache: str,
+    service: RouterService,
+    decision: Decision,
+    body: dict[str, Any],
+    timeout: float,
+    started: float,
+    cache: str,
     route: Any,
+    api_key: str | None,
 ) -> Response:
     executor = service.executor
     assert executor is not None
@@ -374,7 +481,7 @@ async def _stream(
             await handle.aclose()
             executor.finish_stream(decision, handle, error, cancelled, result)
             service.log(decision, result, route, handle.result())
-            _stream_metrics(service, decision, result, handle, started, error, cancelled)
+            _stream_metrics(service, decision, result, handle, started, error, cancelled, api_key)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
@@ -387,6 +494,7 @@ def _stream_metrics(
     started: float,
     error: UpstreamError | None,
     cancelled: bool,
+    api_key: str | None,
 ) -> None:
     summary = handle.result()
     outcome = "cancelled" if cancelled else ("upstream_error" if error else "ok")
@@ -397,6 +505,7 @@ def _stream_metrics(
         service.metrics.usage(
             handle.model_id, summary.prompt_tokens or 0, summary.completion_tokens or 0, cost
         )
+        service.charge(api_key, cost)
     service.metrics.request(
         handle.model_id,
         outcome,
@@ -505,6 +614,7 @@ async def route_only(request: Request) -> Response:
     service, body = await _guarded_json(request)
     query = RouteQuery.model_validate(body)
     route = _query_route(query, request)
+    service.admit(route, request.state.api_key)
     service.breakers.refresh()  # type: ignore[union-attr]
     decision = _decide(service, route, query.model)
     return json_response(decision.to_dict(), headers=_headers(service, decision, None, "bypass"))
@@ -534,6 +644,7 @@ async def complete(request: Request) -> Response:
     query = CompleteRequest.model_validate(body)
     started = time.perf_counter()
     route = _query_route(query, request)
+    service.admit(route, request.state.api_key)
     service.breakers.refresh()  # type: ignore[union-attr]
     decision = _decide(service, route, query.model)
     messages = route.messages
@@ -545,7 +656,7 @@ async def complete(request: Request) -> Response:
     timeout = service.executor.timeout_for(route.max_latency_ms)  # type: ignore[union-attr]
     result = await service.executor.complete(decision, upstream_body, timeout)  # type: ignore[union-attr]
     service.log(decision, result, route, result.completion)
-    data = _answer(service, decision, result, started)
+    data = _answer(service, decision, result, started, request.state.api_key)
     answer = {
         "id": data.get("id"),
         "model": data["model"],
@@ -648,6 +759,25 @@ async def ready(request: Request) -> Response:
         "breakers": service.breakers.snapshot() if service.breakers else {},
         "policy": service.router.policy.name,
     }
+    if service.shared is not None:
+        stats = service.shared.stats()
+        body["shared_state"] = {
+            "replica_id": service.shared.replica_id,
+            "redis_up": stats.redis_up,
+            "last_sync_age_s": stats.last_sync_age_s,
+            "replicas": stats.replicas,
+            "syncs": stats.syncs,
+            "failures": stats.failures,
+        }
+    if service.budget is not None:
+        snap = service.budget.snapshot()
+        body["budget"] = {
+            "redis_up": snap.redis_up,
+            "day": snap.day,
+            "global_usd": snap.global_usd,
+            "global_cap": snap.global_cap,
+            "unsynced_usd": snap.unsynced_usd,
+        }
     if service.simulated:
         body["warning"] = "answers come from the SIMULATED upstream: set OPENROUTER_API_KEY for real models"
     return json_response(body, 200 if body["ready"] else 503)

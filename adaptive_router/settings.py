@@ -16,7 +16,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +35,7 @@ from pydantic_settings import (
 from .errors import ConfigError
 
 __all__ = [
+    "BudgetSettings",
     "CacheSettings",
     "CatalogueSettings",
     "ExplorationSettings",
@@ -82,7 +91,9 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    api_keys: list[str] = Field(default_factory=list, description="bearer keys; empty means no auth", repr=False)
+    api_keys: list[str] = Field(
+        default_factory=list, description="bearer keys; empty means no auth", repr=False
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
     traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
@@ -165,7 +176,13 @@ class LearningSettings(_Section):
     surprise_forget: float = Field(default=0.5, gt=0, le=1, description="past evidence kept after a surprise")
     feedback_memory: int = Field(default=100_000, ge=0, description="request ids kept for /feedback")
     state_path: str | None = Field(default=None, description="save/load learned state here")
-    sync_interval_ms: float = Field(default=1000.0, gt=0)
+    sync_interval_ms: float = Field(default=1000.0, gt=0, description="how often replicas share via Redis")
+    replica_id: str | None = Field(
+        default=None, description="stable id per replica (pod name); default host-pid"
+    )
+    shared_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="a silent replica's evidence is dropped after"
+    )
 
 
 class ExplorationSettings(_Section):
@@ -360,6 +377,25 @@ class UpstreamSettings(_Section):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
+class BudgetSettings(_Section):
+    """Daily spend caps in USD (UTC days), shared by all replicas through Redis."""
+
+    global_daily_usd: float | None = Field(default=None, ge=0)
+    per_key_daily_usd: float | None = Field(default=None, ge=0, description="per router API key")
+    near_fraction: float = Field(default=0.8, gt=0, le=1, description="from here on, cheap models only")
+    price_ceiling_per_mtok: float | None = Field(
+        default=None, ge=0, description="completion USD per 1M tokens"
+    )
+    mode: Literal["downgrade", "reject"] = Field(
+        default="reject", description="at the cap: 429, or cheap only"
+    )
+    refresh_interval_ms: float = Field(default=1000.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.global_daily_usd is not None or self.per_key_daily_usd is not None
+
+
 class Settings(BaseSettings):
     """Everything the router reads at start-up."""
 
@@ -382,12 +418,15 @@ class Settings(BaseSettings):
     profile: ProfileSettings = ProfileSettings()
     catalogue: CatalogueSettings = CatalogueSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    budget: BudgetSettings = BudgetSettings()
     # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
     openrouter_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False
     )
     settings_file: str | None = Field(default=None, description="ROUTER_SETTINGS_FILE: read before the rest")
-    simulator_url: str | None = Field(default=None, description="ROUTER_SIMULATOR_URL: a running simulated upstream")
+    simulator_url: str | None = Field(
+        default=None, description="ROUTER_SIMULATOR_URL: a running simulated upstream"
+    )
 
     @classmethod
     def settings_customise_sources(
