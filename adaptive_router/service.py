@@ -867,11 +867,10 @@ def serve(settings: Settings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
-    if wants_simulator(settings):
-        if not settings.simulator_url:  # a simulator already running elsewhere is used as it is
-            url = _start_simulator(settings)
-            os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
-            settings = settings.model_copy(update={"simulator_url": url})
+    if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
+        url = _start_simulator(settings)
+        os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
+        settings = settings.model_copy(update={"simulator_url": url})
     server = settings.server
     if server.workers > 1:
         uvicorn.run(
