@@ -23,6 +23,7 @@ __all__ = [
     "RouteQuery",
     "error_body",
     "first_error",
+    "required_capabilities",
 ]
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -96,20 +97,7 @@ class ChatCompletionRequest(BaseModel):
 
     def capabilities(self) -> frozenset[str]:
         """What the body itself requires of a model: tools, images, JSON output."""
-        caps = set(self.route.capabilities) if self.route else set()
-        if self.tools:
-            caps.add("tools")
-        kind = (self.response_format or {}).get("type")
-        if kind == "json_object":
-            caps.add("json_mode")
-        elif kind == "json_schema":
-            caps.add("structured_outputs")
-        if any(
-            isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content)
-            for m in self.messages
-        ):
-            caps.add("vision")
-        return frozenset(caps)
+        return required_capabilities(self.messages, self.tools, self.response_format, self.route)
 
 
 class RouteQuery(RouteOptions):
@@ -145,6 +133,28 @@ class FeedbackRequest(_Strict):
         if isinstance(value, bool):
             raise ValueError("score must be a number in [0, 1]")
         return value
+
+
+def required_capabilities(
+    messages: list[Message],
+    tools: list[Any] | None = None,
+    response_format: dict[str, Any] | None = None,
+    route: RouteOptions | None = None,
+) -> frozenset[str]:
+    """Capabilities a body needs: its route's list, plus tools, image parts and JSON output."""
+    caps = set(route.capabilities) if route else set()
+    if tools:
+        caps.add("tools")
+    kind = (response_format or {}).get("type")
+    if kind == "json_object":
+        caps.add("json_mode")
+    elif kind == "json_schema":
+        caps.add("structured_outputs")
+    if any(
+        isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content) for m in messages
+    ):
+        caps.add("vision")
+    return frozenset(caps)
 
 
 def route_request(

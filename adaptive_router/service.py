@@ -36,7 +36,15 @@ from .errors import NoEligibleModel, RequestError, RouterError, UpstreamError
 from .execution import Breakers, Executor, Result
 from .metrics import Metrics
 from .router import Decision, Router
-from .schemas import ChatCompletionRequest, CompleteRequest, FeedbackRequest, RouteQuery, route_request
+from .schemas import (
+    ChatCompletionRequest,
+    CompleteRequest,
+    FeedbackRequest,
+    Message,
+    RouteQuery,
+    required_capabilities,
+    route_request,
+)
 from .settings import Settings
 from .shared import SharedState, every
 from .trafficlog import TrafficLog
@@ -85,6 +93,7 @@ class RouterService:
             connect_timeout_s=up.connect_timeout_s,
             read_timeout_s=up.read_timeout_s,
             max_connections=up.max_connections,
+            http_client=up.http_client,
             transport=self.transport,
         )
         self.breakers = Breakers(
@@ -621,19 +630,13 @@ async def route_only(request: Request) -> Response:
 
 
 def _query_route(query: RouteQuery, request: Request) -> Any:
-    chat_like = ChatCompletionRequest.model_validate(
-        {
-            "messages": [m.model_dump() for m in query.messages]
-            if query.messages
-            else [{"role": "user", "content": query.prompt}]
-        }
-    )
+    messages = query.messages or [Message(role="user", content=query.prompt)]
     return route_request(
         query.model,
         query,
-        messages=[m.model_dump() for m in chat_like.messages],
+        messages=[m.model_dump() for m in messages],
         max_tokens=query.max_tokens,
-        capabilities=chat_like.capabilities(),
+        capabilities=required_capabilities(messages, route=query),
         request_id=request.headers.get("x-request-id"),
     )
 
