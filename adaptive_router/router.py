@@ -292,6 +292,7 @@ class Router:
         # Unique across replicas and restarts without a uuid4 per request (2-3 us each).
         self._id_prefix = f"req-{uuid.uuid4().hex[:12]}-"
         self._id_counter = itertools.count()
+        self._capability_masks: dict[frozenset[str], BoolArray] = {}
         self._fallback_rows = [catalogue.index[m] for m in config.fallback_models if m in catalogue]
 
     @classmethod
@@ -473,8 +474,7 @@ class Router:
         if request.max_tokens is not None:
             mask &= cat.max_output_tokens >= request.max_tokens
         if request.capabilities:
-            bits = _capability_bits(request.capabilities)
-            mask &= (cat.capabilities & bits) == bits
+            mask &= self._capability_mask(request.capabilities)
         if request.allow:
             mask &= cat.glob_mask(request.allow)
         if request.deny:
@@ -483,6 +483,15 @@ class Router:
             mask &= self.latency_quantile(est, out) <= request.max_latency_ms / 1000.0
         if request.max_cost_usd is not None:
             mask &= self.cost_bound(profile, request.max_tokens, out) <= request.max_cost_usd
+        return mask
+
+    def _capability_mask(self, capabilities: frozenset[str]) -> BoolArray:
+        """Rows having every one of ``capabilities``; depends on the catalogue only, so kept."""
+        mask = self._capability_masks.get(capabilities)
+        if mask is None:
+            bits = _capability_bits(capabilities)
+            mask = (self.catalogue.capabilities & bits) == bits
+            self._capability_masks[capabilities] = mask
         return mask
 
     def latency_quantile(self, est: Estimates, out_tokens: float) -> FloatArray:
