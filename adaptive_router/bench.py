@@ -143,7 +143,7 @@ def python_loop_decide(router: Router, request: RouteRequest) -> str:
         score = (
             wl * (1 - cfg.latency_scale.norm(latency))
             + wc * (1 - cfg.cost_scale.norm(cost))
-            + wq * est.value[profile.task_index, i]
+            + wq * est.value[profile.cell, i]
         )
         if score > best_score:
             best, best_score = model_id, score

@@ -1,9 +1,14 @@
-"""A cheap profile of a request: task class, token estimate, length bucket.
+"""A cheap profile of a request: task class, token estimate, length bucket, learner cell.
 
 Cheap enough for the decision path: the words of the prompt's last user turn (its head and tail,
 ``scan_chars`` in all) are collected once into a set and intersected with each task class's
 keywords; the few regexes a class may add run over the same lower-cased text. The rules live
 in settings (``profile.tasks``).
+
+The learner keeps one row of estimates per *cell*: the task class (``cells="task"``), or the task
+class and the length bucket together (``cells="task_and_length"``: prompts of one class but of
+very different lengths, such as a one-line request and a long document with a question, often
+suit different models).
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-__all__ = ["Profile", "Profiler", "TaskRules", "estimate_tokens"]
+__all__ = ["CellMode", "Profile", "Profiler", "TaskRules", "estimate_tokens"]
+
+CellMode = Literal["task", "task_and_length"]
 
 CHARS_PER_TOKEN = 4.0
 _WORD = re.compile(r"[a-z0-9+#]+(?:[;'][a-z]+)?")
@@ -39,14 +47,17 @@ class TaskRules:
         object.__setattr__(self, "regexes", tuple(re.compile(p) for p in self.patterns))
 
 
-
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """``task``/``task_index``: the task class; ``cell``/``cell_name``: the learner's row."""
+
     task: str
     task_index: int
     prompt_tokens: int
     bucket: int
     expected_output_tokens: int
+    cell: int
+    cell_name: str
 
     @property
     def key(self) -> str:
@@ -54,7 +65,11 @@ class Profile:
 
 
 class Profiler:
-    """Most keyword hits wins (ties go to the class listed first); no hit: the default task."""
+    """Most keyword hits wins (ties go to the class listed first); no hit: the default task.
+
+    ``cells`` names the learner's rows: the task classes, or every (task class, length bucket)
+    pair, named ``"code/1"`` (bucket 1 of ``code``), task-major.
+    """
 
     def __init__(
         self,
@@ -63,7 +78,10 @@ class Profiler:
         length_buckets: Sequence[int] = (256, 2048),
         expected_output_tokens: Mapping[str, int] | None = None,
         scan_chars: int = 2000,
+        cells: CellMode = "task",
     ) -> None:
+        if cells not in get_args(CellMode):
+            raise ValueError(f"cells must be one of {get_args(CellMode)}, not {cells!r}")
         self.tasks: tuple[str, ...] = (*tasks, default_task)
         rules = list(tasks.values())
         # Flattened once, so classifying is a set intersection and a few substring checks.
@@ -81,6 +99,13 @@ class Profiler:
         fallback = out.get(default_task, 300)
         self._expected_out = [int(out.get(task, fallback)) for task in self.tasks]
         self._half = scan_chars // 2
+        # Cells per task: 1, or one per length bucket; cell = task * per_task + bucket.
+        self._per_task = len(self._buckets) + 1 if cells == "task_and_length" else 1
+        self.cells: tuple[str, ...] = (
+            tuple(f"{task}/{b}" for task in self.tasks for b in range(self._per_task))
+            if cells == "task_and_length"
+            else self.tasks
+        )
 
     def classify(self, text: str) -> int:
         if len(text) > 2 * self._half:
@@ -106,4 +131,6 @@ class Profiler:
         expected = self._expected_out[task]
         if max_tokens is not None:
             expected = min(expected, max_tokens)
-        return Profile(self.tasks[task], task, tokens, bisect_right(self._buckets, tokens), expected)
+        bucket = bisect_right(self._buckets, tokens)
+        cell = task * self._per_task + (bucket if self._per_task > 1 else 0)
+        return Profile(self.tasks[task], task, tokens, bucket, expected, cell, self.cells[cell])

@@ -15,7 +15,7 @@ otherwise the little probability a softmax gives to the rest is spread over the 
 without a propensity (Thompson sampling) or answered from the cache are skipped and counted.
 
 Estimators: inverse propensity scoring (IPS), self-normalised IPS (SNIPS) and doubly robust
-(DR, whose direct model is the mean reward per (task, model) in the same log). Intervals use
+(DR, whose direct model is the mean reward per (learner cell, model) in the same log). Intervals use
 the normal approximation (``value ± z·se``; SNIPS's standard error by the delta method).
 
 Over an outcome table (every model's quality and cost for each prompt):
@@ -321,7 +321,9 @@ def _fill_row(
     a.chosen[i] = names.index(record["model"])
     a.pinned[i] = bool(record.get("pinned"))
     a.propensity[i] = float(record["propensity"])
-    a.task[i] = tasks.setdefault(str(record["profile"]["task"]), len(tasks))
+    # The direct model's groups are the router's own learner cells (older lines: the task).
+    profile = record["profile"]
+    a.task[i] = tasks.setdefault(str(profile.get("cell", profile["task"])), len(tasks))
 
 
 def _unweighted(term: float, weight: float, raw: float, scale: LogScale) -> float:
@@ -375,7 +377,7 @@ def _target_probabilities(a: _Logged, target: TargetPolicy, modes: Mapping[str, 
 
 
 def _direct_model(a: _Logged) -> FloatArray:
-    """Mean logged reward per (task, model), falling back to the model's mean, then the overall."""
+    """Mean logged reward per (cell, model), falling back to the model's mean, then the overall."""
     chosen_model = a.model[np.arange(a.model.shape[0]), a.chosen]
     n_tasks = int(a.task.max(initial=0)) + 1
     n_models = int(a.model.max(initial=0)) + 1

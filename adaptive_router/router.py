@@ -208,6 +208,7 @@ class Decision:
                 "task": self.profile.task,
                 "prompt_tokens": self.profile.prompt_tokens,
                 "bucket": self.profile.bucket,
+                "cell": self.profile.cell_name,
                 "expected_output_tokens": self.profile.expected_output_tokens,
             },
             "mode": self.mode,
@@ -321,11 +322,16 @@ class Router:
         )
         rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
         profiler = Profiler(
-            rules, prof.default_task, prof.length_buckets, prof.expected_output_tokens, prof.scan_chars
+            rules,
+            prof.default_task,
+            prof.length_buckets,
+            prof.expected_output_tokens,
+            prof.scan_chars,
+            prof.cells,
         )
         learner = Learner(
             catalogue.ids,
-            profiler.tasks,
+            profiler.cells,
             catalogue.ttft_prior,
             catalogue.tpot_prior,
             catalogue.quality_prior,
@@ -388,18 +394,18 @@ class Router:
         if eligible == 0:
             raise self._why_none(request, profile, est, out_tokens)
         np.copyto(score, -np.inf, where=~mask)
-        choice = policy.choose(score, est, profile.task_index, weights, self.rng)
+        choice = policy.choose(score, est, profile.cell, weights, self.rng)
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
         head = choice.index if pinned is None else pinned
         rows = [head, *[r for r in ranked if r != head][: top_k - 1]] if request.fallback else [head]
         ids = self.catalogue.ids
         chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
-        task_value = est.value[profile.task_index]
+        cell_value = est.value[profile.cell]
         ranking = _Ranking(
             ids=chain[: len(rows)],
             terms=self._buf.terms[:, rows],
-            value=task_value[rows],
+            value=cell_value[rows],
             bonus=choice.bonus[rows] if choice.bonus is not None else np.zeros(len(rows)),
             offset=self._offset(weights),
             weights=weights,
@@ -451,7 +457,7 @@ class Router:
         np.log(b.terms[1:], out=terms)
         np.maximum(terms, self._log_low, out=terms)
         np.minimum(terms, self._log_high, out=terms)
-        b.logs[2] = est.value[profile.task_index]
+        b.logs[2] = est.value[profile.cell]
         cfg = self.config
         coef = np.array(
             [-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]]
@@ -629,11 +635,11 @@ class Router:
         row = self.catalogue.index.get(outcome.model)
         if row is None:
             return
-        task = decision.profile.task_index
+        cell = decision.profile.cell
         ttft, tpot = self._split_latency(row, outcome)
-        self.learner.observe(row, task, self.clock(), outcome.success, ttft, tpot)
+        self.learner.observe(row, cell, self.clock(), outcome.success, ttft, tpot)
         if outcome.success and self.config.feedback_memory:
-            self._answered[decision.request_id] = (row, task)
+            self._answered[decision.request_id] = (row, cell)
             if len(self._answered) > self.config.feedback_memory:
                 self._answered.popitem(last=False)
 
@@ -658,11 +664,11 @@ class Router:
         """A quality score in [0, 1] for an answered request; False if the id is unknown or expired."""
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise RequestError("score", f"must be in [0, 1], got {score!r}")
-        cell = self._answered.get(request_id)
-        if cell is None:
+        answered = self._answered.get(request_id)
+        if answered is None:
             return False
-        row, task = cell
-        self.learner.feedback(row, task, self.clock(), score)
+        row, cell = answered
+        self.learner.feedback(row, cell, self.clock(), score)
         return True
 
     def set_available(self, model: str, available: bool) -> None:

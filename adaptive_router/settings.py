@@ -311,6 +311,11 @@ class ProfileSettings(_Section):
     default_task: str = "general"
     scan_chars: int = Field(default=2000, ge=64, description="head and tail of the last user turn scanned")
     length_buckets: list[int] = Field(default_factory=lambda: [256, 2048])
+    # "task" by default: on RouterBench (benchmarks/learning.py) length cells gained nothing beyond
+    # seed noise at matched cost, and every extra cell learns every model again from its prior.
+    cells: Literal["task", "task_and_length"] = Field(
+        default="task", description="the learner's rows: task classes, or (task class, length bucket) pairs"
+    )
     expected_output_tokens: dict[str, int] = Field(
         default_factory=lambda: {
             "general": 300,
@@ -373,6 +378,9 @@ class UpstreamSettings(_Section):
     attempt_timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=4, ge=1)
     max_connections: int = Field(default=256, ge=1)
+    http_client: Literal["auto", "httpx", "aiohttp"] = Field(
+        default="auto", description="auto: aiohttp (the speed extra) when installed and no proxy is set"
+    )
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 

@@ -3,6 +3,8 @@
     python3 benchmarks/learning.py            # full run (about a minute)
     python3 benchmarks/learning.py --quick    # a smoke run (about 15 seconds)
     python3 benchmarks/learning.py --data ../shared/data
+    python3 benchmarks/learning.py --cells task_and_length --length-buckets 128,512,2048 \
+        --output /tmp/learning.json           # another profile setting (default: Settings())
 
 1. Regret in a scripted simulation (adaptive_router.simulate): six models the catalogue cannot
    tell apart (equal priors and prices), default weights; the sum over N requests of the best
@@ -17,9 +19,11 @@
    profiler (no dataset labels), with equal neutral priors; latency resampled from the
    llmperf measurements. Quality and cost relative to gpt-4-1106-preview in quality-leaning
    settings. The issue's goal: >= 95% of its accuracy at <= 40% of its cost. The "profile
-   ceiling" is the best any router can do that picks one model per task class of the default
-   profiler (best pure assignment under the cost cap, knowing the truth): learning per task
-   class cannot beat it.
+   ceiling" is the best any router can do that picks one model per learner cell of the
+   profiler in use (task class, or task class and length bucket; the best pure assignment under
+   the cost cap, knowing the truth): learning per cell cannot beat it. The "dataset-label
+   ceiling" is the same with the dataset's own label as the cell: what a perfect profiler
+   could reach.
 
 Writes benchmarks/results/learning.json and prints one table per part.
 """
@@ -27,7 +31,6 @@ Writes benchmarks/results/learning.json and prints one table per part.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from adaptive_router.catalogue import Catalogue, Model
 from adaptive_router.replay import (
@@ -50,7 +54,7 @@ from adaptive_router.replay import (
     replay_outcomes,
 )
 from adaptive_router.router import Router, RouteRequest
-from adaptive_router.settings import Settings, load_settings
+from adaptive_router.settings import ProfileSettings, Settings, load_settings
 from adaptive_router.simulate import SimClock, World, run
 
 POLICIES = ["ucb", "thompson", "softmax", "greedy"]
@@ -59,6 +63,8 @@ DEFAULT_DATA = Path(
     os.environ.get("ADAPTIVE_ROUTER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
 REFERENCE = "gpt-4-1106-preview"
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 GOAL_QUALITY, GOAL_COST = 0.95, 0.40
 
 IDS = [f"lab/m{i}" for i in range(6)]
@@ -161,13 +167,12 @@ def routerbench(
     seeds: list[int],
     limit: int | None,
     quick: bool,
+    settings: Settings,
 ) -> list[dict[str, Any]]:
     rows = []
     for label, mode, weights in settings_grid(quick):
         runs = [
-            replay_outcomes(
-                table, None, Settings(), policy, mode, seed, True, limit, latency, weights=weights
-            )
+            replay_outcomes(table, None, settings, policy, mode, seed, True, limit, latency, weights=weights)
             for seed in seeds
         ]
         ref = [next(a for a in r.fixed if a.name == REFERENCE) for r in runs]
@@ -189,34 +194,65 @@ def routerbench(
     return rows
 
 
-def profile_ceiling(table: OutcomeTable, cost_cap: float = GOAL_COST) -> dict[str, Any]:
-    """The best quality within ``cost_cap`` (relative to the reference) of any router that picks
-    by the default profiler's task class, knowing the truth: one model per class ("pure"), or a
-    mix of two such assignments ("mixed", the upper envelope at the cap)."""
-    router = Router.from_settings(Settings(), outcome_catalogue(table))
-    tasks = np.array([router.profile(RouteRequest(prompt=t)).task_index for t in table.texts])
+def _pareto(
+    cost: FloatArray, quality: FloatArray, picks: IntArray
+) -> tuple[FloatArray, FloatArray, IntArray]:
+    """The points no other point beats on both cost and quality, cheapest first."""
+    order = np.lexsort((-quality, cost))
+    cost, quality, picks = cost[order], quality[order], picks[order]
+    best_before = np.maximum.accumulate(np.concatenate(([-np.inf], quality[:-1])))
+    keep = quality > best_before
+    return cost[keep], quality[keep], picks[keep]
+
+
+def cell_ceiling(table: OutcomeTable, cells: IntArray, cost_cap: float = GOAL_COST) -> dict[str, Any]:
+    """The best quality within ``cost_cap`` (both relative to the reference) of any router that
+    picks one model per cell of ``cells`` knowing the truth ("pure", exact: the cells' options
+    are combined one cell at a time, keeping the cost-quality Pareto front), or that mixes two
+    such assignments ("mixed", the upper envelope at the cap)."""
     ref = table.models.index(REFERENCE)
-    present = sorted(set(tasks.tolist()))
-    q_task = np.array([table.quality[tasks == t].sum(axis=0) for t in present])
-    q_task /= len(table) * table.quality[:, ref].mean()
-    c_task = np.array([table.cost[tasks == t].sum(axis=0) for t in present]) / table.cost[:, ref].sum()
-    combos = np.array(list(itertools.product(range(len(table.models)), repeat=len(present))))
-    rows = np.arange(len(present))
-    q, c = q_task[rows, combos].sum(axis=1), c_task[rows, combos].sum(axis=1)
-    under, over = c <= cost_cap, c >= cost_cap
-    qa, ca = q[under][:, None], c[under][:, None]
-    qb, cb = q[over][None, :], c[over][None, :]
+    present = sorted(set(cells.tolist()))
+    q_cell = np.array([table.quality[cells == c].sum(axis=0) for c in present])
+    q_cell /= len(table) * table.quality[:, ref].mean()
+    c_cell = np.array([table.cost[cells == c].sum(axis=0) for c in present]) / table.cost[:, ref].sum()
+    m = len(table.models)
+    cost, quality, picks = np.zeros(1), np.zeros(1), np.zeros((1, 0), np.intp)
+    for k in range(len(present)):
+        front = cost.shape[0]
+        cost = (cost[:, None] + c_cell[k][None, :]).ravel()
+        quality = (quality[:, None] + q_cell[k][None, :]).ravel()
+        picks = np.hstack([np.repeat(picks, m, axis=0), np.tile(np.arange(m), front)[:, None]])
+        cost, quality, picks = _pareto(cost, quality, picks)
+    under = cost <= cost_cap
+    qa, ca = quality[under][:, None], cost[under][:, None]
+    qb, cb = quality[~under][None, :], cost[~under][None, :]
     mixed = np.where(cb > ca, qa + (cost_cap - ca) / np.maximum(cb - ca, 1e-12) * (qb - qa), qa)
-    best = int(np.flatnonzero(under)[q[under].argmax()])
+    best = int(np.flatnonzero(under)[quality[under].argmax()])
     return {
-        "pure_quality_vs_gpt4": float(q[best]),
-        "pure_cost_vs_gpt4": float(c[best]),
-        "pure_assignment": {
-            router.profiler.tasks[t]: table.models[m] for t, m in zip(present, combos[best], strict=True)
-        },
-        "mixed_quality_vs_gpt4": float(mixed.max()),
-        "task_counts": {router.profiler.tasks[t]: int((tasks == t).sum()) for t in present},
+        "pure_quality_vs_gpt4": float(quality[best]),
+        "pure_cost_vs_gpt4": float(cost[best]),
+        "pure_assignment": {int(c): table.models[j] for c, j in zip(present, picks[best], strict=True)},
+        "mixed_quality_vs_gpt4": float(mixed.max(initial=float(quality[best]))),
     }
+
+
+def profile_ceiling(table: OutcomeTable, settings: Settings, cost_cap: float = GOAL_COST) -> dict[str, Any]:
+    """``cell_ceiling`` over the cells the router's own profiler (under ``settings``) assigns."""
+    router = Router.from_settings(settings, outcome_catalogue(table))
+    cells = np.array([router.profile(RouteRequest(prompt=t)).cell for t in table.texts])
+    names = router.profiler.cells
+    result = cell_ceiling(table, cells, cost_cap)
+    result["pure_assignment"] = {names[c]: model for c, model in result["pure_assignment"].items()}
+    result["cell_counts"] = {names[c]: int((cells == c).sum()) for c in sorted(set(cells.tolist()))}
+    return result
+
+
+def dataset_ceiling(table: OutcomeTable, cost_cap: float = GOAL_COST) -> dict[str, Any]:
+    """``cell_ceiling`` with the dataset label as the cell: what a perfect profiler could reach."""
+    labels, cells = np.unique(np.array(table.datasets), return_inverse=True)
+    result = cell_ceiling(table, cells.astype(np.intp), cost_cap)
+    result["pure_assignment"] = {str(labels[c]): model for c, model in result["pure_assignment"].items()}
+    return result
 
 
 # --- running and printing ---------------------------------------------------------------------
@@ -231,11 +267,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_all(quick: bool, data: Path) -> dict[str, Any]:
+def run_all(quick: bool, data: Path, settings: Settings) -> dict[str, Any]:
     seeds = [1] if quick else [1, 2, 3]
     n = 1_000 if quick else 3_000
     slow_at, recover_at, total = (400, 800, 1_200) if quick else (1_000, 2_000, 3_000)
     result: dict[str, Any] = {"benchmark": "learning", "quick": quick, "machine": machine(), "seeds": seeds}
+    result["profile"] = {"cells": settings.profile.cells, "length_buckets": settings.profile.length_buckets}
     result["simulation"] = {"requests": n, "rows": []}
     result["adaptation"] = {"slow_at": slow_at, "recover_at": recover_at, "requests": total, "rows": []}
     for policy in POLICIES:
@@ -254,7 +291,7 @@ def run_all(quick: bool, data: Path) -> dict[str, Any]:
     limit = 1_200 if quick else None
     rows = []
     for policy in POLICIES:
-        rows += routerbench(table, latency, policy, seeds, limit, quick)
+        rows += routerbench(table, latency, policy, seeds, limit, quick, settings)
         print(f"  {policy}: routerbench done", file=sys.stderr)
     ref = table.models.index(REFERENCE)
     result["routerbench"] = {
@@ -263,7 +300,8 @@ def run_all(quick: bool, data: Path) -> dict[str, Any]:
         "reference": REFERENCE,
         "reference_quality": float(table.quality[:, ref].mean()),
         "goal": {"quality_vs_gpt4": GOAL_QUALITY, "cost_vs_gpt4": GOAL_COST},
-        "profile_ceiling_at_40pct_cost": profile_ceiling(table),
+        "profile_ceiling_at_40pct_cost": profile_ceiling(table, settings),
+        "dataset_label_ceiling_at_40pct_cost": dataset_ceiling(table),
         "rows": rows,
     }
     return result
@@ -327,11 +365,16 @@ def print_tables(result: dict[str, Any]) -> None:
             f"{r['policy']:<10} {r['setting']:<42} {r['quality_vs_gpt4']:>8.1%} {r['cost_vs_gpt4']:>7.1%}  "
             f"{'met' if r['goal_met'] else 'not met'}"
         )
-    ceiling = rb["profile_ceiling_at_40pct_cost"]
+    ceiling, labels = rb["profile_ceiling_at_40pct_cost"], rb["dataset_label_ceiling_at_40pct_cost"]
     print(
-        f"profile ceiling at <= 40% cost (by default task class {ceiling['task_counts']}, truth known): "
-        f"one model per class {ceiling['pure_quality_vs_gpt4']:.1%} quality ({ceiling['pure_assignment']}); "
-        f"mixing two assignments {ceiling['mixed_quality_vs_gpt4']:.1%}"
+        f"profile ceiling at <= 40% cost (cells {result['profile']}: {ceiling['cell_counts']}, truth "
+        f"known): one model per cell {ceiling['pure_quality_vs_gpt4']:.1%} quality "
+        f"({ceiling['pure_assignment']}); mixing two assignments {ceiling['mixed_quality_vs_gpt4']:.1%}"
+    )
+    print(
+        f"dataset-label ceiling (a perfect profiler): one model per dataset "
+        f"{labels['pure_quality_vs_gpt4']:.1%} ({labels['pure_assignment']}); "
+        f"mixing {labels['mixed_quality_vs_gpt4']:.1%}"
     )
     best = max(rb["rows"], key=lambda r: r["quality_vs_gpt4"] if r["cost_vs_gpt4"] <= GOAL_COST else -1)
     print(
@@ -340,14 +383,27 @@ def print_tables(result: dict[str, Any]) -> None:
     )
 
 
+def _settings(cells: str | None, buckets: str | None) -> Settings:
+    """``Settings()`` with the profile's cells and length buckets replaced when given."""
+    changes: dict[str, Any] = {}
+    if cells is not None:
+        changes["cells"] = cells
+    if buckets is not None:
+        changes["length_buckets"] = [int(b) for b in buckets.split(",")]
+    profile = ProfileSettings(**{**Settings().profile.model_dump(), **changes})
+    return Settings(profile=profile)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and seeds (a smoke run)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--cells", choices=["task", "task_and_length"], help="default: the settings default")
+    parser.add_argument("--length-buckets", help="comma-separated token edges, e.g. 128,512,2048")
     args = parser.parse_args()
     started = time.perf_counter()
-    result = run_all(args.quick, args.data)
+    result = run_all(args.quick, args.data, _settings(args.cells, args.length_buckets))
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -5,8 +5,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from adaptive_router.errors import RequestError
+from adaptive_router.errors import ConfigError, RequestError
 from adaptive_router.profile import Profiler, TaskRules, estimate_tokens
 from adaptive_router.router import Router, RouteRequest
 from adaptive_router.settings import ProfileSettings, load_settings
@@ -20,7 +22,12 @@ def _default_profiler(**changes: Any) -> Profiler:
     prof = ProfileSettings(**changes)
     rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
     return Profiler(
-        rules, prof.default_task, prof.length_buckets, prof.expected_output_tokens, prof.scan_chars
+        rules,
+        prof.default_task,
+        prof.length_buckets,
+        prof.expected_output_tokens,
+        prof.scan_chars,
+        prof.cells,
     )
 
 
@@ -171,6 +178,83 @@ def test_profiler_expected_output_tokens_capped_by_max_tokens(profiler: Profiler
 def test_profiler_task_without_expected_output_uses_default_tasks() -> None:
     custom = Profiler({"poem": TaskRules(["poem"])}, expected_output_tokens={"general": 123})
     assert custom.profile("write a poem").expected_output_tokens == 123
+
+
+# --- learner cells ----------------------------------------------------------------------------
+
+TASKS = ("code", "math", "translation", "summarisation", "general")
+
+
+def test_profiler_cells_are_the_tasks_by_default(profiler: Profiler) -> None:
+    assert ProfileSettings().cells == "task"
+    assert profiler.cells == profiler.tasks
+    for prompt in ("write python code", "what is 2 + 3", "tell me a story"):
+        for tokens in (10, 1000, 10_000):  # length does not matter to the cell
+            profile = profiler.profile(prompt, chars=tokens * 4)
+            assert (profile.cell, profile.cell_name) == (profile.task_index, profile.task)
+
+
+def test_profiler_task_and_length_cells_are_named_task_major() -> None:
+    cells = _default_profiler(cells="task_and_length").cells
+    assert cells == tuple(f"{task}/{bucket}" for task in TASKS for bucket in (0, 1, 2))
+    custom = _default_profiler(cells="task_and_length", length_buckets=[100])
+    assert custom.cells[:4] == ("code/0", "code/1", "math/0", "math/1") and len(custom.cells) == 10
+
+
+@pytest.mark.parametrize(
+    ("prompt", "tokens", "cell_name"),
+    [
+        ("write python code", 20, "code/0"),
+        ("write python code", 500, "code/1"),
+        ("write python code", 5000, "code/2"),
+        ("tell me a story", 255, "general/0"),
+        ("tell me a story", 256, "general/1"),
+        ("summarize this", 2048, "summarisation/2"),
+    ],
+)
+def test_profiler_task_and_length_cell_follows_task_and_bucket(
+    prompt: str, tokens: int, cell_name: str
+) -> None:
+    profiler = _default_profiler(cells="task_and_length")
+    profile = profiler.profile(prompt, chars=tokens * 4)
+    assert profile.cell_name == cell_name
+    assert profiler.cells[profile.cell] == cell_name
+    assert profile.task == cell_name.split("/")[0]
+    assert profiler.tasks[profile.task_index] == profile.task  # the task class is kept as it was
+
+
+@given(
+    words=st.lists(st.sampled_from(["python", "solve", "translate", "summary", "sea", "2 + 2"]), max_size=4),
+    tokens=st.integers(1, 100_000),
+)
+def test_profiler_cell_is_one_row_per_task_and_bucket(words: list[str], tokens: int) -> None:
+    by_task = _default_profiler()
+    by_length = _default_profiler(cells="task_and_length", length_buckets=[64, 256, 1024])
+    text = " ".join(words)
+    a, b = by_task.profile(text, chars=tokens * 4), by_length.profile(text, chars=tokens * 4)
+    assert (a.task, a.task_index) == (b.task, b.task_index)
+    assert a.cell == a.task_index and by_task.cells[a.cell] == a.cell_name
+    assert b.cell == b.task_index * 4 + b.bucket  # four buckets per task: the mapping is one-to-one
+    assert by_length.cells[b.cell] == b.cell_name == f"{b.task}/{b.bucket}"
+
+
+def test_profiler_rejects_an_unknown_cells_mode() -> None:
+    with pytest.raises(ValueError, match="cells"):
+        Profiler({"a": TaskRules(["alpha"])}, cells="dataset")  # type: ignore[arg-type]
+
+
+def test_profile_settings_cells_from_file_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROUTER_PROFILE__CELLS", raising=False)
+    (tmp_path / "settings.yaml").write_text("profile:\n  cells: task_and_length\n")
+    assert load_settings("settings.yaml").profile.cells == "task_and_length"
+    monkeypatch.setenv("ROUTER_PROFILE__CELLS", "task")
+    assert load_settings("settings.yaml").profile.cells == "task"  # the environment wins
+    with pytest.raises(ConfigError) as err:
+        load_settings(profile={"cells": "dataset"})
+    assert err.value.key == "profile.cells"
 
 
 # --- Router.profile on OpenAI messages --------------------------------------------------------

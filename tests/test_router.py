@@ -430,3 +430,63 @@ def test_router_messages_with_image_parts_profile_the_text() -> None:
         },
     ]
     assert router.decide(RouteRequest(messages=messages)).profile.task == "translation"
+
+
+# --- learner cells -----------------------------------------------------------------------------
+
+
+def router_with_cells(models: list[Model], cells: str, policy: str = "greedy") -> Router:
+    settings_ = load_settings(exploration={"policy": policy, "seed": 0}, profile={"cells": cells})
+    return Router.from_settings(settings_, Catalogue(models), clock=SimClock())
+
+
+SHORT, LONG = "tell me a story", "tell me a story " + "about the sea " * 200  # buckets 0 and 1
+
+
+def test_router_learner_rows_are_the_profilers_cells() -> None:
+    by_task = router_with_cells([model(0)], "task")
+    assert by_task.learner.tasks == by_task.profiler.tasks
+    router = router_with_cells([model(0)], "task_and_length")
+    assert router.learner.tasks == router.profiler.cells
+    assert router.learner.quality.w.shape == (15, 1)  # 5 task classes x 3 length buckets
+    short, long = router.decide(RouteRequest(prompt=SHORT)), router.decide(RouteRequest(prompt=LONG))
+    assert (short.profile.cell_name, long.profile.cell_name) == ("general/0", "general/1")
+    assert short.profile.task == long.profile.task == "general"
+    assert long.to_dict()["profile"]["cell"] == "general/1"
+
+
+@pytest.mark.parametrize("cells", ["task", "task_and_length"])
+def test_router_record_and_feedback_reach_the_decisions_cell(cells: str) -> None:
+    router = router_with_cells([model(0), model(1)], cells)
+    decision = router.decide(RouteRequest(prompt=LONG, model="p1/m1"))
+    router.record(decision, Outcome(model="p1/m1", success=True, latency_s=1.0, completion_tokens=50))
+    assert router.feedback(decision.request_id, 0.25)
+    touched = {(int(r), int(m)) for r, m in zip(*np.nonzero(router.learner.quality.w), strict=True)}
+    assert touched == {(decision.profile.cell, 1)}
+    assert set(zip(*np.nonzero(router.learner.success.w), strict=True)) == {(decision.profile.cell, 1)}
+    expected_row = router.profiler.cells.index("general/1" if cells == "task_and_length" else "general")
+    assert decision.profile.cell == expected_row
+
+
+def _teach(router: Router, prompt: str, scores: dict[str, float], rounds: int = 15) -> None:
+    """Each model answers ``prompt`` ``rounds`` times (pinned) and gets its score as feedback."""
+    for _ in range(rounds):
+        for name, score in scores.items():
+            decision = router.decide(RouteRequest(prompt=prompt, model=name))
+            outcome = Outcome(model=name, success=True, latency_s=1.0, ttft_s=0.3, completion_tokens=50)
+            router.record(decision, outcome)
+            router.feedback(decision.request_id, score)
+            router.clock.advance(1.0)  # type: ignore[attr-defined]
+
+
+def test_router_task_and_length_cells_learn_a_model_per_length() -> None:
+    """Short prompts suit one model and long ones the other: only length cells can tell."""
+    a, b = model(0), model(1)  # identical priors, prices and latency
+    picks = {}
+    for cells in ("task", "task_and_length"):
+        router = router_with_cells([a, b], cells)
+        _teach(router, SHORT, {a.id: 0.9, b.id: 0.3})
+        _teach(router, LONG, {a.id: 0.2, b.id: 0.7})
+        picks[cells] = [router.decide(RouteRequest(prompt=p, mode="quality")).model for p in (SHORT, LONG)]
+    assert picks["task_and_length"] == [a.id, b.id]
+    assert picks["task"] == [a.id, a.id]  # one row for both lengths: a's mean 0.55 beats b's 0.5
