@@ -369,9 +369,13 @@ def _read_overlay(path: str | Path) -> Mapping[str, Any]:
 
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+        # YAML 1.1 reads JSON's 1e-05 as a string: JSON files are parsed as JSON.
+        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
     except OSError as exc:
         raise CatalogueError("*", "overlay", f"cannot read {file}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise CatalogueError("*", "overlay", f"{file} is not valid JSON: {exc}") from exc
     except yaml.YAMLError as exc:
         raise CatalogueError("*", "overlay", f"{file} is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, Mapping):

@@ -102,9 +102,17 @@ def openapi_spec() -> dict[str, Any]:
                 },
             }
             operation["responses"]["413"] = {"description": "body too large"}
+        if path in ("/v1/chat/completions", "/complete", "/route"):
+            operation["responses"]["429"] = {"description": "a daily budget is spent (budget.*)",
+                                             "content": {"application/json": {"schema": _ERROR}}}
+            operation["responses"]["503"] = {"description": "every model's circuit breaker is open",
+                                             "content": {"application/json": {"schema": _ERROR}}}
         if path in ("/v1/chat/completions", "/complete"):
             operation["responses"]["502"] = {"description": "every candidate failed (attempts listed)"}
             operation["responses"]["504"] = {"description": "every candidate timed out"}
+        if path == "/feedback":
+            operation["responses"]["404"] = {"description": "unknown or expired request_id",
+                                             "content": {"application/json": {"schema": _ERROR}}}
         paths.setdefault(path, {})[method] = operation
     components = {**schemas.get("$defs", {}), "Error": _ERROR_SCHEMA}
     return {

@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -46,7 +48,7 @@ from .schemas import (
     route_request,
 )
 from .settings import Settings
-from .shared import SharedState, every
+from .shared import Periodic, SharedState
 from .trafficlog import TrafficLog
 from .upstream import Provider, UpstreamClient, providers_from_settings
 
@@ -78,6 +80,7 @@ class RouterService:
     cheap_mask: Any = None  # the budget's price ceiling as a row mask, built once
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
     _redis_clients: list[Any] = field(default_factory=list)
+    _timers: list[Periodic] = field(default_factory=list)
 
     @property
     def upstream_mode(self) -> str:
@@ -161,7 +164,7 @@ class RouterService:
                 api_keys=settings.server.api_keys,
             )
             self.cheap_mask = price_mask(self.router.catalogue, budget.price_ceiling_per_mtok)
-            self._spawn(every(budget.refresh_interval_ms / 1000, self.budget.refresh, "budget"))
+            self._timers.append(Periodic(budget.refresh_interval_ms / 1000, self.budget.refresh, "budget"))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -190,10 +193,9 @@ class RouterService:
     async def close(self) -> None:
         if self.traffic_log is not None:
             self.traffic_log.close()
-        for task in list(self._background):
-            if not task.done() and task.get_coro().__qualname__.startswith("every"):  # type: ignore[union-attr]
-                task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for timer in self._timers:
+            await timer.stop()
+        await asyncio.gather(*self._background, return_exceptions=True)  # charges still in flight
         if self.budget is not None:
             await self.budget.refresh()
         pushed = await self.shared.stop() if self.shared is not None else False
@@ -808,8 +810,9 @@ async def _handle_error(request: Request, exc: Exception) -> Response:
             "routing": _routing(service, exc.decision, exc.result, cached=False),
         }
         return json_response(body, exc.status, _headers(service, exc.decision, exc.result, "bypass"))
-    outcome = "no_eligible" if isinstance(exc, NoEligibleModel) else "rejected"
-    request.app.state.service.metrics.request(None, outcome, 0.0, None, 0, False, False)
+    if not (isinstance(exc, ApiError) and exc.status == 401):  # an unauthenticated caller moves nothing
+        outcome = "no_eligible" if isinstance(exc, NoEligibleModel) else "rejected"
+        request.app.state.service.metrics.request(None, outcome, 0.0, None, 0, False, False)
     return error_response(exc)
 
 
@@ -874,6 +877,9 @@ def serve(settings: Settings) -> None:
         url = _start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
         settings = settings.model_copy(update={"simulator_url": url})
+    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully;
+    # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = settings.server
     if server.workers > 1:
         uvicorn.run(

@@ -28,6 +28,7 @@ it reflects), so that a slow-down seen by one replica is not drowned by the othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,13 +48,13 @@ from .learning import LATENCY_SUMS, SUM_NAMES, DecayedSums, Learner, LearnerStat
 
 __all__ = [
     "WIRE_VERSION",
+    "Periodic",
     "Published",
     "SharedState",
     "SyncStats",
     "WireEvent",
     "decode_state",
     "encode_state",
-    "every",
     "hash_tag",
     "run_script",
 ]
@@ -346,7 +347,7 @@ class SharedState:
         self._base_saved_at: float | None = None
         self._version_at_start = learner.local_version
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._timer: Periodic | None = None
         self._logged: set[str] = set()
         self.redis_up = True
         self.syncs = 0
@@ -363,15 +364,14 @@ class SharedState:
         self._version_at_start = self._learner.local_version
         async with self._lock:
             await self._guarded(self._claim)
-        self._task = asyncio.create_task(every(self._interval_s, self.sync_once, "shared state"))
+        self._timer = Periodic(self._interval_s, self.sync_once, "shared state")
 
     async def stop(self) -> bool:
         """Stop the timer and push the local state one last time. Says whether that push landed
         (if not, save the local state to disk)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._timer is not None:
+            await self._timer.stop(timeout_s=self._timeout_s + 1.0)
+            self._timer = None
         return await self.sync_once()
 
     async def sync_once(self) -> bool:
@@ -625,13 +625,36 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def every(interval_s: float, step: Callable[[], Awaitable[object]], name: str) -> None:
-    """Run ``step`` now and then every ``interval_s`` until cancelled; a bug in one step is
-    logged and the next one still runs (this is a never-raise boundary: a background task that
-    died would stop sharing silently)."""
-    while True:
-        try:
-            await step()
-        except Exception:
-            logger.exception("%s: periodic step failed", name)
-        await asyncio.sleep(interval_s)
+class Periodic:
+    """Run ``step`` now and then every ``interval_s`` until :meth:`stop`.
+
+    A bug in one step is logged and the next one still runs (a never-raise boundary: a
+    background task that died would stop sharing silently). Stopping sets an event the loop
+    checks between steps instead of relying on cancellation alone: redis-py sends through
+    ``asyncio.wait_for``, which on Python 3.11 can swallow a cancellation that lands as a send
+    completes, and a loop that only ends on ``CancelledError`` would then run on forever.
+    """
+
+    def __init__(self, interval_s: float, step: Callable[[], Awaitable[object]], name: str) -> None:
+        self._interval_s = interval_s
+        self._step = step
+        self._name = name
+        self._stopping = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=name)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._step()
+            except Exception:
+                logger.exception("%s: periodic step failed", self._name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Let the current step finish (at most ``timeout_s``), then cancel until it is done."""
+        self._stopping.set()
+        done, _ = await asyncio.wait({self.task}, timeout=timeout_s)
+        while not done:
+            self.task.cancel()
+            done, _ = await asyncio.wait({self.task}, timeout=0.1)
