@@ -6,6 +6,7 @@
     ├── RequestError           a routing request is malformed (names the field)
     ├── NoEligibleModel        every model was masked out (names the constraint)
     ├── BudgetExceeded         a spend cap was reached
+    ├── ReplayError            a traffic log or outcome table that replay cannot use
     └── UpstreamError          a model call failed (carries the model id)
         ├── UpstreamConnectError   the upstream could not be reached
         ├── UpstreamTimeout        no answer within the attempt's timeout
@@ -23,6 +24,7 @@ __all__ = [
     "CatalogueError",
     "ConfigError",
     "NoEligibleModel",
+    "ReplayError",
     "RequestError",
     "RouterError",
     "UpstreamConnectError",
@@ -68,6 +70,10 @@ class BudgetExceeded(RouterError):
     def __init__(self, scope: str, message: str) -> None:
         super().__init__(message)
         self.scope = scope
+
+
+class ReplayError(RouterError):
+    """Replay input that cannot be used: a missing file, a malformed line, a missing column."""
 
 
 class UpstreamError(RouterError):
