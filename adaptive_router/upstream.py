@@ -25,11 +25,12 @@ import json
 import math
 import re
 import time
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -391,6 +392,26 @@ def _completion(model_id: str, provider: str, response: httpx.Response, latency_
 # ---------------------------------------------------------------------------------- client
 
 
+def _default_transport(choice: str, max_connections: int) -> httpx.AsyncBaseTransport | None:
+    """aiohttp's connections under httpx's API, or ``None`` for httpx's own transport.
+
+    "auto" takes aiohttp (the ``speed`` extra) when it is installed and no proxy is set in the
+    environment: httpx's transport honours ``HTTPS_PROXY`` and the like, the aiohttp one does not.
+    """
+    if choice == "httpx" or (choice == "auto" and any(k != "no" for k in urllib.request.getproxies())):
+        return None
+    try:
+        from ._aiohttp_transport import AiohttpTransport
+    except ImportError as exc:
+        if choice == "aiohttp":
+            raise ImportError(
+                "upstream.http_client is 'aiohttp', which needs the 'speed' extra: "
+                "pip install 'adaptive-router[speed]'"
+            ) from exc
+        return None
+    return AiohttpTransport(max_connections=max_connections)
+
+
 class UpstreamClient:
     """Chat completions against the configured providers over one shared connection pool.
 
@@ -400,7 +421,8 @@ class UpstreamClient:
         finally:
             await client.aclose()
 
-    ``transport`` is the seam for tests (``httpx.MockTransport``); ``clock`` measures latencies.
+    ``transport`` is the seam for tests (``httpx.MockTransport``); without one, ``http_client``
+    picks the connections (see :func:`_default_transport`). ``clock`` measures latencies.
     """
 
     def __init__(
@@ -411,11 +433,14 @@ class UpstreamClient:
         read_timeout_s: float,
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
+        http_client: Literal["auto", "httpx", "aiohttp"] = "auto",
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.providers = tuple(providers)
         self._read_timeout_s = read_timeout_s
         self._clock = clock
+        if transport is None:
+            transport = _default_transport(http_client, max_connections)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=connect_timeout_s

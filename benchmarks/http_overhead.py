@@ -1,7 +1,8 @@
 """What the HTTP service costs: the router's endpoints against a bare endpoint and a direct upstream call.
 
-    python3 benchmarks/http_overhead.py            # both event loops, ~2.5 minutes
-    python3 benchmarks/http_overhead.py --quick    # the fastest loop only, short runs, ~35 s
+    python3 benchmarks/http_overhead.py            # both event loops, ~2 minutes
+    python3 benchmarks/http_overhead.py --quick    # the fastest loop only, short runs, ~25 s
+    python3 benchmarks/http_overhead.py --wait-quiet 120   # first wait (bounded) for an idle machine
 
 Every server runs in its own process, started here on 127.0.0.1 and stopped at the end: the
 simulated upstream (``adaptive-router simulate-upstream``, with a scenario of zero latency and no
@@ -80,6 +81,7 @@ PACKAGES = [
     "anyio",
     "pydantic",
     "orjson",
+    "aiohttp",
     "numpy",
     "uvloop",
     "httptools",
@@ -736,7 +738,7 @@ def load_average() -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the fastest loop only, short runs (~35 s)")
+    parser.add_argument("--quick", action="store_true", help="the fastest loop only, short runs (~25 s)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
