@@ -294,6 +294,11 @@ class Learner:
             self._refresh_columns(self._est, t)
         return self._est
 
+    def latest(self, t: float) -> Estimates:
+        """The estimates as last computed, without catching up on recent observations: for
+        bookkeeping that needs a rough figure (splitting a latency), not for decisions."""
+        return self._est if self._est is not None else self.estimates(t)
+
     def _compute(self, t: float, models: slice | npt.NDArray[np.intp]) -> Estimates:
         """Estimates for the ``models`` columns (all of them, or one: the same arithmetic)."""
         k = self.k

@@ -655,7 +655,7 @@ class Router:
             return outcome.ttft_s, tpot
         if latency is None:
             return None, None
-        est = self.learner.estimates(self.clock())
+        est = self.learner.latest(self.clock())  # a split needs a rough figure, not a refresh
         if tokens >= 32:
             return None, max(latency - est.ttft[row], 0.1 * latency) / tokens
         return max(latency - est.tpot[row] * tokens, 0.1 * latency), None
