@@ -172,5 +172,6 @@ def router_for(settings: Settings, models: int, policy: str | None = None, seed:
     exploration = settings.exploration.model_copy(
         update={"seed": seed, **({"policy": policy} if policy else {})}
     )
-    tuned = settings.model_copy(update={"exploration": exploration})
+    cache = settings.cache.model_copy(update={"decision_ttl_seconds": 0.0})  # time decisions, not cache hits
+    tuned = settings.model_copy(update={"exploration": exploration, "cache": cache})
     return Router.from_settings(tuned, synthetic_catalogue(models, seed=seed))

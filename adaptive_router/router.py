@@ -36,7 +36,9 @@ __all__ = ["Candidate", "Decision", "Outcome", "RouteRequest", "Router"]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _PRICE_FLOOR = 1e-15
-_GREEDY = Greedy()  # keeps log(cost) finite for free models; far below any cost scale
+_GREEDY = Greedy()
+_CACHEABLE_POLICIES = frozenset({"greedy"})  # every other policy explores: never reuse its choice
+_DECISION_CACHE_SIZE = 4096  # keeps log(cost) finite for free models; far below any cost scale
 
 
 @dataclass(slots=True)
@@ -115,6 +117,7 @@ class Decision:
     __slots__ = (
         "_candidates",
         "_ranking",
+        "cached",
         "decision_us",
         "eligible",
         "explored",
@@ -160,6 +163,7 @@ class Decision:
         self.requested = requested
         self.pinned = pinned
         self.decision_us = decision_us
+        self.cached = False  # True when reissued from the decision cache
         self._ranking = ranking
         self._candidates: list[Candidate] | None = None
 
@@ -169,6 +173,16 @@ class Decision:
     @property
     def chain(self) -> list[str]:
         return [self.model, *self.fallbacks]
+
+    def reissued(self, request_id: str, profile: Profile) -> Decision:
+        """The same decision for another request (the decision cache's hit), decided in 0 us."""
+        twin = Decision(
+            request_id=request_id, chain=self.chain, propensity=self.propensity, policy=self.policy,
+            explored=False, profile=profile, mode=self.mode, weights=self.weights, eligible=self.eligible,
+            requested=self.requested, pinned=self.pinned, ranking=self._ranking, decision_us=0.0,
+        )
+        twin.cached = True
+        return twin
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -258,6 +272,7 @@ class RouterConfig:
     latency_scale: LogScale = field(default_factory=lambda: LogScale(0.05, 120.0))
     cost_scale: LogScale = field(default_factory=lambda: LogScale(1e-7, 1.0))
     feedback_memory: int = 100_000
+    decision_ttl_s: float = 0.0  # reuse a deterministic decision for the same key this long (0: never)
 
 
 class Router:
@@ -294,6 +309,8 @@ class Router:
         self._id_prefix = f"req-{uuid.uuid4().hex[:12]}-"
         self._id_counter = itertools.count()
         self._capability_masks: dict[frozenset[str], BoolArray] = {}
+        self._decisions: dict[tuple[Any, ...], tuple[float, Decision]] = {}
+        self._available_version = 0
         self._fallback_rows = [catalogue.index[m] for m in config.fallback_models if m in catalogue]
 
     @classmethod
@@ -319,6 +336,7 @@ class Router:
             latency_scale=LogScale(*routing.latency_scale_s),
             cost_scale=LogScale(*routing.cost_scale_usd),
             feedback_memory=learning.feedback_memory,
+            decision_ttl_s=settings.cache.decision_ttl_seconds if settings.cache.enabled else 0.0,
         )
         rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
         profiler = Profiler(
@@ -375,8 +393,26 @@ class Router:
             raise RequestError("mode", f"unknown priority mode {mode!r}; known: {known}") from None
 
     def decide(self, request: RouteRequest) -> Decision:
-        """Rank the eligible models for ``request``; raise ``NoEligibleModel`` if there are none."""
-        return self._decide(request, self.policy, self.config.top_k)
+        """Rank the eligible models for ``request``; raise ``NoEligibleModel`` if there are none.
+
+        With ``decision_ttl_s`` set and the greedy policy (every other policy explores, and a
+        cached exploration would only repeat itself), a decision is reused for requests with the
+        same mode, weights, profile cell, length bucket and constraints for that long; a breaker
+        opening or closing invalidates what was cached.
+        """
+        if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
+            return self._decide(request, self.policy, self.config.top_k)
+        profile = self.profile(request)
+        key = _decision_key(request, profile, self._available_version)
+        now = self.clock()
+        hit = self._decisions.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1].reissued(request.request_id or self._new_id(), profile)
+        decision = self._decide(request, self.policy, self.config.top_k)
+        if len(self._decisions) >= _DECISION_CACHE_SIZE:
+            self._decisions.clear()  # bounded; entries live a second or so anyway
+        self._decisions[key] = (now + self.config.decision_ttl_s, decision)
+        return decision
 
     def rank(self, request: RouteRequest) -> Decision:
         """Every eligible model, best first, by the greedy score (no exploration): for display."""
@@ -672,7 +708,19 @@ class Router:
         return True
 
     def set_available(self, model: str, available: bool) -> None:
-        self.available[self.catalogue.index[model]] = available
+        row = self.catalogue.index[model]
+        if self.available[row] != available:
+            self.available[row] = available
+            self._available_version += 1  # cached decisions made before no longer hold
+
+
+def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:
+    return (
+        request.mode, request.weights, profile.cell, profile.bucket, request.max_tokens,
+        request.max_latency_ms, request.max_cost_usd, request.capabilities, request.allow, request.deny,
+        request.model, request.fallback, id(request.mask) if request.mask is not None else None,
+        available_version,
+    )
 
 
 def _normalise_weights(weights: tuple[float, float, float]) -> tuple[float, float, float]:

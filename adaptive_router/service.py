@@ -431,6 +431,7 @@ def _routing(
             "propensity": decision.propensity,
             "explored": decision.explored,
             "task": decision.profile.task,
+            "from_decision_cache": decision.cached,
         },
         "attempts": [a.as_dict() for a in result.attempts] if result else [],
         "cached": cached,

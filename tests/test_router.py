@@ -490,3 +490,37 @@ def test_router_task_and_length_cells_learn_a_model_per_length() -> None:
         picks[cells] = [router.decide(RouteRequest(prompt=p, mode="quality")).model for p in (SHORT, LONG)]
     assert picks["task_and_length"] == [a.id, b.id]
     assert picks["task"] == [a.id, a.id]  # one row for both lengths: a's mean 0.55 beats b's 0.5
+
+
+def test_router_decision_cache_reuses_deterministic_decisions_within_its_ttl() -> None:
+    models = [model(i, quality=0.5 + 0.05 * i) for i in range(4)]
+    clock = SimClock()
+    router = Router.from_settings(
+        load_settings(exploration={"policy": "greedy"}, cache={"decision_ttl_seconds": 60.0}),
+        Catalogue(models),
+        clock=clock,
+    )
+    first = router.decide(RouteRequest(prompt="hello there", mode="quality"))
+    again = router.decide(RouteRequest(prompt="hello again, how are you", mode="quality"))
+    assert again.cached and not first.cached
+    assert again.chain == first.chain and again.request_id != first.request_id
+    assert again.profile.prompt_tokens != first.profile.prompt_tokens  # the new request's own profile
+    other = router.decide(RouteRequest(prompt="hello there", mode="cost"))  # another key
+    assert not other.cached
+    router.set_available(first.model, False)  # a breaker opened: what was cached no longer holds
+    moved = router.decide(RouteRequest(prompt="hello there", mode="quality"))
+    assert not moved.cached and moved.model != first.model
+    clock.advance(61.0)  # past the TTL: decided afresh
+    assert not router.decide(RouteRequest(prompt="hello there", mode="quality")).cached
+
+
+@pytest.mark.parametrize("policy", ["ucb", "thompson", "softmax"])
+def test_router_decision_cache_is_bypassed_when_the_policy_explores(policy: str) -> None:
+    models = [model(i) for i in range(4)]
+    router = Router.from_settings(
+        load_settings(exploration={"policy": policy, "seed": 1}, cache={"decision_ttl_seconds": 60.0}),
+        Catalogue(models),
+        clock=SimClock(),
+    )
+    decisions = [router.decide(RouteRequest(prompt="hello", mode="quality")) for _ in range(5)]
+    assert not any(d.cached for d in decisions)
