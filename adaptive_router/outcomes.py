@@ -50,7 +50,6 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 Weights3 = tuple[float, float, float]
 Progress = Callable[[int, int], None]
-TARGETS = ("greedy", "softmax", "ucb")
 OUTCOME_COLUMNS = ("source", "prompt_id", "model", "quality", "cost_usd")
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 Weights3 = tuple[float, float, float]
-Progress = Callable[[int, int], None]
 TARGETS = ("greedy", "softmax", "ucb")
-OUTCOME_COLUMNS = ("source", "prompt_id", "model", "quality", "cost_usd")
 
 
 # --- reading traffic logs -----------------------------------------------------------------

@@ -19,7 +19,16 @@ import numpy.typing as npt
 
 from .router import Outcome, Router, RouteRequest
 
-__all__ = ["SimClock", "Trace", "World", "run"]
+__all__ = ["LAB_IDS", "LAB_TRUTH", "SimClock", "Trace", "World", "lab", "run"]
+
+# The "lab": six models the catalogue cannot tell apart (equal priors) whose truth differs, so
+# only learning finds the best. Shared by the learning tests and benchmarks/learning.py.
+LAB_IDS = [f"lab/m{i}" for i in range(6)]
+LAB_TRUTH = {
+    "ttft_s": [0.3, 0.5, 0.4, 0.8, 0.35, 0.6],
+    "tpot_s": [0.015, 0.02, 0.012, 0.03, 0.025, 0.01],
+    "quality": [0.55, 0.7, 0.8, 0.75, 0.6, 0.65],
+}
 
 
 class SimClock:
@@ -145,3 +154,26 @@ def run(
         trace.rewards.append(score if score is not None else 0.0)
         clock.advance(seconds_per_request)
     return trace
+
+
+def lab(policy: str, seed: int) -> tuple[Router, SimClock, World]:
+    """A router over the lab's six models (default settings but ``policy``), its clock, the truth."""
+    from .catalogue import Catalogue, Model
+    from .settings import load_settings
+
+    models = [
+        Model(
+            id=i,
+            price_prompt=1e-6,
+            price_completion=2e-6,
+            context_length=32_000,
+            ttft_s=0.5,
+            tpot_s=0.02,
+            quality=0.6,
+        )
+        for i in LAB_IDS
+    ]
+    clock = SimClock()
+    settings = load_settings(exploration={"policy": policy, "seed": seed})
+    router = Router.from_settings(settings, Catalogue(models), clock=clock)
+    return router, clock, World.from_arrays(LAB_IDS, **LAB_TRUTH)

@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from adaptive_router.catalogue import Catalogue, Model
 from adaptive_router.replay import (
     LatencyGroups,
     OutcomeTable,
@@ -54,8 +53,8 @@ from adaptive_router.replay import (
     replay_outcomes,
 )
 from adaptive_router.router import Router, RouteRequest
-from adaptive_router.settings import ProfileSettings, Settings, load_settings
-from adaptive_router.simulate import SimClock, World, run
+from adaptive_router.settings import ProfileSettings, Settings
+from adaptive_router.simulate import LAB_IDS, lab, run
 
 POLICIES = ["ucb", "thompson", "softmax", "greedy"]
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"
@@ -67,35 +66,8 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 GOAL_QUALITY, GOAL_COST = 0.95, 0.40
 
-IDS = [f"lab/m{i}" for i in range(6)]
-TRUTH = {
-    "ttft_s": [0.3, 0.5, 0.4, 0.8, 0.35, 0.6],
-    "tpot_s": [0.015, 0.02, 0.012, 0.03, 0.025, 0.01],
-    "quality": [0.55, 0.7, 0.8, 0.75, 0.6, 0.65],
-}
+IDS = LAB_IDS
 PROMPT = RouteRequest(prompt="Tell me about the sea.", max_tokens=200)
-
-
-def lab(policy: str, seed: int) -> tuple[Router, SimClock, World]:
-    models = [
-        Model(
-            id=i,
-            price_prompt=1e-6,
-            price_completion=2e-6,
-            context_length=32_000,
-            ttft_s=0.5,
-            tpot_s=0.02,
-            quality=0.6,
-        )
-        for i in IDS
-    ]
-    clock = SimClock()
-    settings = load_settings(exploration={"policy": policy, "seed": seed})
-    return (
-        Router.from_settings(settings, Catalogue(models), clock=clock),
-        clock,
-        World.from_arrays(IDS, TRUTH["ttft_s"], TRUTH["tpot_s"], TRUTH["quality"]),
-    )
 
 
 # --- 1. regret --------------------------------------------------------------------------------

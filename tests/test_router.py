@@ -13,7 +13,7 @@ from adaptive_router.errors import NoEligibleModel, RequestError
 from adaptive_router.router import Outcome, Router, RouteRequest
 from adaptive_router.scoring import Softmax
 from adaptive_router.settings import load_settings
-from adaptive_router.simulate import SimClock, World, run
+from adaptive_router.simulate import LAB_IDS, SimClock, lab, run
 
 CAPS = ["tools", "vision", "json_mode"]
 
@@ -290,33 +290,8 @@ def test_softmax_samples_match_their_probabilities() -> None:
 
 # --- learning in simulation (properties 6 and 7) --------------------------------------------
 
-IDS = [f"lab/m{i}" for i in range(6)]
-TRUTH = {
-    "ttft_s": [0.3, 0.5, 0.4, 0.8, 0.35, 0.6],
-    "tpot_s": [0.015, 0.02, 0.012, 0.03, 0.025, 0.01],
-    "quality": [0.55, 0.7, 0.8, 0.75, 0.6, 0.65],
-}
-
-
-def _lab(policy: str, seed: int) -> tuple[Router, SimClock, World]:
-    """Six models the catalogue cannot tell apart (equal priors); the truth differs."""
-    models = [
-        Model(
-            id=i,
-            price_prompt=1e-6,
-            price_completion=2e-6,
-            context_length=32_000,
-            ttft_s=0.5,
-            tpot_s=0.02,
-            quality=0.6,
-        )
-        for i in IDS
-    ]
-    clock = SimClock()
-    router = Router.from_settings(
-        load_settings(exploration={"policy": policy, "seed": seed}), Catalogue(models), clock=clock
-    )
-    return router, clock, World.from_arrays(IDS, **TRUTH)
+IDS = LAB_IDS
+_lab = lab
 
 
 @pytest.mark.parametrize("policy", ["ucb", "thompson"])
