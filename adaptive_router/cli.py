@@ -113,12 +113,15 @@ def _add_service_commands(sub: Any) -> None:
     sim.add_argument("--port", type=int, default=9000)
 
 
-def _settings(path: str | None) -> Settings:
+def _settings_path(path: str | None) -> str | None:
+    import os
     from pathlib import Path
 
-    if path is None and Path("settings.yaml").is_file():
+    from .settings import SETTINGS_FILE_ENV
+
+    if path is None and not os.environ.get(SETTINGS_FILE_ENV) and Path("settings.yaml").is_file():
         path = "settings.yaml"
-    return load_settings(path)
+    return str(Path(path).resolve()) if path is not None else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": cmd_replay,
     }
     try:
-        settings = _settings(args.config)
+        args.settings_path = _settings_path(args.config)
+        settings = load_settings(args.settings_path)
         return commands[args.command](args, settings)
     except (ConfigError, RequestError) as exc:
         print(f"adaptive-router: {exc}", file=sys.stderr)
@@ -271,7 +275,13 @@ def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
     from .service import serve
+    from .settings import SETTINGS_FILE_ENV
+
+    if args.settings_path and (args.workers or settings.server.workers) > 1:
+        os.environ[SETTINGS_FILE_ENV] = args.settings_path  # worker processes rebuild settings from it
 
     server = settings.server.model_copy(
         update={
