@@ -1,10 +1,10 @@
 """adaptive-router: pick an LLM per request by latency, cost and quality, learned live.
 
-    from adaptive_router import Router, RouteRequest, Outcome, load_settings
+from adaptive_router import Router, RouteRequest, Outcome, load_settings
 
-    router = Router.from_settings(load_settings())
-    decision = router.decide(RouteRequest(prompt="Summarise this contract", mode="quality"))
-    decision.model, decision.fallbacks, decision.reason
+router = Router.from_settings(load_settings())
+decision = router.decide(RouteRequest(prompt="Summarise this contract", mode="quality"))
+decision.model, decision.fallbacks, decision.reason
 """
 
 from __future__ import annotations

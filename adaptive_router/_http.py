@@ -45,7 +45,7 @@ __all__ = ["JSON", "ApiError", "authorize", "dumps", "error_response", "loads", 
 JSON = "application/json"
 
 # Where each routing constraint lives in a request body, for the error's ``param``.
-_CONSTRAINT_PARAM = {
+_CONSTRAINT_PARAM: dict[str, str | None] = {
     "context_length": "messages",
     "max_tokens": "max_tokens",
     "capabilities": "route.capabilities",
@@ -93,8 +93,8 @@ def error_response(exc: Exception) -> Response:
             return json_response(error_body(str(exc), None, "rate_limit_error", "budget_exceeded"), 429)
         if exc.constraint == "available":
             return json_response(error_body(str(exc), None, "service_unavailable", "no_available_model"), 503)
-        param = _CONSTRAINT_PARAM.get(exc.constraint, exc.constraint)
-        return json_response(error_body(str(exc), param, code="no_eligible_model"), 400)
+        where = _CONSTRAINT_PARAM.get(exc.constraint, exc.constraint)
+        return json_response(error_body(str(exc), where, code="no_eligible_model"), 400)
     if isinstance(exc, BudgetExceeded):
         return json_response(error_body(str(exc), None, "rate_limit_error", "budget_exceeded"), 429)
     if isinstance(exc, HTTPException):

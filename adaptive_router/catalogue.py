@@ -343,7 +343,8 @@ def apply_overlay(catalogue: Catalogue, overlay: str | Path | Mapping[str, Any])
         for i, model in enumerate(models):
             if fnmatch.fnmatchcase(model.id, str(pattern)):
                 sources = {**model.prior_sources, **{k: source for k in fields}}
-                models[i] = replace(model, **fields, prior_sources=sources)
+                changes: dict[str, Any] = {**fields, "prior_sources": sources}
+                models[i] = replace(model, **changes)
     return Catalogue(models, source=catalogue.source)
 
 

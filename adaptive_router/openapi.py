@@ -103,16 +103,22 @@ def openapi_spec() -> dict[str, Any]:
             }
             operation["responses"]["413"] = {"description": "body too large"}
         if path in ("/v1/chat/completions", "/complete", "/route"):
-            operation["responses"]["429"] = {"description": "a daily budget is spent (budget.*)",
-                                             "content": {"application/json": {"schema": _ERROR}}}
-            operation["responses"]["503"] = {"description": "every model's circuit breaker is open",
-                                             "content": {"application/json": {"schema": _ERROR}}}
+            operation["responses"]["429"] = {
+                "description": "a daily budget is spent (budget.*)",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
+            operation["responses"]["503"] = {
+                "description": "every model's circuit breaker is open",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
         if path in ("/v1/chat/completions", "/complete"):
             operation["responses"]["502"] = {"description": "every candidate failed (attempts listed)"}
             operation["responses"]["504"] = {"description": "every candidate timed out"}
         if path == "/feedback":
-            operation["responses"]["404"] = {"description": "unknown or expired request_id",
-                                             "content": {"application/json": {"schema": _ERROR}}}
+            operation["responses"]["404"] = {
+                "description": "unknown or expired request_id",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
         paths.setdefault(path, {})[method] = operation
     components = {**schemas.get("$defs", {}), "Error": _ERROR_SCHEMA}
     return {
@@ -152,7 +158,7 @@ _NO_DOCS_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>adapt
 def docs_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route("/openapi.json", openapi_json, methods=["GET"])]
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
     except ImportError:
         routes.append(Route("/docs", lambda request: HTMLResponse(_NO_DOCS_PAGE), methods=["GET"]))
         return routes

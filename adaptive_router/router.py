@@ -295,7 +295,8 @@ class Router:
             [-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]]
         )
         np.dot(coef, b.logs, out=b.score)
-        return b.score
+        score: FloatArray = b.score
+        return score
 
     def _offset(self, weights: tuple[float, float, float]) -> float:
         """The constant ``_score`` leaves out: each clipped log term, shifted to start at 1."""

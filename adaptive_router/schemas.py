@@ -168,7 +168,7 @@ def route_request(
     request_id: str | None = None,
 ) -> RouteRequest:
     """The router's view of a request: ``model`` is ``auto``, ``auto:<mode>`` or a model id."""
-    opts = options or RouteOptions()
+    opts = options or RouteOptions.model_validate({})
     mode = opts.priority
     pinned: str | None = None
     if model == "auto":

@@ -205,7 +205,8 @@ class Softmax:
         p /= self.temperature
         np.exp(p, out=p)
         p /= p.sum()
-        return p
+        probabilities: FloatArray = p
+        return probabilities
 
 
 POLICIES = ("ucb", "thompson", "softmax", "greedy")

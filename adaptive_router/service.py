@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 from pydantic import ValidationError
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -147,15 +148,14 @@ class RouterService:
             )
             await self.shared.start(local_saved_at=saved_at)
         if budget.enabled:
-            client = (
-                redis_client(redis.url, redis.connect_timeout_ms, max(redis.op_timeout_ms, 50.0))
-                if redis.url
-                else None
-            )
-            if client is not None:
-                self._redis_clients.append(client)
+            budget_client: Redis | None = None
+            if redis.url:
+                budget_client = redis_client(
+                    redis.url, redis.connect_timeout_ms, max(redis.op_timeout_ms, 50.0)
+                )
+                self._redis_clients.append(budget_client)
             self.budget = Budget(
-                client,
+                budget_client,
                 redis.prefix,
                 budget.global_daily_usd,
                 budget.per_key_daily_usd,
@@ -169,7 +169,7 @@ class RouterService:
             self._timers.append(Periodic(budget.refresh_interval_ms / 1000, self.budget.refresh, "budget"))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task

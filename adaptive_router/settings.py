@@ -468,7 +468,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         if not file.is_file():
             raise ConfigError("settings file", f"{file} does not exist")
         _check_yaml(file)
-        config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(file)})  # type: ignore[typeddict-item]
+        config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(file)})
         settings_cls = type("Settings", (Settings,), {"model_config": config})
     try:
         return settings_cls(**overrides)

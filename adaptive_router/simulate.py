@@ -176,4 +176,5 @@ def lab(policy: str, seed: int) -> tuple[Router, SimClock, World]:
     clock = SimClock()
     settings = load_settings(exploration={"policy": policy, "seed": seed})
     router = Router.from_settings(settings, Catalogue(models), clock=clock)
-    return router, clock, World.from_arrays(LAB_IDS, **LAB_TRUTH)
+    truth = LAB_TRUTH
+    return router, clock, World.from_arrays(LAB_IDS, truth["ttft_s"], truth["tpot_s"], truth["quality"])
