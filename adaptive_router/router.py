@@ -53,7 +53,9 @@ class _Buffers:
         self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
         self.logs = np.empty((3, n))  # clipped log latency, clipped log cost, quality value
         self.tmp = np.empty(n)
+        self.tmp2 = np.empty(n)
         self.mask = np.empty(n, dtype=np.bool_)
+        self.mask2 = np.empty(n, dtype=np.bool_)
 
 
 @dataclass
@@ -310,8 +312,10 @@ class Router:
         mask &= self.available
         if request.mask is not None:
             mask &= request.mask
+        b = self._buf  # scratch: no allocation per constraint
         if request.max_tokens is not None:
-            mask &= cat.max_output_tokens >= request.max_tokens
+            np.greater_equal(cat.max_output_tokens, request.max_tokens, out=b.mask2)
+            mask &= b.mask2
         if request.capabilities:
             mask &= self._capability_mask(request.capabilities)
         if request.allow:
@@ -319,9 +323,17 @@ class Router:
         if request.deny:
             mask &= ~cat.glob_mask(request.deny)
         if request.max_latency_ms is not None:
-            mask &= self.latency_quantile(est, out) <= request.max_latency_ms / 1000.0
+            np.multiply(est.tpot_q, out, out=b.tmp)  # the latency quantile, as latency_quantile()
+            b.tmp += est.ttft_q
+            np.less_equal(b.tmp, request.max_latency_ms / 1000.0, out=b.mask2)
+            mask &= b.mask2
         if request.max_cost_usd is not None:
-            mask &= self.cost_bound(profile, request.max_tokens, out) <= request.max_cost_usd
+            answer = float(request.max_tokens) if request.max_tokens is not None else out
+            np.multiply(cat.price_completion, answer, out=b.tmp)  # the bound, as cost_bound()
+            np.multiply(cat.price_prompt, float(profile.prompt_tokens), out=b.tmp2)
+            b.tmp += b.tmp2
+            np.less_equal(b.tmp, request.max_cost_usd, out=b.mask2)
+            mask &= b.mask2
         return mask
 
     def _capability_mask(self, capabilities: frozenset[str]) -> BoolArray:
