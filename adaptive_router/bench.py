@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,14 @@ from .catalogue import Catalogue, Model, load_bundled
 from .router import Router, RouteRequest
 from .settings import Settings
 
-__all__ = ["Timing", "python_loop_decide", "sample_requests", "synthetic_catalogue", "time_decisions"]
+__all__ = [
+    "Timing",
+    "machine_info",
+    "python_loop_decide",
+    "sample_requests",
+    "synthetic_catalogue",
+    "time_decisions",
+]
 
 
 def synthetic_catalogue(n: int, seed: int = 0, base: Catalogue | None = None) -> Catalogue:
@@ -175,3 +183,32 @@ def router_for(settings: Settings, models: int, policy: str | None = None, seed:
     cache = settings.cache.model_copy(update={"decision_ttl_seconds": 0.0})  # time decisions, not cache hits
     tuned = settings.model_copy(update={"exploration": exploration, "cache": cache})
     return Router.from_settings(tuned, synthetic_catalogue(models, seed=seed))
+
+
+def machine_info(packages: Sequence[str] = ("numpy",)) -> dict[str, Any]:
+    """What a benchmark result was measured on: CPU, cores, Python, load, package versions."""
+    import os
+    import platform
+    from importlib import metadata
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "load_average": list(os.getloadavg()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }

@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from adaptive_router.bench import router_for, sample_requests, time_decisions, time_python_loop
+from adaptive_router.bench import machine_info, router_for, sample_requests, time_decisions, time_python_loop
 from adaptive_router.settings import load_settings
 
 SIZES = [10, 100, 300, 1_000, 10_000]
@@ -31,16 +26,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "decision_latency.json"
 
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return machine_info(("numpy",))
 
 
 def goal_met(models: int, p50: float, p99: float) -> str:
@@ -61,8 +47,14 @@ def run(quick: bool) -> list[dict[str, object]]:
         iterations = (2_000 if quick else 20_000) if models < 10_000 else (500 if quick else 5_000)
         for policy in POLICIES:
             timing = time_decisions(router_for(settings, models, policy), requests, iterations)
-            rows.append({"models": models, "policy": policy, **timing.as_dict(),
-                         "goal": goal_met(models, timing.p50_us, timing.p99_us)})
+            rows.append(
+                {
+                    "models": models,
+                    "policy": policy,
+                    **timing.as_dict(),
+                    "goal": goal_met(models, timing.p50_us, timing.p99_us),
+                }
+            )
         loop_iterations = max(50, iterations // (20 if models >= 1_000 else 5))
         timing = time_python_loop(router_for(settings, models, "greedy"), requests, loop_iterations)
         rows.append({"models": models, "policy": "python-loop baseline", **timing.as_dict(), "goal": ""})
@@ -75,8 +67,10 @@ def print_table(rows: list[dict[str, object]]) -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['models']:>7} {r['policy']!s:<22} {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} "
-              f"{r['per_second']:>12,.0f}  {r['goal']}")
+        print(
+            f"{r['models']:>7} {r['policy']!s:<22} {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} "
+            f"{r['per_second']:>12,.0f}  {r['goal']}"
+        )
 
 
 def main() -> int:

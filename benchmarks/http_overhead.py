@@ -27,7 +27,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shutil
 import socket
@@ -39,9 +38,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from adaptive_router.bench import machine_info
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -642,24 +642,9 @@ def variants(quick: bool) -> list[Variant]:
 
 
 def environment(generator: Generator) -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    packages: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
+    info = machine_info(PACKAGES)
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": packages,
+        **info,
         "load_generator": generator.name,
         "simulator_server": "adaptive-router simulate-upstream (uvicorn loop/http 'auto': uvloop+httptools "
         "when installed)",

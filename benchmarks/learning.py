@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from adaptive_router.bench import machine_info
 from adaptive_router.replay import (
     LatencyGroups,
     OutcomeTable,
@@ -231,12 +231,7 @@ def dataset_ceiling(table: OutcomeTable, cost_cap: float = GOAL_COST) -> dict[st
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+    return machine_info(("numpy",))
 
 
 def run_all(quick: bool, data: Path, settings: Settings) -> dict[str, Any]:

@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the process helpers live with the tests
 
+from adaptive_router.bench import machine_info  # noqa: E402
 from tests.process_fixtures import (  # noqa: E402
     Catalogue,
     Load,
@@ -284,19 +282,7 @@ def _send_bodies(replica: Served, path: str, values: Any, statuses: Counter[str]
 
 
 def environment() -> dict[str, Any]:
-    packages: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    return {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": packages,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+    return machine_info(PACKAGES)
 
 
 def summarise(run: dict[str, Any], requests: int, seconds: float) -> dict[str, Any]:
