@@ -200,13 +200,13 @@ class Router:
         """
         if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
             return self._decide(request, self.policy, self.config.top_k)
-        profile = self.profile(request)
+        profile = self.profile(request)  # the key needs it; the miss below reuses it
         key = _decision_key(request, profile, self._available_version)
         now = self.clock()
         hit = self._decisions.get(key)
         if hit is not None and hit[0] > now:
             return hit[1].reissued(request.request_id or self._new_id(), profile)
-        decision = self._decide(request, self.policy, self.config.top_k)
+        decision = self._decide(request, self.policy, self.config.top_k, profile)
         if len(self._decisions) >= _DECISION_CACHE_SIZE:
             self._decisions.clear()  # bounded; entries live a second or so anyway
         self._decisions[key] = (now + self.config.decision_ttl_s, decision)
@@ -216,10 +216,13 @@ class Router:
         """Every eligible model, best first, by the greedy score (no exploration): for display."""
         return self._decide(request, _GREEDY, len(self.catalogue))
 
-    def _decide(self, request: RouteRequest, policy: Policy, top_k: int) -> Decision:
+    def _decide(
+        self, request: RouteRequest, policy: Policy, top_k: int, profile: Profile | None = None
+    ) -> Decision:
         started = time.perf_counter()
         mode, weights = self.weights_for(request.mode, request.weights)
-        profile = self.profile(request)
+        if profile is None:
+            profile = self.profile(request)
         est = self.learner.estimates(self.clock())
         out_tokens = float(profile.expected_output_tokens)
         score = self._score(est, profile, weights, out_tokens)
@@ -323,16 +326,13 @@ class Router:
         if request.deny:
             mask &= ~cat.glob_mask(request.deny)
         if request.max_latency_ms is not None:
-            np.multiply(est.tpot_q, out, out=b.tmp)  # the latency quantile, as latency_quantile()
-            b.tmp += est.ttft_q
-            np.less_equal(b.tmp, request.max_latency_ms / 1000.0, out=b.mask2)
+            np.less_equal(
+                self.latency_quantile(est, out, b.tmp), request.max_latency_ms / 1000.0, out=b.mask2
+            )
             mask &= b.mask2
         if request.max_cost_usd is not None:
-            answer = float(request.max_tokens) if request.max_tokens is not None else out
-            np.multiply(cat.price_completion, answer, out=b.tmp)  # the bound, as cost_bound()
-            np.multiply(cat.price_prompt, float(profile.prompt_tokens), out=b.tmp2)
-            b.tmp += b.tmp2
-            np.less_equal(b.tmp, request.max_cost_usd, out=b.mask2)
+            bound = self.cost_bound(profile, request.max_tokens, out, b.tmp, b.tmp2)
+            np.less_equal(bound, request.max_cost_usd, out=b.mask2)
             mask &= b.mask2
         return mask
 
@@ -345,17 +345,28 @@ class Router:
             self._capability_masks[capabilities] = mask
         return mask
 
-    def latency_quantile(self, est: Estimates, out_tokens: float) -> FloatArray:
-        """A high quantile (``routing.latency_quantile``) of each model's latency, in seconds."""
-        result: FloatArray = est.tpot_q * out_tokens
+    def latency_quantile(
+        self, est: Estimates, out_tokens: float, out: FloatArray | None = None
+    ) -> FloatArray:
+        """A high quantile (``routing.latency_quantile``) of each model's latency, in seconds
+        (written into ``out`` when given: the decision path passes a scratch buffer)."""
+        result: FloatArray = np.multiply(est.tpot_q, out_tokens, out=out)
         result += est.ttft_q
         return result
 
-    def cost_bound(self, profile: Profile, max_tokens: int | None, out_tokens: float) -> FloatArray:
+    def cost_bound(
+        self,
+        profile: Profile,
+        max_tokens: int | None,
+        out_tokens: float,
+        out: FloatArray | None = None,
+        scratch: FloatArray | None = None,
+    ) -> FloatArray:
         """Cost if the answer runs to ``max_tokens`` (or the expected length when unset), USD."""
         cat = self.catalogue
         answer = float(max_tokens) if max_tokens is not None else out_tokens
-        result: FloatArray = cat.price_prompt * profile.prompt_tokens + cat.price_completion * answer
+        result: FloatArray = np.multiply(cat.price_completion, answer, out=out)
+        result += np.multiply(cat.price_prompt, float(profile.prompt_tokens), out=scratch)
         return result
 
     def _pinned_row(self, model: str | None, mask: BoolArray) -> int | None:
