@@ -52,6 +52,7 @@ _CONSTRAINT_PARAM: dict[str, str | None] = {
     "allow": "route.allow",
     "deny": "route.deny",
     "max_latency_ms": "route.max_latency_ms",
+    "max_ttft_ms": "route.max_ttft_ms",
     "max_cost_usd": "route.max_cost_usd",
     "available": None,
 }

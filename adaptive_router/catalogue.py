@@ -385,13 +385,42 @@ def _read_overlay(path: str | Path) -> Mapping[str, Any]:
 
 
 def load_catalogue(
-    source: str = "bundled", overlay: str | None = None, api_key: str | None = None
+    source: str = "bundled",
+    overlay: str | None = None,
+    api_key: str | None = None,
+    declared: Sequence[Mapping[str, Any]] = (),
 ) -> Catalogue:
-    """``bundled``, ``openrouter`` (fetched live), or a path to an OpenRouter models JSON file."""
+    """``bundled``, ``openrouter`` (fetched live), or a path to an OpenRouter models JSON file;
+    then the ``declared`` models (settings ``catalogue.models``: added, or replacing by id), then
+    the overlay."""
     if source == "bundled":
         catalogue = load_bundled()
     elif source == "openrouter":
         catalogue = fetch_openrouter(api_key)
     else:
         catalogue = load_openrouter(source)
+    if declared:
+        catalogue = with_declared(catalogue, declared)
     return apply_overlay(catalogue, overlay) if overlay else catalogue
+
+
+def with_declared(catalogue: Catalogue, declared: Sequence[Mapping[str, Any]]) -> Catalogue:
+    """``catalogue`` with models declared in settings (prices per million tokens), replacing by id."""
+    source = "declared in settings (catalogue.models)"
+    extra = {
+        spec["id"]: Model(
+            id=spec["id"],
+            price_prompt=float(spec.get("prompt_per_mtok", 0.0)) / 1e6,
+            price_completion=float(spec.get("completion_per_mtok", 0.0)) / 1e6,
+            context_length=int(spec.get("context_length", 8192)),
+            max_output_tokens=int(spec.get("max_output_tokens", 0)),
+            capabilities=frozenset(spec.get("capabilities", ("streaming",))),
+            ttft_s=float(spec.get("ttft_s", DEFAULT_TTFT_S)),
+            tpot_s=float(spec.get("tpot_s", DEFAULT_TPOT_S)),
+            quality=float(spec.get("quality", DEFAULT_QUALITY)),
+            prior_sources={"ttft_s": source, "tpot_s": source, "quality": source},
+        )
+        for spec in declared
+    }
+    kept = [m for m in catalogue.models if m.id not in extra]
+    return Catalogue([*kept, *extra.values()], source=catalogue.source)

@@ -1,7 +1,7 @@
 """``adaptive-router``: the command line. Flags become settings; settings build the parts.
 
     adaptive-router models --mode speed
-    adaptive-router route "Write a haiku" --dry-run --priority cost --max-latency 2000
+    adaptive-router route "Write a haiku" --dry-run --priority speed --max-ttft 600
     adaptive-router benchmark --iterations 20000 --models 300
     adaptive-router serve --port 8000
     adaptive-router simulate-upstream --port 9000
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--priority", "--mode", dest="mode", default=None)
     route.add_argument("--weights", type=_weights, default=None, metavar="L,C,Q")
     route.add_argument("--max-latency", type=_non_negative_float, default=None, metavar="MS")
+    route.add_argument(
+        "--max-ttft", type=_non_negative_float, default=None, metavar="MS", help="time to first token"
+    )
     route.add_argument("--max-cost", type=_non_negative_float, default=None, metavar="USD")
     route.add_argument("--max-tokens", type=_positive_int, default=None)
     route.add_argument("--capability", action="append", default=[], help="required, e.g. tools, vision")
@@ -197,6 +200,7 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
         mode=args.mode,
         weights=args.weights,
         max_latency_ms=args.max_latency,
+        max_ttft_ms=args.max_ttft,
         max_cost_usd=args.max_cost,
         max_tokens=args.max_tokens,
         capabilities=frozenset(args.capability),

@@ -32,6 +32,7 @@ class RouteRequest:
     mode: str | None = None
     weights: tuple[float, float, float] | None = None
     max_latency_ms: float | None = None
+    max_ttft_ms: float | None = None
     max_cost_usd: float | None = None
     capabilities: frozenset[str] = frozenset()
     allow: tuple[str, ...] = ()

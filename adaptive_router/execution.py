@@ -119,6 +119,19 @@ class Breakers:
             if model in self.router.catalogue:
                 self.router.set_available(model, False)
 
+    def pause(self, model: str, seconds: float) -> None:
+        """``model`` is unavailable for ``seconds`` (a 429 with ``Retry-After``): not chosen until
+        then, then let back in like a cooled-down breaker. Not a failure: nothing is counted."""
+        breaker = self._state.setdefault(model, _Breaker())
+        breaker.probing = False
+        breaker.open_until = max(breaker.open_until, self.clock() + seconds)
+        self._open.add(model)
+        if breaker.state != "open":
+            self._set(model, "open")
+            log.warning("%s is rate-limited: not routed to for %.0f s (Retry-After)", model, seconds)
+        if model in self.router.catalogue:
+            self.router.set_available(model, False)
+
     def release(self, model: str) -> None:
         """An attempt that ended without a verdict (the client left): free the probe slot."""
         breaker = self._state.get(model)
@@ -287,8 +300,12 @@ class Executor:
             return True
         kind = "timeout" if isinstance(exc, UpstreamTimeout) else exc.kind
         result.attempts.append(Attempt(model, kind, elapsed * 1000, status, str(exc)))
-        self.router.record(decision, Outcome(model=model, success=False, latency_s=elapsed, error=kind))
-        self.breakers.failure(model)
+        wait = _retry_after(exc) if status == 429 else None
+        if wait is not None:  # rate-limited, not broken: unavailable until then, nothing learned
+            self.breakers.pause(model, wait)
+        else:
+            self.router.record(decision, Outcome(model=model, success=False, latency_s=elapsed, error=kind))
+            self.breakers.failure(model)
         self.observer.attempt(model, kind, elapsed)
         index = decision.chain.index(model) if model in decision.chain else -1
         if 0 <= index < len(decision.chain) - 1:
@@ -317,3 +334,19 @@ class Executor:
         )
         self.breakers.success(model)
         self.observer.attempt(model, "ok", latency_s)
+
+
+_MAX_RETRY_AFTER_S = 3600.0
+
+
+def _retry_after(exc: UpstreamError) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta seconds; HTTP dates are not honoured), capped."""
+    headers = getattr(exc, "headers", None) or {}
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(seconds, _MAX_RETRY_AFTER_S) if seconds > 0 and seconds == seconds else None

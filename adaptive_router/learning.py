@@ -12,9 +12,30 @@ what it publishes) and the *view* its estimates read, the local evidence plus th
 replicas' (``set_remote``). Sums are linear, so the view never counts anything twice, and a
 replica that lost the shared store only has to publish its whole local state again.
 
-Latency (log time to first token, log time per output token) and success are per model and
-move fast; quality is per (task class, model) and moves slowly. Estimates blend a prior worth
-``prior_strength`` observations with the decayed evidence.
+**Latency** is a line per model, ``latency(N) = ttft + tpot * N`` for an answer of N output
+tokens, fitted by decayed least squares to what requests show and never split by a prior: a
+non-streamed answer is one point (N, total time), a streamed one adds its time to first token as
+the point (0, ttft). Answers of varied lengths separate the two terms; answers of one length fix
+the line where they are, which is where predictions are needed. The sums behind the fit are
+``lat_n`` (token counts: weight, sum, sum of squares), ``lat_y`` (latencies) and ``lat_cross``
+(their sum, whose square gives the cross term), all plain decayed sums.
+
+The prior is the catalogue's line *calibrated by provider*: ``calib`` keeps, per model and with
+a long half-life, the log ratio of what it measured to what the public figures predicted;
+pooled over the models one provider serves, it scales the priors of that provider's untried
+models at once (an endpoint 50x faster than the public figures), and each model's own ratio,
+shrunk toward its provider's, scales its own prior. Its evidence then takes over.
+
+Adapting: a latency far outside what a model's fit expects (``surprise_z`` standard deviations
+of its log residuals) keeps only ``surprise_forget`` of that model's fitted evidence, so a
+fivefold slowdown is believed within a few answers. Forgetting is not linear, so it cannot
+travel inside the sums: each surprise is also appended to ``surprise_log`` for the shared state
+to tell the other replicas. A model whose recent level sits above its long-run level (``calib``)
+is *displaced*; ``Estimates.displacement`` and ``seen_at`` let the exploration policies try it
+again once enough requests went elsewhere, so a model that recovered regains its traffic.
+
+Success is per model (pooled over cells); quality is per (cell, model) and moves slowly; output
+lengths are kept per (cell, model) so that predictions use the lengths answers really have.
 """
 
 from __future__ import annotations
@@ -29,15 +50,44 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LATENCY_SUMS", "SUM_NAMES", "DecayedSums", "Estimates", "Learner", "LearnerState", "Surprise"]
+__all__ = [
+    "FIT_SUMS",
+    "LATENCY_SUMS",
+    "SUM_NAMES",
+    "DecayedSums",
+    "Estimates",
+    "Learner",
+    "LearnerState",
+    "Surprise",
+    "sum_shapes",
+]
 
 FloatArray = npt.NDArray[np.float64]
-_REBASE_EXPONENT = 200.0  # exp(200) ~ 7e86: far from overflow, even squared sums of log-latencies
+IntArray = npt.NDArray[np.intp]
+_REBASE_EXPONENT = 200.0  # exp(200) ~ 7e86: far from overflow, even squared sums
 _MIN_LOG_SD = 0.05
-STATE_VERSION = 1
-SUM_NAMES = ("ttft", "tpot", "success", "quality")
-LATENCY_SUMS = ("ttft", "tpot")
+_TOKEN_SCALE = 100.0  # the fit's x is hundreds of tokens: well-conditioned sums
+_REF_TOKENS = 256.0  # where the prior's second pseudo-point sits
+_MIN_TTFT_S = 1e-4
+_MIN_TPOT_S = 1e-7
+_DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
+_CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
+STATE_VERSION = 2
+# Per model: the latency fit's sums, the provider calibration.
+MODEL_SUMS = ("lat_n", "lat_y", "lat_cross", "calib")
+# Per (cell, model): output tokens, success, quality.
+CELL_SUMS = ("tokens", "success", "quality")
+SUM_NAMES = MODEL_SUMS + CELL_SUMS
+FIT_SUMS = ("lat_n", "lat_y", "lat_cross")
+LATENCY_SUMS = ("latency",)  # what a surprise names: the model's fitted latency evidence
 _SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
+
+
+def sum_shapes(models: int, cells: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each named sum for a learner of ``models`` models and ``cells`` cells."""
+    shapes: dict[str, tuple[int, ...]] = {name: (models,) for name in MODEL_SUMS}
+    shapes.update({name: (cells, models) for name in CELL_SUMS})
+    return shapes
 
 
 class DecayedSums:
@@ -107,38 +157,44 @@ class DecayedSums:
 
 @dataclass
 class Estimates:
-    """Current beliefs, as arrays aligned with the catalogue (and task classes for 2-D ones).
+    """Current beliefs, as arrays aligned with the catalogue (and cells for 2-D ones).
 
-    Latencies are medians in seconds (the geometric mean of a log-normal); ``*_log_sd`` is the
-    spread of one observation in log space; ``value`` is expected quality times success. The
-    ``*_var`` arrays say what exploration can still learn: the variance of the mean log-latency
-    and of the mean quality (the latter only matters as often as feedback arrives: with none,
-    trying a model teaches nothing about its quality).
+    ``ttft`` and ``tpot`` are each model's fitted line (seconds, seconds per output token);
+    ``*_q`` the same line raised to the ``latency_z`` quantile of its log residuals (what
+    ``max_latency_ms`` and ``max_ttft_ms`` are held against). ``value`` is expected quality times
+    success. The ``*_var`` arrays say what exploration can still learn: the variance of the mean
+    log-latency and of the mean quality (the latter only matters as often as feedback arrives).
+    ``displacement`` is how far (log units) a model's recent latency sits above its long-run
+    level; ``seen_at`` the learner's observation count when its latency was last measured
+    (``+inf``: never) and ``observations`` (one element) the count now.
     """
 
     ttft: FloatArray
     tpot: FloatArray
-    ttft_q: FloatArray  # the latency_z quantile, seconds: what max_latency_ms is held against
+    ttft_q: FloatArray
     tpot_q: FloatArray
-    ttft_log_mu: FloatArray
-    tpot_log_mu: FloatArray
-    ttft_log_sd: FloatArray
-    tpot_log_sd: FloatArray
+    latency_log_sd: FloatArray
     latency_evidence: FloatArray
     latency_var: FloatArray
+    displacement: FloatArray
+    seen_at: FloatArray
+    observations: FloatArray
+    provider_factor: FloatArray  # the calibration each model's prior is scaled by
     success: FloatArray
-    quality: FloatArray  # (tasks, models)
-    quality_var: FloatArray  # (tasks, models): variance of the mean quality
-    feedback_rate: FloatArray  # (tasks,): answers that got a quality score, per answer
-    value: FloatArray  # (tasks, models): quality times the model's success rate
-    evidence: FloatArray  # (tasks, models): decayed count of outcomes
-    task_evidence: FloatArray  # (tasks,)
-    quality_evidence: FloatArray  # (tasks, models)
+    quality: FloatArray  # (cells, models)
+    quality_var: FloatArray  # (cells, models): variance of the mean quality
+    feedback_rate: FloatArray  # (cells,): answers that got a quality score, per answer
+    value: FloatArray  # (cells, models): quality times the model's success rate
+    evidence: FloatArray  # (cells, models): decayed count of outcomes
+    task_evidence: FloatArray  # (cells,)
+    quality_evidence: FloatArray  # (cells, models)
+    tokens_sum: FloatArray  # (cells,): decayed sum of output tokens, all models
+    tokens_weight: FloatArray  # (cells,): their decayed count
 
 
 @dataclass
 class LearnerState:
-    """A learner's sums, addressable by model id and task name: what is saved and shared."""
+    """A learner's sums, addressable by model id and cell name: what is saved and shared."""
 
     ids: tuple[str, ...]
     tasks: tuple[str, ...]
@@ -147,8 +203,8 @@ class LearnerState:
 
 @dataclass(frozen=True)
 class Surprise:
-    """A latency surprise: cell ``model`` of the ``name`` sums ("ttft" or "tpot") kept only
-    ``factor`` of its evidence at time ``t``. Other replicas apply it to their own evidence."""
+    """A latency surprise: model ``model``'s ``name`` evidence ("latency") kept only ``factor``
+    at time ``t``. Other replicas apply it to their own evidence."""
 
     name: str
     model: int
@@ -156,22 +212,34 @@ class Surprise:
     factor: float
 
 
-class Learner:
-    """Decayed statistics for ``len(ids)`` models and ``len(tasks)`` task classes.
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How fast a learner believes and forgets (``Settings.learning`` holds the defaults)."""
 
-        learner = Learner(ids, tasks, ttft_prior, tpot_prior, quality_prior)
-        learner.observe(model=3, task=0, t=now, success=True, ttft_s=0.4, tpot_s=0.01)
+    latency_half_life_s: float = 300.0
+    quality_half_life_s: float = 86_400.0
+    calibration_half_life_s: float = 3_600.0
+    prior_strength: float = 5.0
+    latency_prior_strength: float = 1.0  # answers' worth of the (calibrated) prior line in a model's fit
+    calibration_strength: float = 1.0
+    latency_log_sd_prior: float = 0.3
+    success_prior: float = 0.98
+    refresh_interval_s: float = 1.0
+    surprise_z: float = 2.5
+    surprise_forget: float = 0.5
+    stale_after: float = 100.0  # latency observations elsewhere after which a model's fit counts half
+    latency_z: float = 1.2815515655446004
+
+
+class Learner:
+    """Decayed statistics for ``len(ids)`` models and ``len(tasks)`` cells.
+
+        learner = Learner(ids, cells, ttft_prior, tpot_prior, quality_prior)
+        learner.observe(model=3, task=0, t=now, success=True, latency_s=0.9, tokens=40)
         learner.estimates(now).ttft[3]
 
-    A latency far outside what a model's cell expects (``surprise_z`` standard deviations in
-    log space) multiplies that cell's past evidence by ``surprise_forget`` before it is added:
-    a model that slows down fivefold is believed within a handful of requests, not after its
-    whole history has decayed, while ordinary heavy-tail outliers (rare) barely matter. Set
-    ``surprise_forget=1`` for plain decay. Forgetting is not linear, so it cannot travel inside
-    the sums: each surprise is also appended to ``surprise_log`` for the shared state to tell
-    the other replicas, which apply it to their own evidence with ``forget``.
-
-    Sharing with other replicas (``adaptive_router.shared`` does this on a timer):
+    ``groups`` gives each model's provider (an index; models of one provider share their
+    calibration). Sharing with other replicas (``adaptive_router.shared`` does this on a timer):
 
         publish = learner.local_state()   # this replica's own evidence
         learner.set_remote(others)        # the view = local + others, rebuilt at once
@@ -185,36 +253,39 @@ class Learner:
         tpot_prior: FloatArray,
         quality_prior: FloatArray,
         *,
-        latency_half_life_s: float = 300.0,
-        quality_half_life_s: float = 86_400.0,
-        prior_strength: float = 5.0,
-        latency_log_sd_prior: float = 0.5,
-        success_prior: float = 0.98,
-        refresh_interval_s: float = 1.0,
-        surprise_z: float = 2.5,
-        surprise_forget: float = 0.5,
+        groups: Sequence[int] | IntArray | None = None,
         t0: float = 0.0,
-        latency_z: float = 1.2815515655446004,
+        config: LearnerConfig | None = None,
+        **options: float,
     ) -> None:
+        cfg = config or LearnerConfig()
+        if options:
+            cfg = LearnerConfig(**{**cfg.__dict__, **options})
+        self.config = cfg
         self.ids = tuple(ids)
         self.tasks = tuple(tasks)
         m, k = len(self.ids), len(self.tasks)
-        self.k = prior_strength
-        self.sd0 = latency_log_sd_prior
-        self.success0 = success_prior
-        self.refresh_interval_s = refresh_interval_s
-        self.surprise_z = surprise_z
-        self.surprise_forget = surprise_forget
-        self.latency_z = latency_z
-        self.prior_log_ttft = np.log(np.asarray(ttft_prior, dtype=np.float64))
-        self.prior_log_tpot = np.log(np.asarray(tpot_prior, dtype=np.float64))
+        self.k = cfg.prior_strength
+        self.sd0 = cfg.latency_log_sd_prior
+        self.success0 = cfg.success_prior
+        self.refresh_interval_s = cfg.refresh_interval_s
+        self.surprise_z = cfg.surprise_z
+        self.surprise_forget = cfg.surprise_forget
+        self.latency_z = cfg.latency_z
+        self.prior_ttft = np.asarray(ttft_prior, dtype=np.float64).copy()
+        self.prior_tpot = np.asarray(tpot_prior, dtype=np.float64).copy()
         self.prior_quality = np.broadcast_to(np.asarray(quality_prior, dtype=np.float64), (k, m)).copy()
-        # The view: what estimates read (local + remote). Names kept: tests and tools read them.
-        self.ttft = DecayedSums((m,), latency_half_life_s, t0)
-        self.tpot = DecayedSums((m,), latency_half_life_s, t0)
-        self.success = DecayedSums((k, m), latency_half_life_s, t0)
-        self.quality = DecayedSums((k, m), quality_half_life_s, t0)
-        self._local = {name: sums.copy() for name, sums in self._views().items()}
+        self.groups: IntArray = np.zeros(m, dtype=np.intp) if groups is None else np.asarray(groups, np.intp)
+        self._n_groups = int(self.groups.max()) + 1 if m else 1
+        half_lives = {
+            **dict.fromkeys(("lat_n", "lat_y", "lat_cross", "tokens", "success"), cfg.latency_half_life_s),
+            "calib": cfg.calibration_half_life_s,
+            "quality": cfg.quality_half_life_s,
+        }
+        shapes = sum_shapes(m, k)
+        # The view: what estimates read (local + remote).
+        self._view = {name: DecayedSums(shapes[name], half_lives[name], t0) for name in SUM_NAMES}
+        self._local = {name: sums.copy() for name, sums in self._view.items()}
         self._remote: dict[str, DecayedSums] | None = None
         self.version = 0
         self.local_version = 0  # bumped whenever the local evidence changes: what to republish
@@ -223,6 +294,22 @@ class Learner:
         self._refreshed_at = -math.inf
         self._est: Estimates | None = None
         self._dirty: set[int] = set()  # models observed since the estimates were computed
+        self._count = 0.0  # latency observations so far (this process): exploration's clock
+        self._seen_at = np.full(m, np.inf)
+        self._group_log: FloatArray | None = None  # each provider's pooled log ratio, as last pooled
+
+    # Read-only views kept for tools and tests that look at the sums by name.
+    @property
+    def success(self) -> DecayedSums:
+        return self._view["success"]
+
+    @property
+    def quality(self) -> DecayedSums:
+        return self._view["quality"]
+
+    def sums(self, name: str) -> DecayedSums:
+        """The view's sums called ``name`` (one of ``SUM_NAMES``)."""
+        return self._view[name]
 
     # --- recording ---------------------------------------------------------------------
 
@@ -234,41 +321,87 @@ class Learner:
         success: bool,
         ttft_s: float | None = None,
         tpot_s: float | None = None,
+        *,
+        latency_s: float | None = None,
+        tokens: int | None = None,
     ) -> None:
-        """One attempt's outcome. Latencies are recorded for successful attempts only."""
+        """One attempt's outcome. Latencies are recorded for successful attempts only.
+
+        A non-streamed answer gives ``latency_s`` and ``tokens``; a streamed one adds ``ttft_s``.
+        ``tpot_s`` (with ``ttft_s``) stands for a 100-token answer of that speed.
+        """
         self._add("success", (task, model), 1.0 if success else 0.0, t)
-        if success and ttft_s is not None and ttft_s > 0:
-            self._add_latency("ttft", self.prior_log_ttft, model, math.log(ttft_s), t)
-        if success and tpot_s is not None and tpot_s > 0:
-            self._add_latency("tpot", self.prior_log_tpot, model, math.log(tpot_s), t)
+        if success:
+            points: list[tuple[float, float]] = []
+            if ttft_s is not None and ttft_s > 0:
+                points.append((0.0, ttft_s))
+                if tpot_s is not None and tpot_s > 0 and latency_s is None:
+                    points.append((1.0, ttft_s + tpot_s * _TOKEN_SCALE))
+            if latency_s is not None and latency_s > 0 and tokens is not None and tokens >= 0:
+                points.append((tokens / _TOKEN_SCALE, latency_s))
+                self._add("tokens", (task, model), float(tokens), t)
+            if points:
+                self._observe_latency(model, t, points)
         self._dirty.add(model)
         self.version += 1
 
-    def _add(self, name: str, cell: int | tuple[int, int], x: float, t: float) -> None:
-        self._views()[name].add(cell, x, t)
-        self._local[name].add(cell, x, t)
+    def _add(self, name: str, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> None:
+        self._view[name].add(cell, x, t, weight)
+        self._local[name].add(cell, x, t, weight)
         self.local_version += 1
 
-    def _add_latency(self, name: str, prior: FloatArray, model: int, x: float, t: float) -> None:
-        if self.surprise_forget < 1.0:
-            mu, sd, _ = _log_normal(self._views()[name], t, self.k, prior, self.sd0, model)
-            if abs(x - float(mu)) > self.surprise_z * float(sd):
-                # The whole view forgets, the other replicas' part included; they are told
-                # through surprise_log so that their own copies forget too.
-                self.forget(name, model, self.surprise_forget)
-                self.surprises += 1
-                self.surprise_log.append(Surprise(name, model, t, self.surprise_forget))
-        self._add(name, model, x, t)
+    def _observe_latency(self, model: int, t: float, points: list[tuple[float, float]]) -> None:
+        stale = self._count + 1.0 - self._seen_at[model]  # requests since it was last measured
+        patience = self.config.stale_after
+        if patience > 0 and math.isfinite(stale) and stale > 1.0:
+            # What was measured long ago may no longer hold: it counts for less against what is
+            # measured now (a model tried again after a slowdown shows its recovery at once).
+            self._discount(model, t, patience / (patience + stale - 1.0))
+        ttft, tpot, sd = self._model_line(model, t)
+        x, y = points[-1]  # the whole answer (or the first token when that is all there is)
+        resid = math.log(y) - math.log(ttft + tpot * _TOKEN_SCALE * x)
+        limit = self.surprise_z * sd
+        if self.surprise_forget < 1.0 and abs(resid) > limit:
+            # The further off, the more is forgotten: ``surprise_forget`` at the limit, its
+            # square at twice the limit. The whole view forgets, the other replicas' part
+            # included; they are told through surprise_log so that their copies forget too.
+            factor = self.surprise_forget ** (abs(resid) / limit)
+            self.forget("latency", model, factor)
+            self.surprises += 1
+            self.surprise_log.append(Surprise("latency", model, t, factor))
+        prior = self.prior_ttft[model] + self.prior_tpot[model] * _TOKEN_SCALE * x
+        self._add("calib", model, math.log(y) - math.log(prior), t)
+        weight = 1.0 / len(points)  # one answer is one unit of evidence, however many points
+        for x, y in points:
+            self._add("lat_n", model, x, t, weight)
+            self._add("lat_y", model, y, t, weight)
+            self._add("lat_cross", model, x + y, t, weight)
+        self._count += 1.0
+        self._seen_at[model] = self._count
+
+    def _model_line(self, model: int, t: float) -> tuple[float, float, float]:
+        """One model's fitted ttft, tpot and log-residual spread now (the same arithmetic as the
+        columns of ``estimates``, for one row: what a surprise is judged against)."""
+        rows = np.array([model], dtype=np.intp)
+        factor = self._calibration(t, rows, pooled=False)
+        ttft, tpot, _, _, sd = self._fit(t, rows, factor)
+        return float(ttft[0]), float(tpot[0]), float(sd[0])
+
+    def _discount(self, model: int, t: float, factor: float) -> None:
+        if factor < 0.99:
+            self.forget("latency", model, factor)
+            self.surprise_log.append(Surprise("latency", model, t, factor))
 
     def forget(self, name: str, model: int, factor: float) -> None:
-        """Keep ``factor`` of model ``model``'s ``name`` evidence ("ttft" or "tpot"), in the local
-        evidence and in the view: how a surprise seen by another replica reaches this one."""
+        """Keep ``factor`` of model ``model``'s fitted latency evidence (``name`` "latency"), in
+        the local evidence and in the view: how a surprise seen by another replica reaches this one."""
         if name not in LATENCY_SUMS or not 0.0 <= factor <= 1.0:
             raise ValueError(f"cannot forget {factor!r} of {name!r}")
-        self._views()[name].scale(model, factor)
-        self._local[name].scale(model, factor)
-        if self._remote is not None:
-            self._remote[name].scale(model, factor)
+        for sums in FIT_SUMS:
+            self._view[sums].scale(model, factor)
+            self._local[sums].scale(model, factor)
+            if self._remote is not None:
+                self._remote[sums].scale(model, factor)
         self._dirty.add(model)
         self.version += 1
         self.local_version += 1
@@ -285,57 +418,158 @@ class Learner:
 
     def estimates(self, t: float) -> Estimates:
         """Current estimates. Rebuilt in full when older than ``refresh_interval_s`` (decay moves
-        every cell); in between, only the columns of models observed since are recomputed."""
-        if self._est is None or t - self._refreshed_at >= self.refresh_interval_s:
-            self._est = self._compute(t, slice(None))
+        every cell) or when a provider's calibration gained much evidence; in between, only the
+        columns of models observed since are recomputed."""
+        est = self._est
+        if (
+            est is None
+            or t - self._refreshed_at >= self.refresh_interval_s
+            or (self._dirty and self._calibration_moved(t))
+        ):
+            est = self._est = self._compute(t, slice(None))
             self._refreshed_at = t
             self._dirty.clear()
         elif self._dirty:
-            self._refresh_columns(self._est, t)
-        return self._est
+            self._refresh_columns(est, t)
+        est.observations[0] = self._count
+        return est
+
+    def refresh(self, t: float) -> Estimates:
+        """Estimates rebuilt in full now: an exact function of the sums at ``t`` (between full
+        refreshes, the providers' calibration is as last pooled)."""
+        self._est = None
+        return self.estimates(t)
 
     def latest(self, t: float) -> Estimates:
-        """The estimates as last computed, without catching up on recent observations: for
-        bookkeeping that needs a rough figure (splitting a latency), not for decisions."""
+        """The estimates as last computed, without catching up on recent observations."""
         return self._est if self._est is not None else self.estimates(t)
 
-    def _compute(self, t: float, models: slice | npt.NDArray[np.intp]) -> Estimates:
-        """Estimates for the ``models`` columns (all of them, or one: the same arithmetic)."""
-        k = self.k
-        ttft_mu, ttft_sd, ttft_n = _log_normal(self.ttft, t, k, self.prior_log_ttft, self.sd0, models)
-        tpot_mu, tpot_sd, tpot_n = _log_normal(self.tpot, t, k, self.prior_log_tpot, self.sd0, models)
-        fs, fq = self.success.factor(t), self.quality.factor(t)
-        n = self.success.w[:, models] * fs
-        qn = self.quality.w[:, models] * fq
-        quality = (k * self.prior_quality[:, models] + self.quality.s1[:, models] * fq) / (k + qn)
-        # An outage is the model's, whatever the task: success is pooled over task classes.
-        pooled_n = n.sum(axis=0)
-        success = (k * self.success0 + self.success.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
-        lat_n = ttft_n + tpot_n
-        feedback_rate = np.minimum(
-            (self.quality.w.sum(axis=1) * fq) / np.maximum(self.success.w.sum(axis=1) * fs, 1.0), 1.0
+    def _calibration_moved(self, t: float) -> bool:
+        """Whether a provider's pooled calibration moved more than 1% since it was last pooled:
+        then every one of its models' priors moves, and the estimates are rebuilt in full (a
+        new endpoint's first answers re-scale its untried models at once)."""
+        if self._group_log is None:
+            return True
+        return bool(
+            np.max(np.abs(np.log(self.provider_factors(t)) - self._group_log)) > _CALIBRATION_TOLERANCE
         )
-        quality_var = quality * (1.0 - quality) / (k + qn)
+
+    def _calibration(self, t: float, models: slice | IntArray, pooled: bool) -> FloatArray:
+        """Each model's prior scale: its own long-run log ratio to the public figures, shrunk
+        toward its provider's pooled ratio, which is itself shrunk toward 1. The providers'
+        ratios are pooled afresh when ``pooled`` (a full refresh), else the last pooling is used."""
+        calib = self._view["calib"]
+        f = calib.factor(t)
+        kf = self.config.calibration_strength
+        if pooled or self._group_log is None:
+            g_w = np.bincount(self.groups, weights=calib.w, minlength=self._n_groups) * f
+            g_s = np.bincount(self.groups, weights=calib.s1, minlength=self._n_groups) * f
+            self._group_log = g_s / (kf + g_w)
+        w, s1 = calib.w[models] * f, calib.s1[models] * f
+        own_log = (kf * self._group_log[self.groups[models]] + s1) / (kf + w)
+        result: FloatArray = np.exp(own_log)
+        return result
+
+    def provider_factors(self, t: float) -> FloatArray:
+        """Each provider's speed against the public figures (1: as published), pooled now."""
+        calib = self._view["calib"]
+        f, kf = calib.factor(t), self.config.calibration_strength
+        g_w = np.bincount(self.groups, weights=calib.w, minlength=self._n_groups) * f
+        g_s = np.bincount(self.groups, weights=calib.s1, minlength=self._n_groups) * f
+        factors: FloatArray = np.exp(g_s / (kf + g_w))
+        return factors
+
+    def _fit(
+        self, t: float, models: slice | IntArray, factor: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Each model's line by decayed least squares over its points and two prior points (at
+        0 and ``_REF_TOKENS`` tokens, on the calibrated catalogue line, ``k/2`` each).
+
+        Returns ttft, tpot, the evidence weight, the mean x (hundreds of tokens) of the points,
+        and the log spread of one answer: the points' relative residual about the line, blended
+        with ``latency_log_sd_prior`` worth as many points as the prior line. Everything comes
+        from the sums, so learners that merged their evidence agree exactly, whatever the order
+        it arrived in."""
+        n, y, c = (self._view[name] for name in FIT_SUMS)
+        f = n.factor(t)
+        w = n.w[models] * f
+        sx, sxx = n.s1[models] * f, n.s2[models] * f
+        sy, syy = y.s1[models] * f, y.s2[models] * f
+        sxy = 0.5 * (c.s2[models] * f - sxx - syy)
+        k = self.config.latency_prior_strength
+        half, xr = 0.5 * k, _REF_TOKENS / _TOKEN_SCALE
+        p0 = self.prior_ttft[models] * factor
+        p1 = p0 + self.prior_tpot[models] * factor * _REF_TOKENS
+        W = w + k
+        SX = sx + half * xr
+        SXX = sxx + half * xr * xr
+        SY = sy + half * (p0 + p1)
+        SXY = sxy + half * xr * p1
+        det = W * SXX - SX * SX
+        b = (W * SXY - SX * SY) / det
+        b = np.maximum(b, _MIN_TPOT_S * _TOKEN_SCALE)
+        a = (SY - b * SX) / W
+        low = a < _MIN_TTFT_S
+        if np.any(low):  # the line would start below zero: pin its start, refit the slope
+            a = np.where(low, _MIN_TTFT_S, a)
+            b = np.where(low, np.maximum((SXY - a * SX) / SXX, _MIN_TPOT_S * _TOKEN_SCALE), b)
+        mean_x = sx / np.maximum(w, 1e-12)
+        rss = syy - 2 * a * sy - 2 * b * sxy + a * a * w + 2 * a * b * sx + b * b * sxx
+        rel2 = np.maximum(rss, 0.0) / np.maximum(syy, 1e-300)
+        second = (k * self.sd0 * self.sd0 + w * rel2) / (k + w)
+        sd = np.sqrt(np.maximum(second, _MIN_LOG_SD**2))
+        return a, b / _TOKEN_SCALE, w, mean_x, sd
+
+    def _compute(self, t: float, models: slice | IntArray) -> Estimates:
+        """Estimates for the ``models`` columns (all of them, or some: the same arithmetic)."""
+        k = self.k
+        factor = self._calibration(t, models, pooled=isinstance(models, slice))
+        ttft, tpot, lat_n, mean_x, sd = self._fit(t, models, factor)
+        # How far the recent fit sits above the long-run (calibrated prior) line, where the
+        # model's answers were: what a model that recovered may win back.
+        tokens_at = mean_x * _TOKEN_SCALE
+        prior_line = (self.prior_ttft[models] + self.prior_tpot[models] * tokens_at) * factor
+        # Within 10% of the long-run level is not displaced (noise, not a change worth a recheck).
+        displacement = np.where(lat_n > 0, np.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED, 0.0)
+        success_s, quality_s, tokens_s = self._view["success"], self._view["quality"], self._view["tokens"]
+        fs, fq, ft = success_s.factor(t), quality_s.factor(t), tokens_s.factor(t)
+        n = success_s.w[:, models] * fs
+        qn = quality_s.w[:, models] * fq
+        quality = (k * self.prior_quality[:, models] + quality_s.s1[:, models] * fq) / (k + qn)
+        # An outage is the model's, whatever the cell: success is pooled over cells.
+        pooled_n = n.sum(axis=0)
+        success = (k * self.success0 + success_s.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
+        feedback_rate = np.minimum(
+            (quality_s.w.sum(axis=1) * fq) / np.maximum(success_s.w.sum(axis=1) * fs, 1.0), 1.0
+        )
+        quantile = np.exp(self.latency_z * sd)
         return Estimates(
-            ttft=np.exp(ttft_mu),
-            tpot=np.exp(tpot_mu),
-            ttft_q=np.exp(ttft_mu + self.latency_z * ttft_sd),
-            tpot_q=np.exp(tpot_mu + self.latency_z * tpot_sd),
-            ttft_log_mu=ttft_mu,
-            tpot_log_mu=tpot_mu,
-            ttft_log_sd=ttft_sd,
-            tpot_log_sd=tpot_sd,
+            ttft=ttft,
+            tpot=tpot,
+            ttft_q=ttft * quantile,
+            tpot_q=tpot * quantile,
+            latency_log_sd=sd,
             latency_evidence=lat_n,
-            latency_var=(ttft_sd * ttft_sd) / (k + lat_n),
+            latency_var=(sd * sd) / (k + lat_n),
+            displacement=np.maximum(displacement, 0.0),
+            seen_at=self._seen_at[models].copy(),
+            observations=np.array([self._count]),
+            provider_factor=factor,
             success=success,
             quality=quality,
-            quality_var=quality_var,
+            quality_var=quality * (1.0 - quality) / (k + qn),
             feedback_rate=feedback_rate,
             value=quality * success,
             evidence=n,
-            task_evidence=self.success.w.sum(axis=1) * fs,
+            task_evidence=success_s.w.sum(axis=1) * fs,
             quality_evidence=qn,
+            tokens_sum=tokens_s.s1.sum(axis=1) * ft,
+            tokens_weight=tokens_s.w.sum(axis=1) * ft,
         )
+
+    _SHARED_COLUMNS = frozenset(
+        {"task_evidence", "feedback_rate", "observations", "tokens_sum", "tokens_weight"}
+    )
 
     def _refresh_columns(self, est: Estimates, t: float) -> None:
         """Recompute the columns of the models observed since the last refresh (same arithmetic)."""
@@ -344,7 +578,7 @@ class Learner:
         fresh = self._compute(t, columns)
         for name, values in vars(fresh).items():
             target = getattr(est, name)
-            if name in ("task_evidence", "feedback_rate"):
+            if name in self._SHARED_COLUMNS:
                 target[...] = values
             elif target.ndim == 1:
                 target[columns] = values
@@ -353,32 +587,31 @@ class Learner:
 
     # --- sharing, saving ---------------------------------------------------------------
 
-    def _views(self) -> dict[str, DecayedSums]:
-        return {"ttft": self.ttft, "tpot": self.tpot, "success": self.success, "quality": self.quality}
-
     def state(self) -> LearnerState:
         """Everything the estimates read: the local evidence plus the other replicas'."""
-        return LearnerState(self.ids, self.tasks, {name: s.copy() for name, s in self._views().items()})
+        return LearnerState(self.ids, self.tasks, {name: s.copy() for name, s in self._view.items()})
 
     def local_state(self) -> LearnerState:
         """This replica's own evidence: what it publishes and saves (never the others')."""
         return LearnerState(self.ids, self.tasks, {name: s.copy() for name, s in self._local.items()})
 
     def align(self, state: LearnerState) -> LearnerState:
-        """``state`` laid out in this learner's models and tasks (matched by id and name; models
-        or tasks this learner does not know are dropped). Raises ValueError on another half-life."""
+        """``state`` laid out in this learner's models and cells (matched by id and name; models
+        or cells this learner does not know are dropped). Raises ValueError on another half-life."""
         model_map = _index_map(state.ids, self.ids)
         task_map = _index_map(state.tasks, self.tasks)
         sums = {}
         for name, like in self._local.items():
-            other = state.sums[name]
+            other = state.sums.get(name)
+            if other is None:
+                raise ValueError(f"{name}: missing from the state (saved by another version?)")
             if not math.isclose(other.rate, like.rate) or other.w.ndim != like.w.ndim:
                 raise ValueError(f"{name}: sums of another half-life or shape cannot be merged")
             sums[name] = _realign(other, like, model_map, task_map)
         return LearnerState(self.ids, self.tasks, sums)
 
     def merge(self, state: LearnerState) -> None:
-        """Add evidence to the local state (matched by model id and task name; others ignored):
+        """Add evidence to the local state (matched by model id and cell name; others ignored):
         a saved state being loaded, or another learner's outcomes adopted as this one's."""
         for name, sums in self.align(state).sums.items():
             self._local[name].merge(sums)
@@ -399,20 +632,22 @@ class Learner:
         self._rebuild_view()
 
     def _rebuild_view(self) -> None:
-        for name, view in self._views().items():
+        for name, view in self._view.items():
             view.assign(self._local[name])
             if self._remote is not None:
                 view.merge(self._remote[name])
         self._est = None
+        self._group_log = None
         self._dirty.clear()
         self.version += 1
 
     def reset(self) -> None:
-        for sums in (*self._views().values(), *self._local.values()):
+        for sums in (*self._view.values(), *self._local.values()):
             for array in (sums.w, sums.s1, sums.s2):
                 array[...] = 0.0
         self._remote = None
         self._est = None
+        self._seen_at[...] = np.inf
         self.version += 1
         self.local_version += 1
 
@@ -442,7 +677,7 @@ class Learner:
                     f"{path}: learned-state version {int(data['version'])} is not {STATE_VERSION}"
                 )
             sums = {}
-            for name in ("ttft", "tpot", "success", "quality"):
+            for name in SUM_NAMES:
                 rate = float(data[f"{name}.rate"])
                 s = DecayedSums(data[f"{name}.w"].shape, math.log(2.0) / rate, float(data[f"{name}.t0"]))
                 s.w[...], s.s1[...], s.s2[...] = data[f"{name}.w"], data[f"{name}.s1"], data[f"{name}.s2"]
@@ -450,24 +685,6 @@ class Learner:
             return LearnerState(
                 tuple(str(i) for i in data["ids"]), tuple(str(t) for t in data["tasks"]), sums
             )
-
-
-def _log_normal(
-    sums: DecayedSums,
-    t: float,
-    k: float,
-    prior_mu: FloatArray,
-    sd0: float,
-    models: slice | int | npt.NDArray[np.intp],
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Mean and spread of log-latency, blending ``k`` prior pseudo-observations with the evidence."""
-    f = sums.factor(t)
-    w = sums.w[models] * f
-    mu0 = prior_mu[models]
-    mean = (k * mu0 + sums.s1[models] * f) / (k + w)
-    second = (k * (sd0 * sd0 + mu0 * mu0) + sums.s2[models] * f) / (k + w)
-    sd = np.sqrt(np.maximum(second - mean * mean, _MIN_LOG_SD**2))
-    return mean, sd, w
 
 
 def _index_map(source: Sequence[str], target: Sequence[str]) -> list[tuple[int, int]]:

@@ -383,7 +383,7 @@ def evaluate(
     reward: RewardSpec | None = None,
     *,
     modes: Mapping[str, Weights3] | None = None,
-    scales: tuple[LogScale, LogScale] = (LogScale(0.05, 120.0), LogScale(1e-7, 1.0)),
+    scales: tuple[LogScale, LogScale] = (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
     z: float = 1.96,
 ) -> PolicyEstimate:
     """IPS, SNIPS and DR estimates of ``target``'s mean reward on ``log``, with normal intervals.
@@ -400,7 +400,7 @@ def evaluate_many(
     reward: RewardSpec | None = None,
     *,
     modes: Mapping[str, Weights3] | None = None,
-    scales: tuple[LogScale, LogScale] = (LogScale(0.05, 120.0), LogScale(1e-7, 1.0)),
+    scales: tuple[LogScale, LogScale] = (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
     z: float = 1.96,
 ) -> list[PolicyEstimate]:
     """:func:`evaluate` for several targets, reading the log into arrays once."""
@@ -417,7 +417,7 @@ def target_distribution(
     target: TargetPolicy,
     *,
     modes: Mapping[str, Weights3] | None = None,
-    scales: tuple[LogScale, LogScale] = (LogScale(0.05, 120.0), LogScale(1e-7, 1.0)),
+    scales: tuple[LogScale, LogScale] = (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
 ) -> list[dict[str, float]]:
     """What ``target`` would have done: for each replayable decision, in log order, its
     probability of each logged candidate."""
@@ -431,7 +431,7 @@ def target_distribution(
 
 def logged_value(log: LogData, reward: RewardSpec | None = None, z: float = 1.96) -> Interval:
     """The logging policy's own mean reward over the replayable records (on-policy)."""
-    arrays = _prepare(log, reward or RewardSpec(), (LogScale(0.05, 120.0), LogScale(1e-7, 1.0)))
+    arrays = _prepare(log, reward or RewardSpec(), (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)))
     r = arrays.reward
     se = float(r.std(ddof=1) / math.sqrt(r.size)) if r.size > 1 else math.inf
     return Interval.normal(float(r.mean()) if r.size else math.nan, se, z)

@@ -26,13 +26,13 @@ import numpy.typing as npt
 
 from .catalogue import CAPABILITIES, Catalogue, capability_bits, load_catalogue
 from .decision import Candidate, Decision, Outcome, RouteRequest, _Ranking
-from .errors import NoEligibleModel, RequestError
-from .learning import Estimates, Learner
+from .errors import ConfigError, NoEligibleModel, RequestError
+from .learning import Estimates, Learner, LearnerConfig
 from .profile import Profile, Profiler, TaskRules
 from .scoring import Greedy, LogScale, Policy, make_policy, normal_quantile
 from .settings import Settings
 
-__all__ = ["Candidate", "Decision", "Outcome", "RouteRequest", "Router"]
+__all__ = ["Candidate", "Decision", "Outcome", "RouteRequest", "Router", "catalogue_from_settings"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -67,10 +67,13 @@ class RouterConfig:
     fallback_models: Sequence[str] = ()
     top_k: int = 4
     latency_quantile: float = 0.9
-    latency_scale: LogScale = field(default_factory=lambda: LogScale(0.05, 120.0))
+    latency_scale: LogScale = field(default_factory=lambda: LogScale(0.01, 120.0))
     cost_scale: LogScale = field(default_factory=lambda: LogScale(1e-7, 1.0))
     feedback_memory: int = 100_000
     decision_ttl_s: float = 0.0  # reuse a deterministic decision for the same key this long (0: never)
+    allow: Sequence[str] = ()  # routing.allow: globs of ids that may be used (empty: all)
+    deny: Sequence[str] = ()  # routing.deny: globs never used
+    token_prior_strength: float = 5.0  # answers behind a cell's configured expected output length
 
 
 class Router:
@@ -95,7 +98,14 @@ class Router:
         self.rng = rng if rng is not None else np.random.default_rng()
         self.clock = clock
         n = len(catalogue)
-        self.available = np.ones(n, dtype=np.bool_)  # breakers and budgets clear rows here
+        # Rows the settings permit (allow/deny, and served by a provider when routes are given
+        # to from_settings); breakers clear and set rows of ``available`` within these.
+        self.permitted = np.ones(n, dtype=np.bool_)
+        if config.allow:
+            self.permitted &= catalogue.glob_mask(tuple(config.allow))
+        if config.deny:
+            self.permitted &= ~catalogue.glob_mask(tuple(config.deny))
+        self.available = self.permitted.copy()
         self._buf = _Buffers(n)
         self._price_prompt = np.maximum(catalogue.price_prompt, _PRICE_FLOOR)
         self._price_completion = np.maximum(catalogue.price_completion, _PRICE_FLOOR)
@@ -111,14 +121,20 @@ class Router:
         self._available_version = 0
         self._fallback_rows = [catalogue.index[m] for m in config.fallback_models if m in catalogue]
 
+    def restrict(self, routable: BoolArray) -> None:
+        """Only ``routable`` rows may be chosen (models some configured provider serves)."""
+        self.permitted &= routable
+        self.available &= routable
+        self._available_version += 1
+
     @classmethod
     def from_settings(
         cls, settings: Settings, catalogue: Catalogue | None = None, *, clock: Callable[[], float] = time.time
     ) -> Router:
+        """The router ``settings`` describe. Models no configured provider serves are never
+        ranked; a ``routing.fallback_models`` id that cannot be routed is a ``ConfigError``."""
         if catalogue is None:
-            catalogue = load_catalogue(
-                settings.catalogue.source, settings.catalogue.overlay, settings.openrouter_key()
-            )
+            catalogue = catalogue_from_settings(settings)
         routing, learning, exploration, prof = (
             settings.routing,
             settings.learning,
@@ -135,6 +151,9 @@ class Router:
             cost_scale=LogScale(*routing.cost_scale_usd),
             feedback_memory=learning.feedback_memory,
             decision_ttl_s=settings.cache.decision_ttl_seconds if settings.cache.enabled else 0.0,
+            allow=tuple(routing.allow),
+            deny=tuple(routing.deny),
+            token_prior_strength=learning.prior_strength,
         )
         rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
         profiler = Profiler(
@@ -145,27 +164,39 @@ class Router:
             prof.scan_chars,
             prof.cells,
         )
+        groups = provider_groups(catalogue, settings.routes())
         learner = Learner(
             catalogue.ids,
             profiler.cells,
             catalogue.ttft_prior,
             catalogue.tpot_prior,
             catalogue.quality_prior,
-            latency_half_life_s=learning.latency_half_life_s,
-            quality_half_life_s=learning.quality_half_life_s,
-            prior_strength=learning.prior_strength,
-            latency_log_sd_prior=learning.latency_log_sd_prior,
-            success_prior=learning.success_prior,
-            refresh_interval_s=learning.refresh_interval_s,
+            groups=np.maximum(groups, 0),
             t0=clock(),
-            surprise_z=learning.surprise_z,
-            surprise_forget=learning.surprise_forget,
-            latency_z=normal_quantile(routing.latency_quantile),
+            config=LearnerConfig(
+                latency_half_life_s=learning.latency_half_life_s,
+                quality_half_life_s=learning.quality_half_life_s,
+                calibration_half_life_s=learning.calibration_half_life_s,
+                prior_strength=learning.prior_strength,
+                calibration_strength=learning.calibration_strength,
+                latency_prior_strength=learning.latency_prior_strength,
+                latency_log_sd_prior=learning.latency_log_sd_prior,
+                success_prior=learning.success_prior,
+                refresh_interval_s=learning.refresh_interval_s,
+                surprise_z=learning.surprise_z,
+                surprise_forget=learning.surprise_forget,
+                latency_z=normal_quantile(routing.latency_quantile),
+                stale_after=learning.stale_after,
+            ),
         )
         policy = make_policy(
-            exploration.policy, exploration.ucb_c, exploration.temperature, config.latency_scale.inv_range
+            exploration.policy,
+            exploration.ucb_c,
+            exploration.temperature,
+            config.latency_scale.inv_range,
+            exploration.recheck_after,
         )
-        return cls(
+        router = cls(
             catalogue,
             config,
             profiler,
@@ -174,6 +205,21 @@ class Router:
             rng=np.random.default_rng(exploration.seed),
             clock=clock,
         )
+        router.restrict(groups >= 0)
+        router.check_fallbacks()
+        return router
+
+    def check_fallbacks(self) -> None:
+        """Every ``fallback_models`` id must be a model the router may route to."""
+        for model in self.config.fallback_models:
+            row = self.catalogue.index.get(model)
+            if row is None or not self.permitted[row]:
+                why = "is not in the catalogue" if row is None else "is denied or served by no provider"
+                raise ConfigError(
+                    "routing.fallback_models",
+                    f"{model!r} {why}; list routable ids (declare local models under "
+                    "catalogue.models), or []",
+                )
 
     # --- deciding -------------------------------------------------------------------------
 
@@ -224,7 +270,7 @@ class Router:
         if profile is None:
             profile = self.profile(request)
         est = self.learner.estimates(self.clock())
-        out_tokens = float(profile.expected_output_tokens)
+        out_tokens = self.expected_tokens(est, profile, request.max_tokens)
         score = self._score(est, profile, weights, out_tokens)
         mask = self._eligible(request, profile, est, out_tokens)
         eligible = int(np.count_nonzero(mask))
@@ -263,6 +309,15 @@ class Router:
             ranking=ranking,
             decision_us=(time.perf_counter() - started) * 1e6,
         )
+
+    def expected_tokens(self, est: Estimates, profile: Profile, max_tokens: int | None) -> float:
+        """How long the answer is expected to be: the cell's configured length, moved toward the
+        lengths its answers really had, capped by ``max_tokens``."""
+        k, cell = self.config.token_prior_strength, profile.cell
+        expected = (k * profile.expected_output_tokens + float(est.tokens_sum[cell])) / (
+            k + float(est.tokens_weight[cell])
+        )
+        return min(expected, float(max_tokens)) if max_tokens is not None else expected
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):x}"
@@ -330,6 +385,9 @@ class Router:
                 self.latency_quantile(est, out, b.tmp), request.max_latency_ms / 1000.0, out=b.mask2
             )
             mask &= b.mask2
+        if request.max_ttft_ms is not None:
+            np.less_equal(est.ttft_q, request.max_ttft_ms / 1000.0, out=b.mask2)
+            mask &= b.mask2
         if request.max_cost_usd is not None:
             bound = self.cost_bound(profile, request.max_tokens, out, b.tmp, b.tmp2)
             np.less_equal(bound, request.max_cost_usd, out=b.mask2)
@@ -384,7 +442,8 @@ class Router:
         """Cold path: replay the masks one at a time to name the one that emptied the set."""
         cat = self.catalogue
         need = profile.prompt_tokens + (request.max_tokens or 0)
-        steps: list[tuple[str, Callable[[], BoolArray], str]] = [
+        mask = np.ones(len(cat), dtype=np.bool_)  # the steps' messages read it as it stands then
+        steps: list[tuple[str, Callable[[], BoolArray], Callable[[], str] | str]] = [
             (
                 "context_length",
                 lambda: need <= cat.context_length,
@@ -418,7 +477,12 @@ class Router:
             (
                 "max_latency_ms",
                 lambda: self.latency_quantile(est, out) <= (request.max_latency_ms or math.inf) / 1e3,
-                f"no remaining model is expected under {request.max_latency_ms} ms",
+                self._latency_advice(mask, self.latency_quantile(est, out), "max_latency_ms", request, out),
+            ),
+            (
+                "max_ttft_ms",
+                lambda: est.ttft_q <= (request.max_ttft_ms or math.inf) / 1e3,
+                self._latency_advice(mask, est.ttft_q, "max_ttft_ms", request, out),
             ),
             (
                 "max_cost_usd",
@@ -429,12 +493,40 @@ class Router:
                 f"no remaining model is expected under ${request.max_cost_usd}",
             ),
         ]
-        mask = np.ones(len(cat), dtype=np.bool_)
         for name, step, message in steps:
-            mask &= step()
-            if not mask.any():
-                return NoEligibleModel(name, f"no eligible model: {message}")
+            narrowed = mask & step()
+            if not narrowed.any():
+                text = message if isinstance(message, str) else message()
+                return NoEligibleModel(name, f"no eligible model: {text}")
+            mask[...] = narrowed
         return NoEligibleModel("constraints", "no eligible model")
+
+    def _latency_advice(
+        self, mask: BoolArray, quantile: FloatArray, field: str, request: RouteRequest, out: float
+    ) -> Callable[[], str]:
+        """The message for a latency cap that emptied the set: the fastest remaining model's
+        estimate and what to relax (read lazily: ``mask`` is the set just before the cap)."""
+
+        def message() -> str:
+            limit = request.max_latency_ms if field == "max_latency_ms" else request.max_ttft_ms
+            rows = np.flatnonzero(mask)
+            if rows.size == 0:
+                return f"no remaining model is expected under {field}={limit}"
+            best = int(rows[np.argmin(quantile[rows])])
+            what = f"{out:.0f}-token answer" if field == "max_latency_ms" else "first token"
+            hint = (
+                "raise max_latency_ms, lower max_tokens, or cap max_ttft_ms instead"
+                if field == "max_latency_ms"
+                else "raise max_ttft_ms"
+            )
+            quantile_name = f"p{self.config.latency_quantile * 100:.0f}"
+            return (
+                f"no remaining model is expected under {field}={limit:g} ({quantile_name} "
+                f"of a {what}); the fastest, {self.catalogue.ids[best]}, is expected at "
+                f"{quantile[best] * 1000:.0f} ms: {hint}"
+            )
+
+        return message
 
     def _ranked(self, score: FloatArray, eligible: int, top_k: int) -> list[int]:
         """The best ``top_k + 1`` eligible rows by score (greedy order), best first."""
@@ -492,29 +584,19 @@ class Router:
         if row is None:
             return
         cell = decision.profile.cell
-        ttft, tpot = self._split_latency(row, outcome)
-        self.learner.observe(row, cell, self.clock(), outcome.success, ttft, tpot)
+        self.learner.observe(
+            row,
+            cell,
+            self.clock(),
+            outcome.success,
+            outcome.ttft_s,
+            latency_s=outcome.latency_s,
+            tokens=outcome.completion_tokens,
+        )
         if outcome.success and self.config.feedback_memory:
             self._answered[decision.request_id] = (row, cell)
             if len(self._answered) > self.config.feedback_memory:
                 self._answered.popitem(last=False)
-
-    def _split_latency(self, row: int, outcome: Outcome) -> tuple[float | None, float | None]:
-        """Time to first token and per output token from what the attempt measured.
-
-        Streamed answers give both. A non-streamed answer gives only the total: a short one
-        teaches time to first token (less the expected token time), a long one time per token.
-        """
-        latency, tokens = outcome.latency_s, outcome.completion_tokens or 0
-        if outcome.ttft_s is not None:
-            tpot = (latency - outcome.ttft_s) / (tokens - 1) if latency and tokens > 1 else None
-            return outcome.ttft_s, tpot
-        if latency is None:
-            return None, None
-        est = self.learner.latest(self.clock())  # a split needs a rough figure, not a refresh
-        if tokens >= 32:
-            return None, max(latency - est.ttft[row], 0.1 * latency) / tokens
-        return max(latency - est.tpot[row] * tokens, 0.1 * latency), None
 
     def feedback(self, request_id: str, score: float) -> bool:
         """A quality score in [0, 1] for an answered request; False if the id is unknown or expired."""
@@ -529,9 +611,28 @@ class Router:
 
     def set_available(self, model: str, available: bool) -> None:
         row = self.catalogue.index[model]
+        available = available and bool(self.permitted[row])
         if self.available[row] != available:
             self.available[row] = available
             self._available_version += 1  # cached decisions made before no longer hold
+
+
+def catalogue_from_settings(settings: Settings) -> Catalogue:
+    """The catalogue ``settings.catalogue`` names, with its declared models and overlay."""
+    spec = settings.catalogue
+    declared = [m.model_dump() for m in spec.models]
+    return load_catalogue(spec.source, spec.overlay, settings.openrouter_key(), declared)
+
+
+def provider_groups(
+    catalogue: Catalogue, routes: Sequence[tuple[str, Sequence[str]]]
+) -> npt.NDArray[np.intp]:
+    """Each model's provider: the index of the first route whose globs match its id, -1 for none."""
+    groups = np.full(len(catalogue), -1, dtype=np.intp)
+    for index, (_, globs) in enumerate(routes):
+        unassigned = groups < 0
+        groups[unassigned & catalogue.glob_mask(tuple(globs))] = index
+    return groups
 
 
 def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:
@@ -542,6 +643,7 @@ def _decision_key(request: RouteRequest, profile: Profile, available_version: in
         profile.bucket,
         request.max_tokens,
         request.max_latency_ms,
+        request.max_ttft_ms,
         request.max_cost_usd,
         request.capabilities,
         request.allow,

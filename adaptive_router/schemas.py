@@ -51,6 +51,7 @@ class RouteOptions(_Strict):
     priority: str | None = Field(None, description="speed, cost, quality, balanced, or a mode from settings")
     weights: WeightsIn | None = None
     max_latency_ms: float | None = Field(None, gt=0)
+    max_ttft_ms: float | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(None, ge=0)
     allow: list[str] = Field(default_factory=list, description="model id globs to choose from")
     deny: list[str] = Field(default_factory=list, description="model id globs never to use")
@@ -187,6 +188,7 @@ def route_request(
         mode=mode,
         weights=weights,
         max_latency_ms=opts.max_latency_ms,
+        max_ttft_ms=opts.max_ttft_ms,
         max_cost_usd=opts.max_cost_usd,
         capabilities=capabilities | frozenset(opts.capabilities),
         allow=tuple(opts.allow),

@@ -33,6 +33,7 @@ __all__ = [
     "Ucb",
     "make_policy",
     "normal_quantile",
+    "recheck_bonus",
     "score_sd",
 ]
 
@@ -141,28 +142,47 @@ def score_sd(est: Estimates, task: int, weights: Weights3, latency_inv_range: fl
     return np.sqrt(var, out=var)
 
 
+def recheck_bonus(est: Estimates, weights: Weights3, latency_inv_range: float, patience: float) -> FloatArray:
+    """What a displaced model may win back, in score units: its displacement (how far its recent
+    latency sits above its long-run level, log units) times the latency slope, in full once
+    ``patience`` latency observations went to other models since it was last measured, in
+    proportion before. A model that slowed down is so tried again after about ``patience``
+    requests elsewhere; if it recovered, it wins its traffic back. In a world that does not
+    change, no model is displaced and this adds nothing.
+    """
+    stale = est.observations[0] - est.seen_at  # -inf for models never measured: no bonus
+    np.clip(stale, 0.0, patience, out=stale)
+    stale *= (weights[0] * latency_inv_range) / patience
+    stale *= est.displacement
+    bonus: FloatArray = stale
+    return bonus
+
+
 class Ucb:
     """Adds ``c * sqrt(ln(1 + N)) * sd``: the score's learnable spread (``score_sd``), inflated
-    as the task's total evidence ``N`` grows. Large for a model not tried lately, whose decayed
-    evidence is thin; deterministic given the state, so the chosen model's propensity is 1.
+    as the cell's total evidence ``N`` grows, plus ``recheck_bonus`` for displaced models.
+    Deterministic given the state, so the chosen model's propensity is 1.
     """
 
     name = "ucb"
 
-    def __init__(self, c: float, latency_inv_range: float) -> None:
+    def __init__(self, c: float, latency_inv_range: float, patience: float = 100.0) -> None:
         self.c = c
         self.latency_inv_range = latency_inv_range
+        self.patience = patience
 
     def choose(
         self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
     ) -> Choice:
         bonus = score_sd(est, task, weights, self.latency_inv_range)
         bonus *= self.c * math.sqrt(math.log1p(float(est.task_evidence[task])))
+        bonus += recheck_bonus(est, weights, self.latency_inv_range, self.patience)
         return Choice(int((score + bonus).argmax()), 1.0, bonus)
 
 
 class Thompson:
-    """Samples each model's score from a Gaussian around its estimate with spread ``score_sd``.
+    """Samples each model's score from a Gaussian around its estimate with spread ``score_sd``
+    (plus ``recheck_bonus`` for displaced models).
 
     The chosen model's probability has no closed form, so none is logged (use ``softmax`` when
     the traffic log must support off-policy replay).
@@ -170,14 +190,18 @@ class Thompson:
 
     name = "thompson"
 
-    def __init__(self, latency_inv_range: float) -> None:
+    def __init__(self, latency_inv_range: float, patience: float = 100.0, scale: float = 1.0) -> None:
         self.latency_inv_range = latency_inv_range
+        self.patience = patience
+        self.scale = scale
 
     def choose(
         self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
     ) -> Choice:
         bonus = score_sd(est, task, weights, self.latency_inv_range)
         bonus *= rng.standard_normal(score.shape[0])
+        bonus *= self.scale
+        bonus += recheck_bonus(est, weights, self.latency_inv_range, self.patience)
         return Choice(int((score + bonus).argmax()), None, bonus)
 
 
@@ -216,13 +240,15 @@ def make_policy(
     name: str,
     ucb_c: float = 1.0,
     temperature: float = 0.02,
-    latency_inv_range: float = 1.0 / math.log(2400.0),
+    latency_inv_range: float = 1.0 / math.log(12000.0),
+    recheck_after: float = 100.0,
 ) -> Policy:
-    """``latency_inv_range`` is ``1 / ln(high / low)`` of the latency scale (the latency term's slope)."""
+    """``latency_inv_range`` is ``1 / ln(high / low)`` of the latency scale (the latency term's slope);
+    ``recheck_after``: requests elsewhere after which a displaced model is tried again."""
     if name == "ucb":
-        return Ucb(ucb_c, latency_inv_range)
+        return Ucb(ucb_c, latency_inv_range, recheck_after)
     if name == "thompson":
-        return Thompson(latency_inv_range)
+        return Thompson(latency_inv_range, recheck_after)
     if name == "softmax":
         return Softmax(temperature)
     if name == "greedy":

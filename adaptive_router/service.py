@@ -233,11 +233,7 @@ class RouterService:
 
 def wants_simulator(settings: Settings) -> bool:
     """Simulate when told to, or (``auto``) when no provider has a key and none is configured."""
-    mode = settings.upstream.simulate
-    if mode != "auto":
-        return mode == "always"
-    providers = providers_from_settings(settings.upstream, settings.openrouter_key())
-    return not (any(p.api_key for p in providers) or settings.upstream.providers)
+    return settings.simulated()
 
 
 def build_service(

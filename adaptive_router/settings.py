@@ -126,8 +126,15 @@ class RoutingSettings(_Section):
     fallback_models: list[str] = Field(default_factory=list)
     top_k: int = Field(default=4, ge=1, le=64, description="candidates kept as the fallback order")
     latency_quantile: float = Field(default=0.9, gt=0.5, lt=1.0)
-    latency_scale_s: tuple[float, float] = (0.05, 120.0)
+    latency_scale_s: tuple[float, float] = (0.01, 120.0)
     cost_scale_usd: tuple[float, float] = (1e-7, 1.0)
+    allow: list[str] = Field(
+        default_factory=list, description="globs of model ids the router may use; empty: every routable one"
+    )
+    deny: list[str] = Field(
+        default_factory=lambda: ["*:free"],
+        description="globs of model ids never used (default: OpenRouter's rate-limited ':free' variants)",
+    )
 
     @field_validator("latency_scale_s", "cost_scale_usd")
     @classmethod
@@ -169,11 +176,29 @@ class LearningSettings(_Section):
     latency_half_life_s: float = Field(default=300.0, gt=0, description="latency moves fast")
     quality_half_life_s: float = Field(default=86_400.0, gt=0, description="quality moves slowly")
     prior_strength: float = Field(default=5.0, gt=0, description="pseudo-observations behind a prior")
-    latency_log_sd_prior: float = Field(default=0.5, gt=0)
+    latency_log_sd_prior: float = Field(
+        default=0.3, gt=0, description="log spread of one answer's latency before evidence"
+    )
     success_prior: float = Field(default=0.98, gt=0, lt=1)
     refresh_interval_s: float = Field(default=1.0, gt=0, description="full re-estimate at most this often")
     surprise_z: float = Field(default=2.5, gt=0, description="a latency this many sd off is a surprise")
     surprise_forget: float = Field(default=0.5, gt=0, le=1, description="past evidence kept after a surprise")
+    stale_after: float = Field(
+        default=100.0,
+        ge=0,
+        description="requests elsewhere after which a model's old latency evidence counts half (0: never)",
+    )
+    calibration_half_life_s: float = Field(
+        default=3600.0, gt=0, description="how slowly a provider's speed against the public figures moves"
+    )
+    latency_prior_strength: float = Field(
+        default=1.0,
+        gt=0,
+        description="answers' worth of the provider-calibrated prior in a model's latency fit",
+    )
+    calibration_strength: float = Field(
+        default=1.0, gt=0, description="pseudo-observations behind 'as fast as the public figures'"
+    )
     feedback_memory: int = Field(default=100_000, ge=0, description="request ids kept for /feedback")
     state_path: str | None = Field(default=None, description="save/load learned state here")
     sync_interval_ms: float = Field(default=1000.0, gt=0, description="how often replicas share via Redis")
@@ -187,8 +212,11 @@ class LearningSettings(_Section):
 
 class ExplorationSettings(_Section):
     policy: Literal["ucb", "thompson", "softmax", "greedy"] = "ucb"
-    ucb_c: float = Field(default=1.0, ge=0, description="UCB: bonus = c * sqrt(ln(1 + N)) * score sd")
+    ucb_c: float = Field(default=0.5, ge=0, description="UCB: bonus = c * sqrt(ln(1 + N)) * score sd")
     temperature: float = Field(default=0.02, gt=0, description="softmax temperature in score units")
+    recheck_after: float = Field(
+        default=100.0, gt=0, description="requests elsewhere after which a slowed-down model is tried again"
+    )
     seed: int | None = None
 
 
@@ -343,9 +371,26 @@ class ProfileSettings(_Section):
         return [*self.tasks, self.default_task]
 
 
+class DeclaredModel(_Section):
+    """A model only a configured provider serves (a local Ollama or vLLM model): its facts and priors."""
+
+    id: str = Field(min_length=1)
+    prompt_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="USD per million")
+    completion_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    context_length: int = Field(default=8192, ge=1)
+    max_output_tokens: int = Field(default=0, ge=0)
+    capabilities: list[str] = Field(default_factory=lambda: ["streaming"])
+    ttft_s: float = Field(default=0.5, gt=0, allow_inf_nan=False, description="prior time to first token")
+    tpot_s: float = Field(default=0.02, gt=0, allow_inf_nan=False, description="prior seconds per token")
+    quality: float = Field(default=0.5, ge=0, le=1)
+
+
 class CatalogueSettings(_Section):
     source: str = Field(default="bundled", description="'bundled', 'openrouter' (fetch), or a JSON file path")
     overlay: str | None = Field(default=None, description="priors by model id or glob (YAML or JSON)")
+    models: list[DeclaredModel] = Field(
+        default_factory=list, description="models to add (or replace) by id: local ones a provider serves"
+    )
 
 
 class ProviderSettings(_Section):
@@ -453,6 +498,22 @@ class Settings(BaseSettings):
 
     def openrouter_key(self) -> str | None:
         return self.upstream.openrouter_api_key or self.openrouter_api_key or None
+
+    def simulated(self) -> bool:
+        """Simulate when told to, or (``auto``) when no provider is configured and OpenRouter has no key."""
+        mode = self.upstream.simulate
+        if mode != "auto":
+            return mode == "always"
+        return not (self.openrouter_key() or self.upstream.providers)
+
+    def routes(self) -> list[tuple[str, list[str]]]:
+        """Which provider serves which model-id globs, in the order they are matched (first wins)."""
+        if self.simulated():
+            return [("simulated", ["*"])]
+        routes = [(name, list(spec.models)) for name, spec in self.upstream.providers.items()]
+        if self.openrouter_key():
+            routes.append(("openrouter", ["*"]))
+        return routes
 
 
 def _error_key(error: Any) -> str:

@@ -44,7 +44,7 @@ import numpy as np
 import redis.exceptions as redis_errors
 from redis.asyncio import Redis
 
-from .learning import LATENCY_SUMS, SUM_NAMES, DecayedSums, Learner, LearnerState
+from .learning import FIT_SUMS, LATENCY_SUMS, SUM_NAMES, DecayedSums, Learner, LearnerState, sum_shapes
 
 __all__ = [
     "WIRE_VERSION",
@@ -61,7 +61,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 _MAGIC = b"ARLS"
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _ABSENT_SYNCS_BEFORE_DROP = 3  # a replica missing from Redis this many syncs in a row is gone
@@ -160,8 +160,7 @@ def decode_state(blob: bytes) -> Published:
         header = json.loads(blob[_PREFIX.size : end])
         ids = _strings(header["ids"])
         tasks = _strings(header["tasks"])
-        shapes = {"ttft": (len(ids),), "tpot": (len(ids),), "success": (len(tasks), len(ids))}
-        shapes["quality"] = shapes["success"]
+        shapes = sum_shapes(len(ids), len(tasks))
         sums, offset = {}, end
         for name in SUM_NAMES:
             sums[name], offset = _read_sums(blob, offset, header["sums"][name], shapes[name])
@@ -574,7 +573,8 @@ class SharedState:
             event = self._events.get(eid)
             model = None if event is None else self._index.get(event.model_id)
             if event is not None and model is not None:
-                remote.state.sums[event.name].scale(model, event.factor)
+                for name in FIT_SUMS:  # what a "latency" surprise forgets
+                    remote.state.sums[name].scale(model, event.factor)
             remote.applied[eid] = self._applied[eid]
         horizon = self._clock() - self._window_s
         for eid in [eid for eid, t in remote.applied.items() if t < horizon]:

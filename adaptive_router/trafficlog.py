@@ -109,6 +109,7 @@ def _constraints(request: RouteRequest | None) -> dict[str, Any]:
         return {}
     return {
         "max_latency_ms": _num(request.max_latency_ms, 3),
+        "max_ttft_ms": _num(request.max_ttft_ms, 3),
         "max_cost_usd": _num(request.max_cost_usd, 9),
         "max_tokens": request.max_tokens,
         "capabilities": sorted(request.capabilities),

@@ -101,21 +101,28 @@ def _first(chosen: list[str], model: str, ok: Callable[[float], bool], window: i
 
 
 def adaptation(policy: str, seed: int, slow_at: int, recover_at: int, requests: int) -> dict[str, Any]:
-    """Slow down whichever model carries the traffic at ``slow_at``; restore it at ``recover_at``."""
+    """Slow down the best model in speed mode (by the truth) fivefold at ``slow_at``; restore it
+    at ``recover_at``. Counts requests until the next 20 send it at most 20% of the traffic, and
+    after recovery until the next 20 send it at least half the share it had before. Also: the
+    share of requests that explored in the stationary stretch before the slowdown (after 500)."""
     router, clock, world = lab(policy, seed)
+    weights = router.weights_for("speed", None)[1]
+    truth = world.expected_score(weights, router, router.profile(PROMPT).prompt_tokens)
+    best = IDS[int(np.argmax(truth))]
     before = run(router, world, slow_at, clock, mode="speed", seed=seed)
-    leader = max(IDS, key=lambda m: before.share(m, slow_at - 200))
-    world.slow_down(leader, 5.0)
+    share_before = before.share(best, slow_at - 200)
+    world.slow_down(best, 5.0)
     slow = run(router, world, recover_at - slow_at, clock, mode="speed", seed=seed + 1_000)
-    world.slow_down(leader, 0.2)
+    world.slow_down(best, 0.2)
     after = run(router, world, requests - recover_at, clock, mode="speed", seed=seed + 2_000)
     return {
-        "share_before": before.share(leader, slow_at - 200),
-        "requests_to_move_80pct_off": _first(slow.chosen, leader, lambda share: share <= 0.2),
-        "slowed_model_picks_in_first_50": sum(1 for m in slow.chosen[:50] if m == leader),
-        "share_while_slow": slow.share(leader, 100),
-        "requests_to_regain_half": _first(after.chosen, leader, lambda share: share >= 0.5),
-        "share_after_recovery": after.share(leader, 200),
+        "share_before": share_before,
+        "explored_share_stationary": float(np.mean(before.explored[500:])),
+        "requests_to_move_80pct_off": _first(slow.chosen, best, lambda share: share <= 0.2),
+        "slowed_model_picks_in_first_50": sum(1 for m in slow.chosen[:50] if m == best),
+        "share_while_slow": slow.share(best, 100),
+        "requests_to_regain_half": _first(after.chosen, best, lambda share: share >= 0.5 * share_before),
+        "share_after_recovery": after.share(best, 200),
     }
 
 

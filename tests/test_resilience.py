@@ -3,8 +3,8 @@
 Every server is a real process on 127.0.0.1: ``redis-server``, the simulated upstream
 (``adaptive-router simulate-upstream``) and router replicas (uvicorn on the factory
 ``adaptive_router.service:app_from_environment``, or ``adaptive-router serve``). Where the test
-counts what was learned, latency evidence never decays (half-life 1e9 s) and surprises never
-forget (``surprise_forget`` 1), so that each answered request is exactly one unit of evidence:
+counts what was learned, latency evidence never decays (half-life 1e9 s) and nothing is forgotten
+(``surprise_forget`` 1, ``stale_after`` 0), so that each answered request is one unit of evidence:
 the shared view of every replica must then add up to the number of answers, no more, no less.
 """
 
@@ -56,6 +56,7 @@ def counting_env(
         "LEARNING__SYNC_INTERVAL_MS": str(INTERVAL_MS),
         "LEARNING__LATENCY_HALF_LIFE_S": "1e9",
         "LEARNING__SURPRISE_FORGET": "1",
+        "LEARNING__STALE_AFTER": "0",
         "REDIS__PREFIX": PREFIX,
         **extra,
     }
@@ -177,7 +178,7 @@ def test_sigterm_finishes_in_flight_requests_and_flushes_learning_to_redis(
         assert blob is not None, "nothing was pushed to Redis on shutdown"
         published = decode_state(blob)
         row = published.state.ids.index(FAST)
-        assert published.state.sums["ttft"].w[row] == pytest.approx(IN_FLIGHT, abs=1e-6)
+        assert published.state.sums["lat_n"].w[row] == pytest.approx(IN_FLIGHT, abs=1e-6)
         # A new process under the same replica id resumes it.
         resumed = group.router("term-2", sim, env)
         assert lab_a_evidence(resumed) == pytest.approx(IN_FLIGHT, abs=0.05)

@@ -50,15 +50,29 @@ def make_learner(ids: tuple[str, ...] = IDS, **kwargs: float) -> Learner:
     )
 
 
+def exact_learner(**kwargs: float) -> Learner:
+    """A learner whose evidence is plain sums: no surprise or staleness forgetting (which
+    depends on the order observations arrived in)."""
+    return make_learner(surprise_forget=1.0, stale_after=0.0, **kwargs)
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())  # type: ignore[arg-type]
 
 
+# Where this process last measured each model is its own exploration clock, not shared evidence.
+LOCAL_FIELDS = frozenset({"seen_at", "observations"})
+
+
 def assert_same_estimates(left: Learner, right: Learner, at: float) -> None:
-    for name, value in vars(right.estimates(at)).items():
-        np.testing.assert_allclose(
-            getattr(left.estimates(at), name), value, rtol=1e-9, atol=1e-12, err_msg=name
-        )
+    # Full rebuilds: between them a provider's calibration is as last pooled, which depends
+    # on when each learner last rebuilt.
+    theirs = right.refresh(at)
+    ours = left.refresh(at)
+    for name, value in vars(theirs).items():
+        if name in LOCAL_FIELDS:
+            continue
+        np.testing.assert_allclose(getattr(ours, name), value, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 class Replicas:
@@ -113,29 +127,31 @@ def feed(learners: list[Learner], events: list[Event]) -> None:
 
 
 def test_learner_set_remote_view_is_local_plus_remote_and_replaces() -> None:
-    whole, mine, theirs = (make_learner(surprise_forget=1.0) for _ in range(3))
+    whole, mine, theirs = (exact_learner() for _ in range(3))
     left, right = traffic(1, 40, 0, 100), traffic(2, 40, 0, 100)
     feed([whole, mine], left)
     feed([whole, theirs], right)
     mine.set_remote(theirs.state())
     mine.set_remote(theirs.state())  # replaces: counted once
     assert_same_estimates(mine, whole, 150.0)
-    local = mine.local_state().sums["ttft"]
-    assert local.w.sum() * local.factor(100.0) < whole.ttft.w.sum() * whole.ttft.factor(100.0)
+    local = mine.local_state().sums["lat_n"]
+    assert local.w.sum() * local.factor(100.0) < whole.sums("lat_n").w.sum() * whole.sums("lat_n").factor(
+        100.0
+    )
     mine.set_remote(None)
-    alone = make_learner(surprise_forget=1.0)
+    alone = exact_learner()
     feed([alone], left)
     assert_same_estimates(mine, alone, 150.0)
 
 
 def test_learner_observations_after_set_remote_reach_view_and_local() -> None:
-    mine, theirs, whole = (make_learner(surprise_forget=1.0) for _ in range(3))
+    mine, theirs, whole = (exact_learner() for _ in range(3))
     feed([theirs, whole], traffic(3, 30, 0, 50))
     mine.set_remote(theirs.state())
     later = traffic(4, 30, 50, 100)
     feed([mine, whole], later)
     assert_same_estimates(mine, whole, 120.0)
-    only_mine = make_learner(surprise_forget=1.0)
+    only_mine = exact_learner()
     feed([only_mine], later)
     mine.set_remote(None)
     assert_same_estimates(mine, only_mine, 120.0)
@@ -162,9 +178,10 @@ def test_learner_surprise_forgets_remote_evidence_too_and_is_logged() -> None:
     assert mine.estimates(20.0).ttft[0] == pytest.approx(0.5, rel=0.05)
     for i in range(6):
         mine.observe(0, 1, 20.0 + 0.1 * i, True, ttft_s=2.5)
-    assert mine.surprises >= 3
-    assert [s.name for s in mine.surprise_log] == ["ttft"] * mine.surprises
-    assert {s.factor for s in mine.surprise_log} == {0.5}
+    assert mine.surprises >= 1
+    assert [s.name for s in mine.surprise_log] == ["latency"] * mine.surprises
+    # At least surprise_forget is forgotten; far more for a fivefold jump over a steady history.
+    assert all(0.0 < s.factor <= 0.5 for s in mine.surprise_log)
     # The other replica's history is forgotten as if it were this one's: same as one learner.
     single = make_learner()
     for i in range(200):
@@ -215,7 +232,7 @@ def published_sample() -> Published:
         "b00t",
         123.5,
         learner.local_state(),
-        [WireEvent("r1:b00t:1", "ttft", "b/y", 40.0, 0.5)],
+        [WireEvent("r1:b00t:1", "latency", "b/y", 40.0, 0.5)],
         {"r1:b00t:1": 40.0, "r2:x:7": 39.0},
     )
 
@@ -289,7 +306,10 @@ def test_hash_tag_wraps_prefix_once() -> None:
 def test_shared_observations_on_one_replica_reach_the_other(redis_server: RedisServer) -> None:
     async def main() -> None:
         async with Replicas(redis_server.url, FakeClock()) as replicas:
-            a, b = make_learner(surprise_forget=1.0), make_learner(surprise_forget=1.0)
+            a, b = (
+                exact_learner(),
+                exact_learner(),
+            )
             sa, sb = replicas.make("a", a), replicas.make("b", b)
             await sa.start()
             await sb.start()
@@ -299,7 +319,7 @@ def test_shared_observations_on_one_replica_reach_the_other(redis_server: RedisS
             assert await sa.sync_once() and await sb.sync_once()
             assert b.estimates(50.0).ttft[0] > 2.0
             assert_same_estimates(b, a, 50.0)
-            assert b.local_state().sums["ttft"].w.sum() == 0  # b publishes only its own evidence
+            assert b.local_state().sums["lat_n"].w.sum() == 0  # b publishes only its own evidence
             assert sb.stats().replicas == 1 and sb.stats().redis_up
             await sa.stop()
             await sb.stop()
@@ -315,7 +335,7 @@ def test_shared_redis_outage_loses_nothing_and_counts_nothing_twice(
 ) -> None:
     async def main() -> None:
         async with Replicas(redis_server.url, FakeClock()) as replicas:
-            whole, a, b = (make_learner(surprise_forget=1.0) for _ in range(3))
+            whole, a, b = (exact_learner() for _ in range(3))
             sa, sb = replicas.make("a", a), replicas.make("b", b)
             await sa.start()
             await sb.start()
@@ -352,7 +372,7 @@ def test_shared_redis_outage_loses_nothing_and_counts_nothing_twice(
 def test_shared_restarted_replica_with_same_id_resumes(redis_server: RedisServer) -> None:
     async def main() -> None:
         async with Replicas(redis_server.url, FakeClock()) as replicas:
-            whole, a, b = (make_learner(surprise_forget=1.0) for _ in range(3))
+            whole, a, b = (exact_learner() for _ in range(3))
             sa, sb = replicas.make("a", a), replicas.make("b", b)
             await sa.start()
             await sb.start()
@@ -361,7 +381,9 @@ def test_shared_restarted_replica_with_same_id_resumes(redis_server: RedisServer
             assert await sa.sync_once() and await sb.sync_once()
             await sa.stop()  # a exits ...
 
-            a2 = make_learner(surprise_forget=1.0)  # ... and comes back empty, under the same id
+            a2 = make_learner(
+                surprise_forget=1.0, stale_after=0.0
+            )  # ... and comes back empty, under the same id
             sa2 = replicas.make("a", a2)
             await sa2.start()
             assert_same_estimates(a2, whole, 150.0)
@@ -381,7 +403,10 @@ def test_shared_replica_restarted_while_redis_was_down_merges_its_old_state(
 ) -> None:
     async def main() -> None:
         async with Replicas(redis_server.url, FakeClock()) as replicas:
-            whole, a = make_learner(surprise_forget=1.0), make_learner(surprise_forget=1.0)
+            whole, a = (
+                exact_learner(),
+                exact_learner(),
+            )
             sa = replicas.make("a", a)
             await sa.start()
             feed([whole, a], traffic(23, 30, 0, 100))
@@ -389,7 +414,7 @@ def test_shared_replica_restarted_while_redis_was_down_merges_its_old_state(
 
             # Redis unreachable at the restart: the warm start waits for Redis to answer.
             redis_server.stop()
-            a2 = make_learner(surprise_forget=1.0)
+            a2 = exact_learner()
             sa2 = replicas.make("a", a2)
             await sa2.start()
             assert not sa2.redis_up
@@ -482,7 +507,7 @@ def test_shared_slowdown_seen_by_one_replica_moves_the_other(redis_server: Redis
             clock.now = 10.0
             for i in range(6):  # only a sees the slow-down
                 a.observe(0, 1, 10.0 + 0.05 * i, True, ttft_s=2.5)
-            assert a.surprises >= 3
+            assert a.surprises >= 1
             for shared in (sa, sb, sa):
                 assert await shared.sync_once()
             # One learner that saw all of it, surprises included: what both replicas must believe.
@@ -497,8 +522,8 @@ def test_shared_slowdown_seen_by_one_replica_moves_the_other(redis_server: Redis
             assert b.estimates(11.0).ttft[0] == pytest.approx(expected, rel=1e-6)
             assert a.estimates(11.0).ttft[0] == pytest.approx(expected, rel=1e-6)
             # b forgot its own history, and its copy of a was not forgotten a second time
-            b_local = b.local_state().sums["ttft"]
-            assert b_local.w[0] * b_local.factor(11.0) < 200 * 0.5**a.surprises * 1.01
+            b_local = b.local_state().sums["lat_n"]
+            assert b_local.w[0] * b_local.factor(11.0) < 200 * 0.5 * 1.01
             for shared in (sb, sa, sb):  # more syncs change nothing: no event is applied twice
                 assert await shared.sync_once()
             assert b.estimates(11.0).ttft[0] == pytest.approx(expected, rel=1e-6)
