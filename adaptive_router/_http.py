@@ -7,40 +7,47 @@ Every error leaves as OpenAI's shape ``{"error": {"message", "type", "param", "c
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import BudgetExceeded, NoEligibleModel, RequestError
+from ._json import dumps, loads
+from .errors import (
+    AllCandidatesFailed,
+    ApiError,
+    BudgetExceeded,
+    NoEligibleModel,
+    RequestError,
+    RequestFailed,
+    UpstreamRejected,
+)
+from .pipeline import Call, routing_info
 from .schemas import error_body, first_error
 
-try:  # orjson is the 'speed' extra: about 5x faster for the bodies we write
-    import orjson
-
-    def dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
-
-    def loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
-except ImportError:  # pragma: no cover - exercised where orjson is absent
-
-    def dumps(value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
-
+if TYPE_CHECKING:
+    from .decision import Decision
+    from .execution import Result
+    from .runtime import Running
 
 log = logging.getLogger("adaptive_router.service")
 
-__all__ = ["JSON", "ApiError", "authorize", "dumps", "error_response", "loads", "read_json"]
+__all__ = [
+    "JSON",
+    "answer_response",
+    "authorize",
+    "call_headers",
+    "handle_error",
+    "json_response",
+    "read_call",
+    "read_json",
+    "router_headers",
+    "running",
+]
 
 JSON = "application/json"
 
@@ -57,22 +64,49 @@ _CONSTRAINT_PARAM: dict[str, str | None] = {
 }
 
 
-class ApiError(Exception):
-    """An error with its HTTP status and OpenAI-shaped body, raised anywhere in a handler."""
+def running(request: Request) -> Running:
+    """The opened service, kept in the app's lifespan state."""
+    state: Running = request.state.running
+    return state
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = error_body(message, param, kind, code)
-        self.headers = headers or {}
+
+async def read_call(request: Request) -> tuple[Running, str | None, dict[str, Any]]:
+    """The opened service, the caller's key (401 without a valid one) and the JSON body."""
+    state = running(request)
+    api_key = authorize(request, state.service.keys)
+    return state, api_key, await read_json(request, state.service.settings.server.max_body_bytes)
+
+
+def router_headers(
+    decision: Decision | None,
+    result: Result | None,
+    upstream_mode: str,
+    cache: str,
+    attempts: int | None = None,
+) -> dict[str, str]:
+    """The ``x-router-*`` headers of an answer: what answered, after how many attempts, how fast."""
+    assert decision is not None
+    tried = attempts if attempts is not None else (len(result.attempts) if result else 0)
+    return {
+        "x-router-model": (result.model if result else None) or decision.model,
+        "x-router-attempts": str(tried),
+        "x-router-decision-us": f"{decision.decision_us:.1f}",
+        "x-router-cache": cache,
+        "x-router-request-id": decision.request_id,
+        "x-router-upstream": upstream_mode,
+    }
+
+
+def call_headers(call: Call, upstream_mode: str, attempts: int | None = None) -> dict[str, str]:
+    return router_headers(call.decision, call.result, upstream_mode, call.cache_state, attempts)
+
+
+def answer_response(call: Call, routing: dict[str, Any], headers: dict[str, str]) -> Response:
+    """The answer, serialised once by the pipeline, with ``routing`` appended to the object."""
+    raw, answer = call.answer_json, call.answer
+    if raw is None or answer is None or not answer or "routing" in answer:
+        return json_response({**(answer or {}), "routing": routing}, headers=headers)
+    return Response(raw[:-1] + b',"routing":' + dumps(routing) + b"}", media_type=JSON, headers=headers)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -82,7 +116,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 def error_response(exc: Exception) -> Response:
     """The one mapping from exceptions to HTTP answers (installed as the app's handlers)."""
     if isinstance(exc, ApiError):
-        return json_response(exc.body, exc.status, exc.headers)
+        return json_response(error_body(str(exc), exc.param, exc.kind, exc.code), exc.status, exc.headers)
     if isinstance(exc, ValidationError):
         param, message = first_error(exc)
         return json_response(error_body(f"{param}: {message}", param), 400)
@@ -105,6 +139,24 @@ def error_response(exc: Exception) -> Response:
         )
     log.exception("unexpected error while serving a request")
     return json_response(error_body("internal error; see the router's log", None, "server_error"), 500)
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """Every exception a handler raises, answered (installed as the app's exception handlers)."""
+    pipeline = running(request).pipeline
+    if isinstance(exc, RequestFailed):
+        mode = pipeline.upstream_mode
+        headers = router_headers(exc.decision, exc.result, mode, "bypass")
+        if isinstance(exc, UpstreamRejected):
+            return Response(exc.body, status_code=exc.status, media_type=JSON, headers=headers)
+        assert isinstance(exc, AllCandidatesFailed)
+        kind = "all_timed_out" if exc.timed_out else "all_failed"
+        body = error_body(str(exc), None, "upstream_error", kind)
+        body["routing"] = routing_info(exc.decision, exc.result, False, mode)
+        return json_response(body, 504 if exc.timed_out else 502, headers)
+    if not (isinstance(exc, ApiError) and exc.status == 401):  # an unauthenticated caller moves nothing
+        pipeline.refused("no_eligible" if isinstance(exc, NoEligibleModel) else "rejected")
+    return error_response(exc)
 
 
 def _kind(status: int) -> str:

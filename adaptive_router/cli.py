@@ -238,7 +238,7 @@ def _candidate_row(candidate: Any) -> dict[str, Any]:
 
 
 def _route_live(settings: Settings, request: Any, args: argparse.Namespace) -> int:
-    from .service import complete_once
+    from .runtime import complete_once
 
     return complete_once(settings, request, args.prompt, args.max_tokens, args.json)
 

@@ -1,27 +1,17 @@
 """The router's own endpoints: ``/route``, ``/complete``, ``/feedback``, the model lists, metrics,
-health and readiness, and the one handler that turns exceptions into answers."""
+health and readiness. Each parses, hands the work to the pipeline or the router, and answers."""
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ._http import JSON, ApiError, authorize, error_response, json_response
-from .errors import NoEligibleModel
-from .proxy import (
-    _AllFailed,
-    _answer,
-    _decide,
-    _guarded_json,
-    _headers,
-    _routing,
-    _service,
-    _UpstreamAnswer,
-)
+from ._http import authorize, call_headers, json_response, read_call, running
+from .decision import RouteRequest
+from .errors import ApiError
 from .schemas import (
     CompleteRequest,
     FeedbackRequest,
@@ -31,25 +21,29 @@ from .schemas import (
     route_request,
 )
 
-if TYPE_CHECKING:  # the service module imports these handlers; it is only needed for types
-    pass
-
-log = logging.getLogger("adaptive_router.service")
-
-# --- the router's own endpoints ----------------------------------------------------------------
+__all__ = [
+    "complete",
+    "feedback",
+    "health",
+    "list_models",
+    "list_models_openai",
+    "metrics_json",
+    "metrics_text",
+    "ready",
+    "route_only",
+]
 
 
 async def route_only(request: Request) -> Response:
-    service, body = await _guarded_json(request)
+    state, api_key, body = await read_call(request)
     query = RouteQuery.model_validate(body)
-    route = _query_route(query, request)
-    service.admit(route, request.state.api_key)
-    service.breakers.refresh()  # type: ignore[union-attr]
-    decision = _decide(service, route, query.model)
-    return json_response(decision.to_dict(), headers=_headers(service, decision, None, "bypass"))
+    pipeline = state.pipeline
+    call = pipeline.call(_query_route(query, request), api_key=api_key, model=query.model)
+    decision = pipeline.route(call)
+    return json_response(decision.to_dict(), headers=call_headers(call, pipeline.upstream_mode))
 
 
-def _query_route(query: RouteQuery, request: Request) -> Any:
+def _query_route(query: RouteQuery, request: Request) -> RouteRequest:
     messages = query.messages or [Message(role="user", content=query.prompt)]
     return route_request(
         query.model,
@@ -63,23 +57,20 @@ def _query_route(query: RouteQuery, request: Request) -> Any:
 
 async def complete(request: Request) -> Response:
     """The published design's shape: id, model, choices, usage, routing_decision, latency_ms, cached."""
-    service, body = await _guarded_json(request)
+    state, api_key, body = await read_call(request)
     query = CompleteRequest.model_validate(body)
     started = time.perf_counter()
     route = _query_route(query, request)
-    service.admit(route, request.state.api_key)
-    service.breakers.refresh()  # type: ignore[union-attr]
-    decision = _decide(service, route, query.model)
-    messages = route.messages
-    upstream_body: dict[str, Any] = {"model": decision.model, "messages": messages}
+    upstream_body: dict[str, Any] = {"messages": route.messages}
     if query.max_tokens is not None:
         upstream_body["max_tokens"] = query.max_tokens
     if query.temperature is not None:
         upstream_body["temperature"] = query.temperature
-    timeout = service.executor.timeout_for(route.max_latency_ms)  # type: ignore[union-attr]
-    result = await service.executor.complete(decision, upstream_body, timeout)  # type: ignore[union-attr]
-    service.log(decision, result, route, result.completion)
-    data = _answer(service, decision, result, started, request.state.api_key)
+    pipeline = state.pipeline
+    call = pipeline.call(route, body=upstream_body, api_key=api_key, model=query.model)
+    data = await pipeline.complete(call)
+    decision, result = call.decision, call.result
+    assert decision is not None and result is not None
     answer = {
         "id": data.get("id"),
         "model": data["model"],
@@ -91,17 +82,18 @@ async def complete(request: Request) -> Response:
             "fallbacks": decision.fallbacks,
             "attempts": [a.as_dict() for a in result.attempts],
             "request_id": decision.request_id,
-            "upstream": service.upstream_mode,
+            "upstream": pipeline.upstream_mode,
         },
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "cached": False,
     }
-    return json_response(answer, headers=_headers(service, decision, result, "bypass"))
+    return json_response(answer, headers=call_headers(call, pipeline.upstream_mode))
 
 
 async def feedback(request: Request) -> Response:
-    service, body = await _guarded_json(request)
+    state, _, body = await read_call(request)
     item = FeedbackRequest.model_validate(body)
+    service = state.service
     if not service.router.feedback(item.request_id, item.score):
         raise ApiError(
             404,
@@ -110,13 +102,13 @@ async def feedback(request: Request) -> Response:
             "request_id",
             code="unknown_request",
         )
-    if service.traffic_log is not None:
-        service.traffic_log.log_feedback(item.request_id, item.score)
+    if state.pipeline.traffic_log is not None:
+        state.pipeline.traffic_log.log_feedback(item.request_id, item.score)
     return json_response({"ok": True, "request_id": item.request_id})
 
 
 async def list_models_openai(request: Request) -> Response:
-    service = _service(request)
+    service = running(request).service
     authorize(request, service.keys)
     auto = ["auto", *(f"auto:{mode}" for mode in service.router.config.modes)]
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "adaptive-router"} for m in auto]
@@ -128,7 +120,7 @@ async def list_models_openai(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    service = _service(request)
+    service = running(request).service
     authorize(request, service.keys)
     mode = request.query_params.get("mode")
     modes = [mode] if mode else ["default", *service.router.config.modes]
@@ -147,7 +139,7 @@ async def list_models(request: Request) -> Response:
 
 
 async def metrics_text(request: Request) -> Response:
-    service = _service(request)
+    service = running(request).service
     authorize(request, service.keys)
     try:
         body, content_type = service.metrics.prometheus()
@@ -157,7 +149,7 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def metrics_json(request: Request) -> Response:
-    service = _service(request)
+    service = running(request).service
     authorize(request, service.keys)
     return json_response(service.metrics.summary())
 
@@ -167,33 +159,33 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    service = _service(request)
-    cache = service.cache
+    state = running(request)
+    service, pipeline = state.service, state.pipeline
     redis_configured = service.settings.redis.url is not None
-    body = {
-        "ready": service.client is not None,
+    body: dict[str, Any] = {
+        "ready": True,
         "catalogue": {"models": len(service.router.catalogue), "source": service.router.catalogue.source},
         "upstream": {"mode": service.upstream_mode, "providers": [p.name for p in service.providers]},
         "cache": {
-            "backend": cache.backend if cache is not None else None,
+            "backend": state.cache.backend,
             "redis_configured": redis_configured,
-            "redis_up": bool(getattr(cache, "redis_up", False)) if redis_configured else None,
+            "redis_up": bool(getattr(state.cache, "redis_up", False)) if redis_configured else None,
         },
-        "breakers": service.breakers.snapshot() if service.breakers else {},
+        "breakers": pipeline.breakers.snapshot(),
         "policy": service.router.policy.name,
     }
-    if service.shared is not None:
-        stats = service.shared.stats()
+    if state.shared is not None:
+        stats = state.shared.stats()
         body["shared_state"] = {
-            "replica_id": service.shared.replica_id,
+            "replica_id": state.shared.replica_id,
             "redis_up": stats.redis_up,
             "last_sync_age_s": stats.last_sync_age_s,
             "replicas": stats.replicas,
             "syncs": stats.syncs,
             "failures": stats.failures,
         }
-    if service.budget is not None:
-        snap = service.budget.snapshot()
+    if pipeline.budget is not None:
+        snap = pipeline.budget.snapshot()
         body["budget"] = {
             "redis_up": snap.redis_up,
             "day": snap.day,
@@ -203,32 +195,4 @@ async def ready(request: Request) -> Response:
         }
     if service.simulated:
         body["warning"] = "answers come from the SIMULATED upstream: set OPENROUTER_API_KEY for real models"
-    return json_response(body, 200 if body["ready"] else 503)
-
-
-# --- the app -----------------------------------------------------------------------------------
-
-
-async def _handle_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, _UpstreamAnswer):
-        headers = _headers(request.app.state.service, exc.decision, exc.result, "bypass")
-        return Response(exc.body, status_code=exc.status, media_type=JSON, headers=headers)
-    if isinstance(exc, _AllFailed):
-        service = request.app.state.service
-        message = ("every candidate timed out" if exc.status == 504 else "every candidate failed") + (
-            f" ({', '.join(f'{a.model}: {a.outcome}' for a in exc.result.attempts)})"
-        )
-        body = {
-            "error": {
-                "message": message,
-                "type": "upstream_error",
-                "param": None,
-                "code": "all_timed_out" if exc.status == 504 else "all_failed",
-            },
-            "routing": _routing(service, exc.decision, exc.result, cached=False),
-        }
-        return json_response(body, exc.status, _headers(service, exc.decision, exc.result, "bypass"))
-    if not (isinstance(exc, ApiError) and exc.status == 401):  # an unauthenticated caller moves nothing
-        outcome = "no_eligible" if isinstance(exc, NoEligibleModel) else "rejected"
-        request.app.state.service.metrics.request(None, outcome, 0.0, None, 0, False, False)
-    return error_response(exc)
+    return json_response(body)

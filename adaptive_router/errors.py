@@ -4,14 +4,18 @@
     ├── ConfigError            a setting is missing or out of range (names the key)
     ├── CatalogueError         a catalogue file or entry is malformed (names model and field)
     ├── RequestError           a routing request is malformed (names the field)
+    ├── ApiError               an HTTP request refused with its own status (auth, body, unknown id)
     ├── NoEligibleModel        every model was masked out (names the constraint)
     ├── BudgetExceeded         a spend cap was reached
     ├── ReplayError            a traffic log or outcome table that replay cannot use
-    └── UpstreamError          a model call failed (carries the model id)
-        ├── UpstreamConnectError   the upstream could not be reached
-        ├── UpstreamTimeout        no answer within the attempt's timeout
-        ├── UpstreamStatusError    a non-2xx answer (status, body)
-        └── UpstreamProtocolError  an answer that is not OpenAI-shaped, or a stream cut short
+    ├── UpstreamError          a model call failed (carries the model id)
+    │   ├── UpstreamConnectError   the upstream could not be reached
+    │   ├── UpstreamTimeout        no answer within the attempt's timeout
+    │   ├── UpstreamStatusError    a non-2xx answer (status, body)
+    │   └── UpstreamProtocolError  an answer that is not OpenAI-shaped, or a stream cut short
+    └── RequestFailed          a routed request got no answer (carries its decision and attempts)
+        ├── UpstreamRejected       the upstream refused the request itself (400/413/422)
+        └── AllCandidatesFailed    every candidate failed, or every one timed out
 
 Lower-layer errors (httpx, redis, pydantic) are translated into these in exactly one place
 each, with ``raise X(...) from exc``.
@@ -19,17 +23,27 @@ each, with ``raise X(...) from exc``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .decision import Decision
+    from .execution import Result
+
 __all__ = [
+    "AllCandidatesFailed",
+    "ApiError",
     "BudgetExceeded",
     "CatalogueError",
     "ConfigError",
     "NoEligibleModel",
     "ReplayError",
     "RequestError",
+    "RequestFailed",
     "RouterError",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamRejected",
     "UpstreamStatusError",
     "UpstreamTimeout",
 ]
@@ -56,6 +70,26 @@ class RequestError(RouterError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class ApiError(RouterError):
+    """A refusal with its HTTP status and OpenAI error fields, raised anywhere in a handler."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.kind = kind
+        self.code = code
+        self.headers = headers or {}
 
 
 class NoEligibleModel(RouterError):
@@ -117,3 +151,32 @@ class UpstreamStatusError(UpstreamError):
         self.body = body
         self.headers = headers or {}
         self.retryable = status_code not in CLIENT_FAULT_STATUSES
+
+
+class RequestFailed(RouterError):
+    """A routed request that got no answer; ``decision`` and ``result`` say what was tried."""
+
+    def __init__(self, message: str, decision: Decision, result: Result) -> None:
+        super().__init__(message)
+        self.decision = decision
+        self.result = result
+
+
+class UpstreamRejected(RequestFailed):
+    """The upstream refused the request itself (400/413/422): ``status`` and ``body`` go back as
+    they are, and no other model is tried (it would refuse the same request)."""
+
+    def __init__(self, fault: UpstreamStatusError, decision: Decision, result: Result) -> None:
+        super().__init__(str(fault), decision, result)
+        self.status = fault.status_code
+        self.body = fault.body
+
+
+class AllCandidatesFailed(RequestFailed):
+    """Every candidate failed; ``timed_out`` when every one that was tried timed out."""
+
+    def __init__(self, decision: Decision, result: Result) -> None:
+        self.timed_out = result.all_timed_out
+        what = "every candidate timed out" if self.timed_out else "every candidate failed"
+        tried = ", ".join(f"{a.model}: {a.outcome}" for a in result.attempts)
+        super().__init__(f"{what} ({tried})", decision, result)
