@@ -1,8 +1,5 @@
-"""HTTP plumbing the routes share: bounded body reading, JSON, auth, and the error mapping.
-
-Every error leaves as OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with a
-4xx for the client's mistakes; nothing here lets a traceback or a bare 500 out.
-"""
+"""HTTP plumbing the routes share: the lifespan state, bounded body reading, JSON, auth, and the
+``x-router-*`` headers. Errors are answered in one place: :mod:`adaptive_router._error_map`."""
 
 from __future__ import annotations
 
@@ -11,23 +8,12 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ._json import dumps, loads
-from .errors import (
-    AllCandidatesFailed,
-    ApiError,
-    BudgetExceeded,
-    NoEligibleModel,
-    RequestError,
-    RequestFailed,
-    UpstreamRejected,
-)
-from .pipeline import Call, routing_info
-from .schemas import error_body, first_error
+from .errors import ApiError
+from .pipeline import Call
 
 if TYPE_CHECKING:
     from .decision import Decision
@@ -41,7 +27,6 @@ __all__ = [
     "answer_response",
     "authorize",
     "call_headers",
-    "handle_error",
     "json_response",
     "read_call",
     "read_json",
@@ -50,18 +35,6 @@ __all__ = [
 ]
 
 JSON = "application/json"
-
-# Where each routing constraint lives in a request body, for the error's ``param``.
-_CONSTRAINT_PARAM: dict[str, str | None] = {
-    "context_length": "messages",
-    "max_tokens": "max_tokens",
-    "capabilities": "route.capabilities",
-    "allow": "route.allow",
-    "deny": "route.deny",
-    "max_latency_ms": "route.max_latency_ms",
-    "max_cost_usd": "route.max_cost_usd",
-    "available": None,
-}
 
 
 def running(request: Request) -> Running:
@@ -111,62 +84,6 @@ def answer_response(call: Call, routing: dict[str, Any], headers: dict[str, str]
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(data), status_code=status, media_type=JSON, headers=headers)
-
-
-def error_response(exc: Exception) -> Response:
-    """The one mapping from exceptions to HTTP answers (installed as the app's handlers)."""
-    if isinstance(exc, ApiError):
-        return json_response(error_body(str(exc), exc.param, exc.kind, exc.code), exc.status, exc.headers)
-    if isinstance(exc, ValidationError):
-        param, message = first_error(exc)
-        return json_response(error_body(f"{param}: {message}", param), 400)
-    if isinstance(exc, RequestError):
-        return json_response(error_body(str(exc), exc.field), 400)
-    if isinstance(exc, NoEligibleModel):
-        if exc.constraint == "budget":
-            return json_response(error_body(str(exc), None, "rate_limit_error", "budget_exceeded"), 429)
-        if exc.constraint == "available":
-            return json_response(error_body(str(exc), None, "service_unavailable", "no_available_model"), 503)
-        where = _CONSTRAINT_PARAM.get(exc.constraint, exc.constraint)
-        return json_response(error_body(str(exc), where, code="no_eligible_model"), 400)
-    if isinstance(exc, BudgetExceeded):
-        return json_response(error_body(str(exc), None, "rate_limit_error", "budget_exceeded"), 429)
-    if isinstance(exc, HTTPException):
-        return json_response(
-            error_body(str(exc.detail), None, _kind(exc.status_code)),
-            exc.status_code,
-            dict(exc.headers or {}),
-        )
-    log.exception("unexpected error while serving a request")
-    return json_response(error_body("internal error; see the router's log", None, "server_error"), 500)
-
-
-async def handle_error(request: Request, exc: Exception) -> Response:
-    """Every exception a handler raises, answered (installed as the app's exception handlers)."""
-    pipeline = running(request).pipeline
-    if isinstance(exc, RequestFailed):
-        mode = pipeline.upstream_mode
-        headers = router_headers(exc.decision, exc.result, mode, "bypass")
-        if isinstance(exc, UpstreamRejected):
-            return Response(exc.body, status_code=exc.status, media_type=JSON, headers=headers)
-        assert isinstance(exc, AllCandidatesFailed)
-        kind = "all_timed_out" if exc.timed_out else "all_failed"
-        body = error_body(str(exc), None, "upstream_error", kind)
-        body["routing"] = routing_info(exc.decision, exc.result, False, mode)
-        return json_response(body, 504 if exc.timed_out else 502, headers)
-    if not (isinstance(exc, ApiError) and exc.status == 401):  # an unauthenticated caller moves nothing
-        pipeline.refused("no_eligible" if isinstance(exc, NoEligibleModel) else "rejected")
-    return error_response(exc)
-
-
-def _kind(status: int) -> str:
-    return {
-        401: "authentication_error",
-        404: "not_found_error",
-        405: "invalid_request_error",
-        413: "invalid_request_error",
-        429: "rate_limit_error",
-    }.get(status, "invalid_request_error")
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

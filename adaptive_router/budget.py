@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-import redis.exceptions as redis_errors
 from redis.asyncio import Redis
 
-from .errors import BudgetExceeded, ConfigError
+from .errors import BudgetExceeded, ConfigError, RedisUnavailable
+from .redis_faults import redis_call
 from .shared import hash_tag, run_script
 
 if TYPE_CHECKING:
@@ -283,9 +283,9 @@ class Budget:
         args = [self.field, KEY_TTL_S, *(str(writes[s]) if s in writes else "" for s in scopes)]
         keys = [f"{self._tag}:budget:v1:{day}:{name}" for day, name in scopes]
         try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await run_script(self._client, CHARGE_SCRIPT, CHARGE_SCRIPT_SHA, keys, args)
-        except (redis_errors.RedisError, OSError) as exc:  # OSError includes TimeoutError
+            script = run_script(self._client, CHARGE_SCRIPT, CHARGE_SCRIPT_SHA, keys, args)
+            reply = await redis_call("budget charge", script, self._timeout_s)
+        except RedisUnavailable as exc:
             self._down(exc)
             return False
         self._heal = False

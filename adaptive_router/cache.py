@@ -23,7 +23,6 @@ caller's business.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -33,12 +32,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-import redis.exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .errors import ConfigError, RouterError
+from .errors import CacheUnavailable, ConfigError
+from .redis_faults import redis_call
 from .settings import CacheSettings, RedisSettings
 
 __all__ = [
@@ -57,10 +56,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class CacheUnavailable(RouterError):
-    """Redis did not answer (refused, timed out, or answered with an error)."""
 
 
 @runtime_checkable
@@ -195,13 +190,7 @@ class RedisCache:
         return f"{self._prefix}:{key}"
 
     async def _call(self, op: str, awaitable: Awaitable[T]) -> T:
-        # The one place where redis-py's errors become ours. A cancelled command makes
-        # redis-py drop its connection, so the outer timeout cannot leave a stale reply behind.
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await awaitable
-        except (redis_errors.RedisError, OSError) as exc:  # OSError includes TimeoutError
-            raise CacheUnavailable(f"redis {op} failed: {exc!r}") from exc
+        return await redis_call(op, awaitable, self._timeout_s, CacheUnavailable)
 
     async def ping(self) -> None:
         await self._call("ping", self._client.ping())
@@ -223,10 +212,7 @@ class RedisCache:
         await self._call("delete", self._client.delete(self._key(key)))
 
     async def close(self) -> None:
-        try:
-            await self._client.aclose()
-        except (redis_errors.RedisError, OSError) as exc:
-            raise CacheUnavailable(f"redis close failed: {exc!r}") from exc
+        await redis_call("close", self._client.aclose(), None, CacheUnavailable)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
     ├── NoEligibleModel        every model was masked out (names the constraint)
     ├── BudgetExceeded         a spend cap was reached
     ├── ReplayError            a traffic log or outcome table that replay cannot use
+    ├── RedisUnavailable       Redis did not answer in time, or answered with an error
+    │   └── CacheUnavailable       ... for the response cache (the failover cache uses memory)
     ├── UpstreamError          a model call failed (carries the model id)
     │   ├── UpstreamConnectError   the upstream could not be reached
     │   ├── UpstreamTimeout        no answer within the attempt's timeout
@@ -17,8 +19,9 @@
         ├── UpstreamRejected       the upstream refused the request itself (400/413/422)
         └── AllCandidatesFailed    every candidate failed, or every one timed out
 
-Lower-layer errors (httpx, redis, pydantic) are translated into these in exactly one place
-each, with ``raise X(...) from exc``.
+Lower-layer errors are translated into these in exactly one place each, with
+``raise X(...) from exc``: httpx's in ``upstream``, redis-py's in ``redis_faults``, pydantic's
+in ``settings`` (and at the HTTP edge, in ``_error_map``, which also maps this tree to HTTP).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ __all__ = [
     "AllCandidatesFailed",
     "ApiError",
     "BudgetExceeded",
+    "CacheUnavailable",
     "CatalogueError",
     "ConfigError",
     "NoEligibleModel",
+    "RedisUnavailable",
     "ReplayError",
     "RequestError",
     "RequestFailed",
@@ -108,6 +113,14 @@ class BudgetExceeded(RouterError):
 
 class ReplayError(RouterError):
     """Replay input that cannot be used: a missing file, a malformed line, a missing column."""
+
+
+class RedisUnavailable(RouterError):
+    """Redis did not answer (refused, timed out, or answered with an error)."""
+
+
+class CacheUnavailable(RedisUnavailable):
+    """The response cache's Redis did not answer."""
 
 
 class UpstreamError(RouterError):

@@ -19,12 +19,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from ._http import handle_error
+from ._error_map import ERROR_MAP, handle_error
 from .catalogue import Catalogue
 from .endpoints import (
     complete,
@@ -37,7 +35,6 @@ from .endpoints import (
     ready,
     route_only,
 )
-from .errors import RouterError
 from .proxy import chat_completions
 from .runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
 from .settings import Settings
@@ -77,10 +74,9 @@ def create_app(
         Route("/ready", ready, methods=["GET"]),
         *docs_routes(),
     ]
-    # Expected errors go through Starlette's ExceptionMiddleware (answered, nothing re-raised);
-    # ``Exception`` is the last resort for bugs: a JSON 500, and the traceback in the log.
-    expected = (ValidationError, RouterError, HTTPException)
-    handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in (*expected, Exception)}
+    # Every class of the error map goes through Starlette's exception handlers (answered, nothing
+    # re-raised); ``Exception`` is the last resort for bugs: a JSON 500, the traceback in the log.
+    handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in ERROR_MAP}
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
 
 

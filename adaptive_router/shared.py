@@ -44,7 +44,9 @@ import numpy as np
 import redis.exceptions as redis_errors
 from redis.asyncio import Redis
 
+from .errors import RedisUnavailable
 from .learning import LATENCY_SUMS, SUM_NAMES, DecayedSums, Learner, LearnerState
+from .redis_faults import redis_call
 
 __all__ = [
     "WIRE_VERSION",
@@ -390,9 +392,8 @@ class SharedState:
 
     async def _guarded(self, step: Callable[[], Awaitable[None]]) -> bool:
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await step()
-        except (redis_errors.RedisError, OSError) as exc:  # OSError includes TimeoutError
+            await redis_call("shared sync", step(), self._timeout_s)
+        except RedisUnavailable as exc:
             self.failures += 1
             self._set_up(False, exc)
             return False
