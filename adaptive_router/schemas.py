@@ -135,6 +135,9 @@ class FeedbackRequest(_Strict):
         return value
 
 
+_NO_OPTIONS = RouteOptions()  # read, never changed: the defaults of a body without ``route``
+
+
 def required_capabilities(
     messages: list[Message],
     tools: list[Any] | None = None,
@@ -168,7 +171,7 @@ def route_request(
     request_id: str | None = None,
 ) -> RouteRequest:
     """The router's view of a request: ``model`` is ``auto``, ``auto:<mode>`` or a model id."""
-    opts = options or RouteOptions.model_validate({})
+    opts = options or _NO_OPTIONS
     mode = opts.priority
     pinned: str | None = None
     if model == "auto":

@@ -21,12 +21,11 @@ import asyncio
 import collections
 import contextlib
 import functools
-import json
 import math
 import re
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import TracebackType
@@ -34,6 +33,8 @@ from typing import Any, Literal
 
 import httpx
 
+from . import __version__
+from ._json import dumps, loads
 from .errors import (
     ConfigError,
     UpstreamConnectError,
@@ -62,6 +63,7 @@ __all__ = [
 # X-OpenRouter-Title is its display name, X-Title the older name OpenRouter still accepts.
 APP_URL = "https://github.com/adaptive-router/adaptive-router"
 APP_TITLE = "adaptive-router"
+USER_AGENT = f"{APP_TITLE}/{__version__}"
 
 DONE = b"[DONE]"
 _ROUTE_CACHE_SIZE = 4096
@@ -280,7 +282,7 @@ def _raise_for_payload(model_id: str, data: dict[str, Any], raw: bytes, headers:
 
 def _parse_object(model_id: str, raw: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except ValueError as exc:
         raise UpstreamProtocolError(model_id, "answer is not JSON") from exc
     if not isinstance(data, dict):
@@ -288,12 +290,14 @@ def _parse_object(model_id: str, raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _completion(model_id: str, provider: str, response: httpx.Response, latency_s: float) -> Completion:
+def _completion(
+    model_id: str, provider: str, response: httpx.Response, content: bytes, latency_s: float
+) -> Completion:
     headers = _kept_headers(response.headers)
     if not response.is_success:
-        raise UpstreamStatusError(model_id, response.status_code, response.content, headers)
-    data = _parse_object(model_id, response.content)
-    _raise_for_payload(model_id, data, response.content, headers)
+        raise UpstreamStatusError(model_id, response.status_code, content, headers)
+    data = _parse_object(model_id, content)
+    _raise_for_payload(model_id, data, content, headers)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise UpstreamProtocolError(model_id, "answer has no choices")
@@ -316,24 +320,31 @@ def _completion(model_id: str, provider: str, response: httpx.Response, latency_
 # ---------------------------------------------------------------------------------- client
 
 
+def _env_proxies() -> bool:
+    return any(k != "no" for k in urllib.request.getproxies())
+
+
 def _default_transport(choice: str, max_connections: int) -> httpx.AsyncBaseTransport | None:
-    """aiohttp's connections under httpx's API, or ``None`` for httpx's own transport.
+    """aiohttp's connections under httpx's API, httpx's own pool, or ``None`` for the client's.
 
     "auto" takes aiohttp (the ``speed`` extra) when it is installed and no proxy is set in the
-    environment: httpx's transport honours ``HTTPS_PROXY`` and the like, the aiohttp one does not.
+    environment: httpx's client honours ``HTTPS_PROXY`` and the like, the aiohttp transport does not.
     """
-    if choice == "httpx" or (choice == "auto" and any(k != "no" for k in urllib.request.getproxies())):
-        return None
-    try:
-        from ._aiohttp_transport import AiohttpTransport
-    except ImportError as exc:
-        if choice == "aiohttp":
-            raise ImportError(
-                "upstream.http_client is 'aiohttp', which needs the 'speed' extra: "
-                "pip install 'adaptive-router[speed]'"
-            ) from exc
-        return None
-    return AiohttpTransport(max_connections=max_connections)
+    if _env_proxies() and choice != "aiohttp":
+        return None  # the client builds its transports, proxies from the environment included
+    if choice != "httpx":
+        try:
+            from ._aiohttp_transport import AiohttpTransport
+        except ImportError as exc:
+            if choice == "aiohttp":
+                raise ImportError(
+                    "upstream.http_client is 'aiohttp', which needs the 'speed' extra: "
+                    "pip install 'adaptive-router[speed]'"
+                ) from exc
+        else:
+            return AiohttpTransport(max_connections=max_connections)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncHTTPTransport(limits=limits, http2=False)
 
 
 class UpstreamClient:
@@ -365,19 +376,25 @@ class UpstreamClient:
         self._clock = clock
         if transport is None:
             transport = _default_transport(http_client, max_connections)
+        timeout = httpx.Timeout(
+            connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=connect_timeout_s
+        )
+        self._extensions = {"timeout": timeout.as_dict()}
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=connect_timeout_s
-            ),
+            timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             http2=False,
             follow_redirects=False,
             transport=transport,
         )
+        # Straight to the transport: no redirects, auth, cookies or event hooks to run, and the
+        # request built once here. Through the client only where it routes to proxies.
+        self._transport = transport if transport is not None and not _env_proxies() else None
         # Bounded, and misses (UpstreamError) are not cached: lru_cache does not keep exceptions.
         self._resolve: Callable[[str], Provider] = functools.lru_cache(maxsize=_ROUTE_CACHE_SIZE)(
             functools.partial(pick_provider, self.providers)
         )
+        self._targets: dict[tuple[str, bool], tuple[httpx.URL, dict[str, str]]] = {}
 
     def provider_for(self, model_id: str) -> Provider:
         """The provider that serves ``model_id`` (cached); ``UpstreamError`` when none does."""
@@ -387,16 +404,22 @@ class UpstreamClient:
         """One non-streamed call; connect, send and the whole answer together within ``timeout_s``."""
         provider = self.provider_for(model_id)
         started = self._clock()
-        async with _translated(model_id, timeout_s):
-            request = self._request(provider, model_id, body, stream=False)
-            response = await self._http.send(request)
-        return _completion(model_id, provider.name, response, self._clock() - started)
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._send(self._request(provider, model_id, body, stream=False))
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _map_error(model_id, exc) from exc
+        return _completion(model_id, provider.name, response, content, self._clock() - started)
 
     def stream(self, model_id: str, body: dict[str, Any], timeout_s: float) -> StreamHandle:
         """A streamed call, not yet sent: ``await handle.start()`` sends it (see :class:`StreamHandle`)."""
         provider = self.provider_for(model_id)
         return StreamHandle(
-            self._http,
+            self._send,
             functools.partial(self._request, provider, model_id, body, stream=True),
             model_id=model_id,
             provider=provider.name,
@@ -404,6 +427,28 @@ class UpstreamClient:
             read_timeout_s=self._read_timeout_s,
             clock=self._clock,
         )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The response with its body not yet read."""
+        if self._transport is not None:
+            return await self._transport.handle_async_request(request)
+        return await self._http.send(request, stream=True)
+
+    def _target(self, provider: Provider, stream: bool) -> tuple[httpx.URL, dict[str, str]]:
+        """The URL and headers of a provider's calls, built once per provider and mode."""
+        target = self._targets.get((provider.name, stream))
+        if target is None:
+            headers = {
+                "User-Agent": USER_AGENT,
+                "Accept-Encoding": "gzip, deflate",
+                **provider.headers,
+                "Accept": "text/event-stream" if stream else "application/json",
+                "Content-Type": "application/json",
+            }
+            if provider.api_key:
+                headers["Authorization"] = f"Bearer {provider.api_key}"
+            target = self._targets[(provider.name, stream)] = (httpx.URL(provider.chat_url), headers)
+        return target
 
     def _request(
         self, provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool
@@ -417,10 +462,10 @@ class UpstreamClient:
             }
         else:
             payload.pop("stream_options", None)  # OpenAI rejects stream_options without stream
-        headers = {**provider.headers, "Accept": "text/event-stream" if stream else "application/json"}
-        if provider.api_key:
-            headers["Authorization"] = f"Bearer {provider.api_key}"
-        return self._http.build_request("POST", provider.chat_url, json=payload, headers=headers)
+        url, headers = self._target(provider, stream)
+        return httpx.Request(
+            "POST", url, headers=headers, content=dumps(payload), extensions=self._extensions
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -451,7 +496,7 @@ class StreamHandle:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        send: Callable[[httpx.Request], Awaitable[httpx.Response]],
         build: Callable[[], httpx.Request],
         *,
         model_id: str,
@@ -467,7 +512,7 @@ class StreamHandle:
         self.ttft_s: float | None = None
         self.done = False
         self.usage: dict[str, Any] | None = None
-        self._http, self._build, self._clock = http, build, clock
+        self._send, self._build, self._clock = send, build, clock
         self._timeout_s, self._read_timeout_s = timeout_s, read_timeout_s
         self._parser = SSEParser()
         self._pending: collections.deque[bytes] = collections.deque()
@@ -486,7 +531,7 @@ class StreamHandle:
         self._started_at = self._clock()
         try:
             async with _translated(self.model_id, self._timeout_s):
-                self._response = await self._http.send(self._build(), stream=True)
+                self._response = await self._send(self._build())
                 await self._check_response(self._response)
                 self._chunks = self._response.aiter_bytes()
                 first = await self._pull()

@@ -319,15 +319,16 @@ def test_default_transport_follows_the_setting(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NO_PROXY", "localhost")  # alone, it does not call for httpx's transport
     assert isinstance(_default_transport("auto", 8), AiohttpTransport)
     assert isinstance(_default_transport("aiohttp", 8), AiohttpTransport)
-    assert _default_transport("httpx", 8) is None
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # only httpx's transport honours it
+    assert isinstance(_default_transport("httpx", 8), httpx.AsyncHTTPTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # only httpx's client honours it
     assert _default_transport("auto", 8) is None
+    assert _default_transport("httpx", 8) is None
     assert isinstance(_default_transport("aiohttp", 8), AiohttpTransport)
 
 
 def test_default_transport_without_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp now raises ImportError
     monkeypatch.delitem(sys.modules, "adaptive_router._aiohttp_transport")
-    assert _default_transport("auto", 8) is None
+    assert isinstance(_default_transport("auto", 8), httpx.AsyncHTTPTransport)
     with pytest.raises(ImportError, match=r"adaptive-router\[speed\]"):
         _default_transport("aiohttp", 8)
