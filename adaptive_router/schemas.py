@@ -135,7 +135,7 @@ class FeedbackRequest(_Strict):
         return value
 
 
-_NO_OPTIONS = RouteOptions()  # read, never changed: the defaults of a body without ``route``
+_NO_OPTIONS = RouteOptions.model_validate({})  # read, never changed: the defaults of a body without ``route``
 
 
 def required_capabilities(
