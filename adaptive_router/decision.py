@@ -58,7 +58,7 @@ class Candidate:
 
 
 @dataclass(slots=True)
-class _Ranking:
+class Ranking:
     """The raw numbers behind a decision's chain, turned into ``Candidate`` rows on demand.
 
     Explaining a decision costs more than making it, and most callers (the proxy) only need
@@ -128,7 +128,7 @@ class Decision:
         eligible: int,
         requested: str | None,
         pinned: bool,
-        ranking: _Ranking,
+        ranking: Ranking,
         decision_us: float = 0.0,
     ) -> None:
         self.request_id = request_id

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .catalogue import CAPABILITIES, Catalogue, capability_bits, load_catalogue
-from .decision import Candidate, Decision, Outcome, RouteRequest, _Ranking
+from .decision import Candidate, Decision, Outcome, Ranking, RouteRequest
 from .errors import NoEligibleModel, RequestError
 from .learning import Estimates, Learner
 from .profile import Profile, Profiler, TaskRules
@@ -239,7 +239,7 @@ class Router:
         ids = self.catalogue.ids
         chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
         cell_value = est.value[profile.cell]
-        ranking = _Ranking(
+        ranking = Ranking(
             ids=chain[: len(rows)],
             terms=self._buf.terms[:, rows],
             value=cell_value[rows],

@@ -32,11 +32,12 @@ from .errors import RequestFailed, RouterError
 from .execution import Breakers, Executor
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .providers import Provider, providers_from_settings
 from .router import Router
 from .settings import Settings
 from .shared import Periodic, SharedState
 from .trafficlog import TrafficLog
-from .upstream import Provider, UpstreamClient, providers_from_settings
+from .upstream import UpstreamClient
 
 __all__ = [
     "SIMULATOR_URL_ENV",

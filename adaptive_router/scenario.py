@@ -36,8 +36,10 @@ __all__ = [
     "Scenario",
     "SimEvent",
     "SimModel",
+    "apply_overrides",
     "fit_llmperf",
     "load_scenario",
+    "loc_key",
     "parse_scenario",
 ]
 
@@ -248,7 +250,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenari
     except ValidationError as exc:
         err = exc.errors()[0]
         message = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(_loc_key(err["loc"]) or "scenario", f"{message} (in {source})") from exc
+        raise ConfigError(loc_key(err["loc"]) or "scenario", f"{message} (in {source})") from exc
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
@@ -266,14 +268,14 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     return parse_scenario(data, source=str(path))
 
 
-def _loc_key(loc: Sequence[int | str]) -> str:
+def loc_key(loc: Sequence[int | str]) -> str:
     key = ""
     for part in loc:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     return key
 
 
-def _apply_overrides(models: Sequence[SimModel], scenario: Scenario) -> dict[str, SimModel]:
+def apply_overrides(models: Sequence[SimModel], scenario: Scenario) -> dict[str, SimModel]:
     ids = [m.id for m in models]
     if len(set(ids)) != len(ids):
         raise ConfigError("simulator.models", "model ids must be unique")

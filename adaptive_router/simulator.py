@@ -35,14 +35,14 @@ import socket
 import statistics
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -64,12 +64,12 @@ from .scenario import (  # the models and scenarios live there; re-exported for 
     Scenario,
     SimEvent,
     SimModel,
-    _apply_overrides,
-    _loc_key,
+    apply_overrides,
     fit_llmperf,
     load_scenario,
     parse_scenario,
 )
+from .simwire import ChatRequest, bad_request, error_response
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -130,7 +130,7 @@ class _Stats:
 class _Simulator:
     def __init__(self, models: Sequence[SimModel], scenario: Scenario) -> None:
         self.scenario = scenario
-        self.models = _apply_overrides(models, scenario)
+        self.models = apply_overrides(models, scenario)
         self.ids = tuple(self.models)
         self.states = {mid: _ModelState() for mid in self.ids}
         # One stream per model, so traffic to one model never shifts another's draws.
@@ -246,78 +246,7 @@ def _digest(*parts: object) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Request validation (OpenAI request shape) and OpenAI error bodies
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    role: str = Field(min_length=1)
-    content: Any = None
-
-    @field_validator("content")
-    @classmethod
-    def _content_shape(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(isinstance(part, dict) for part in value):
-            return value
-        raise ValueError("must be a string, a list of content parts, or null")
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    include_usage: bool = False
-
-
-class _ChatRequest(BaseModel):
-    # Unknown OpenAI parameters (top_p, tools, ...) are accepted and ignored, as a server would.
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: str = Field(min_length=1)
-    messages: list[_Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    n: int | None = Field(default=None, ge=1, le=1)  # one choice only
-    stream: bool | None = None
-    stream_options: _StreamOptions | None = Field(default=None, validate_default=True)
-
-    @field_validator("stream_options")
-    @classmethod
-    def _only_when_streaming(
-        cls, value: _StreamOptions | None, info: ValidationInfo
-    ) -> _StreamOptions | None:
-        if value is not None and not info.data.get("stream"):
-            raise ValueError("only allowed when 'stream' is true")
-        return value
-
-
-def _error(
-    status: int,
-    message: str,
-    type_: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return Response(json.dumps(body), status, headers=headers, media_type="application/json")
-
-
-def _bad_request(exc: ValidationError) -> Response:
-    err = exc.errors()[0]
-    param = _loc_key(err["loc"]) or None
-    if err["type"] == "json_invalid":
-        message = f"We could not parse the JSON body of your request: {err['msg']}."
-    elif param is None:
-        message = "The request body must be a JSON object."
-    elif err["type"] == "missing":
-        message = f"Missing required parameter: '{param}'."
-    else:
-        message = f"Invalid value for '{param}': {err['msg'].removeprefix('Value error, ')}."
-    return _error(400, message, "invalid_request_error", param)
+# Injected errors (request validation and OpenAI error bodies: see simwire.py)
 
 
 _STATUS_MESSAGES = {
@@ -339,7 +268,7 @@ def _injected_error(outcome: _Outcome, time_scale: float) -> Response:
         wait = outcome.retry_after_s * time_scale
         headers["retry-after"] = str(math.ceil(wait))
         headers["retry-after-ms"] = str(round(wait * 1000))
-    return _error(outcome.status, message, type_, None, code, headers)
+    return error_response(outcome.status, message, type_, None, code, headers)
 
 
 def _ms(seconds: float) -> str:
@@ -380,7 +309,7 @@ class _Completion:
     finish_reason: str
 
 
-def _plan_completion(req: _ChatRequest, scenario: Scenario) -> _Completion:
+def _plan_completion(req: ChatRequest, scenario: Scenario) -> _Completion:
     """Length and text depend only on (seed, model, messages), then the request's cap applies."""
     h = hashlib.blake2b(digest_size=8)
     h.update(f"{scenario.seed}\x1f{req.model}".encode())
@@ -588,13 +517,13 @@ def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None =
 async def _chat(sim: _Simulator, request: Request) -> Response:
     t0 = asyncio.get_running_loop().time()
     try:
-        req = _ChatRequest.model_validate_json(await request.body())
+        req = ChatRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         sim.stats.bad_requests += 1
-        return _bad_request(exc)
+        return bad_request(exc)
     if req.model not in sim.models:
         sim.stats.unknown_model += 1
-        return _error(
+        return error_response(
             404,
             f"The model `{req.model}` does not exist or you do not have access to it.",
             "invalid_request_error",

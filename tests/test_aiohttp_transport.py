@@ -23,15 +23,9 @@ from adaptive_router.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from adaptive_router.providers import Provider
 from adaptive_router.simulator import Scenario, SimEvent, SimModel, create_simulator_app
-from adaptive_router.upstream import (
-    DONE,
-    Completion,
-    Provider,
-    StreamHandle,
-    UpstreamClient,
-    _default_transport,
-)
+from adaptive_router.upstream import DONE, Completion, StreamHandle, UpstreamClient, _default_transport
 from tests.servers import free_port, running_server
 
 T = TypeVar("T")

@@ -19,18 +19,10 @@ from adaptive_router.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from adaptive_router.providers import APP_TITLE, APP_URL, Provider, pick_provider, providers_from_settings
 from adaptive_router.settings import ProviderSettings, UpstreamSettings
-from adaptive_router.upstream import (
-    APP_TITLE,
-    APP_URL,
-    Completion,
-    Provider,
-    SSEParser,
-    StreamHandle,
-    UpstreamClient,
-    pick_provider,
-    providers_from_settings,
-)
+from adaptive_router.sse import SSEParser
+from adaptive_router.upstream import Completion, StreamHandle, UpstreamClient
 
 KEY = "sk-or-v1-secret-test-key"
 MODEL = "openai/gpt-4o-mini"
