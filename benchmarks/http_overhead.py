@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaptive_router.bench import machine_info
+from adaptive_router._bench import machine_info
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

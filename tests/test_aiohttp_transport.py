@@ -15,17 +15,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adaptive_router._aiohttp_transport import AiohttpTransport, _translate
-from adaptive_router.errors import (
+from adaptive_router import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from adaptive_router.providers import Provider
 from adaptive_router.simulator import Scenario, SimEvent, SimModel, create_simulator_app
-from adaptive_router.upstream import DONE, Completion, StreamHandle, UpstreamClient, _default_transport
+from adaptive_router.upstream import (
+    DONE,
+    AiohttpTransport,
+    Completion,
+    Provider,
+    StreamHandle,
+    UpstreamClient,
+)
+from adaptive_router.upstream._aiohttp_transport import _translate
+from adaptive_router.upstream._client import _default_transport
 from tests.servers import free_port, running_server
 
 T = TypeVar("T")
@@ -322,7 +329,7 @@ def test_default_transport_follows_the_setting(monkeypatch: pytest.MonkeyPatch) 
 
 def test_default_transport_without_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp now raises ImportError
-    monkeypatch.delitem(sys.modules, "adaptive_router._aiohttp_transport")
+    monkeypatch.delitem(sys.modules, "adaptive_router.upstream._aiohttp_transport")
     assert isinstance(_default_transport("auto", 8), httpx.AsyncHTTPTransport)
     with pytest.raises(ImportError, match=r"adaptive-router\[speed\]"):
         _default_transport("aiohttp", 8)

@@ -10,8 +10,8 @@ import re
 import pytest
 
 import adaptive_router
-from adaptive_router import errors
-from adaptive_router._error_map import ERROR_MAP, error_answer
+from adaptive_router import _errors as errors
+from adaptive_router.service import ERROR_MAP, error_answer
 
 MODULES = [
     m.name
@@ -32,7 +32,7 @@ def _package_exceptions() -> list[type[BaseException]]:
 
 
 def test_every_exception_of_the_package_lives_in_errors() -> None:
-    assert {cls.__module__ for cls in _package_exceptions()} == {"adaptive_router.errors"}
+    assert {cls.__module__ for cls in _package_exceptions()} == {"adaptive_router._errors"}
 
 
 @pytest.mark.parametrize("cls", TREE, ids=lambda c: c.__name__)

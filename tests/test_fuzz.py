@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.openapi import openapi_spec
+from adaptive_router.service import openapi_spec
 from tests.service_fixtures import Stack, service_stack, user_body
 
 MAX_BODY = 4096

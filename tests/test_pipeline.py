@@ -9,11 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adaptive_router.decision import RouteRequest
-from adaptive_router.errors import AllCandidatesFailed, BudgetExceeded, UpstreamRejected
-from adaptive_router.pipeline import Call, NoHook
-from adaptive_router.runtime import build_service
-from adaptive_router.settings import load_settings
+from adaptive_router import AllCandidatesFailed, BudgetExceeded, UpstreamRejected, load_settings
+from adaptive_router.core import RouteRequest
+from adaptive_router.pipeline import Call, NoHook, build_service
 from tests.service_fixtures import FAST, MID, small_catalogue
 
 STAGES = ["admitted", "decided", "executed", "accounted", "stored"]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptive_router.errors import (
+from adaptive_router import (
     ConfigError,
     UpstreamConnectError,
     UpstreamError,
@@ -19,10 +19,18 @@ from adaptive_router.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from adaptive_router.providers import APP_TITLE, APP_URL, Provider, pick_provider, providers_from_settings
-from adaptive_router.settings import ProviderSettings, UpstreamSettings
-from adaptive_router.sse import SSEParser
-from adaptive_router.upstream import Completion, StreamHandle, UpstreamClient
+from adaptive_router._settings import ProviderSettings, UpstreamSettings
+from adaptive_router.upstream import (
+    APP_TITLE,
+    APP_URL,
+    Completion,
+    Provider,
+    SSEParser,
+    StreamHandle,
+    UpstreamClient,
+    pick_provider,
+    providers_from_settings,
+)
 
 KEY = "sk-or-v1-secret-test-key"
 MODEL = "openai/gpt-4o-mini"
