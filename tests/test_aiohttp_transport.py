@@ -4,7 +4,7 @@ import asyncio
 import gzip
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -204,6 +204,30 @@ def test_transport_sends_headers_and_body_and_httpx_decodes(sim_url: str) -> Non
     assert json.loads(plain.json()["body"]) == {"a": 1}
     assert streamed_body.json()["body"] == "part one, part two"
     assert plain.headers["content-encoding"] == "gzip" and plain.http_version == "HTTP/1.1"
+
+
+def test_post_bytes_sends_the_body_and_decodes_gzip(sim_url: str) -> None:
+    async def echo(request: Request) -> Response:
+        seen = {"headers": dict(request.headers), "body": (await request.body()).decode()}
+        return Response(
+            gzip.compress(json.dumps(seen).encode()),
+            headers={"content-encoding": "gzip", "x-request-id": "r1"},
+        )
+
+    async def main(url: str) -> tuple[int, Mapping[str, str], bytes]:
+        transport = AiohttpTransport(max_connections=2)
+        try:
+            headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+            return await transport.post_bytes(url, headers, b'{"a": 1}', {"connect": 1.0, "read": 5.0})
+        finally:
+            await transport.aclose()
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    with running_server(app) as url:
+        status, headers, content = asyncio.run(main(url + "/echo"))
+    seen = json.loads(content)
+    assert status == 200 and headers["x-request-id"] == "r1"
+    assert seen["headers"]["authorization"] == "Bearer k" and json.loads(seen["body"]) == {"a": 1}
 
 
 # ---------------------------------------------------------------------------------- failures

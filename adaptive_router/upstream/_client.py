@@ -24,7 +24,7 @@ import functools
 import math
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -109,12 +109,13 @@ def _finish_reason(data: dict[str, Any]) -> str | None:
     return None
 
 
-def _kept_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in headers.items()
-        if name in _KEPT_HEADERS or name.startswith(_KEPT_PREFIXES)
-    }
+def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    kept = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _KEPT_HEADERS or lower.startswith(_KEPT_PREFIXES):
+            kept[lower] = value
+    return kept
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -196,11 +197,16 @@ def _parse_object(model_id: str, raw: bytes) -> dict[str, Any]:
 
 
 def _completion(
-    model_id: str, provider: str, response: httpx.Response, content: bytes, latency_s: float
+    model_id: str,
+    provider: str,
+    status: int,
+    raw_headers: Mapping[str, str],
+    content: bytes,
+    latency_s: float,
 ) -> Completion:
-    headers = _kept_headers(response.headers)
-    if not response.is_success:
-        raise UpstreamStatusError(model_id, response.status_code, content, headers)
+    headers = _kept_headers(raw_headers)
+    if not 200 <= status < 300:
+        raise UpstreamStatusError(model_id, status, content, headers)
     data = _parse_object(model_id, content)
     _raise_for_payload(model_id, data, content, headers)
     choices = data.get("choices")
@@ -210,7 +216,7 @@ def _completion(
     return Completion(
         model_id=model_id,
         provider=provider,
-        status=response.status_code,
+        status=status,
         data=data,
         latency_s=latency_s,
         ttft_s=None,
@@ -284,7 +290,8 @@ class UpstreamClient:
         timeout = httpx.Timeout(
             connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=connect_timeout_s
         )
-        self._extensions = {"timeout": timeout.as_dict()}
+        self._timeouts = timeout.as_dict()
+        self._extensions = {"timeout": self._timeouts}
         self._http = httpx.AsyncClient(
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -295,6 +302,9 @@ class UpstreamClient:
         # Straight to the transport: no redirects, auth, cookies or event hooks to run, and the
         # request built once here. Through the client only where it routes to proxies.
         self._transport = transport if transport is not None and not _env_proxies() else None
+        self._post: Callable[..., Awaitable[tuple[int, Mapping[str, str], bytes]]] | None = getattr(
+            self._transport, "post_bytes", None
+        )
         # Bounded, and misses (UpstreamError) are not cached: lru_cache does not keep exceptions.
         self._resolve: Callable[[str], Provider] = functools.lru_cache(maxsize=_ROUTE_CACHE_SIZE)(
             functools.partial(pick_provider, self.providers)
@@ -311,14 +321,22 @@ class UpstreamClient:
         started = self._clock()
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self._send(self._request(provider, model_id, body, stream=False))
-                try:
-                    content = await response.aread()
-                finally:
-                    await response.aclose()
+                if self._post is not None:  # aiohttp's connections, no httpx request or response
+                    url, headers = self._target(provider, stream=False)
+                    payload = self._payload(provider, model_id, body, stream=False)
+                    status, raw_headers, content = await self._post(
+                        str(url), headers, payload, self._timeouts
+                    )
+                else:
+                    response = await self._send(self._request(provider, model_id, body, stream=False))
+                    try:
+                        content = await response.aread()
+                    finally:
+                        await response.aclose()
+                    status, raw_headers = response.status_code, response.headers
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _map_error(model_id, exc) from exc
-        return _completion(model_id, provider.name, response, content, self._clock() - started)
+        return _completion(model_id, provider.name, status, raw_headers, content, self._clock() - started)
 
     def stream(self, model_id: str, body: dict[str, Any], timeout_s: float) -> StreamHandle:
         """A streamed call, not yet sent: ``await handle.start()`` sends it (see :class:`StreamHandle`)."""
@@ -358,6 +376,12 @@ class UpstreamClient:
     def _request(
         self, provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool
     ) -> httpx.Request:
+        url, headers = self._target(provider, stream)
+        content = self._payload(provider, model_id, body, stream=stream)
+        return httpx.Request("POST", url, headers=headers, content=content, extensions=self._extensions)
+
+    @staticmethod
+    def _payload(provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool) -> bytes:
         payload = {**body, "model": provider.upstream_model(model_id), "stream": stream}
         if stream:
             options = body.get("stream_options")
@@ -367,10 +391,7 @@ class UpstreamClient:
             }
         else:
             payload.pop("stream_options", None)  # OpenAI rejects stream_options without stream
-        url, headers = self._target(provider, stream)
-        return httpx.Request(
-            "POST", url, headers=headers, content=dumps(payload), extensions=self._extensions
-        )
+        return dumps(payload)
 
     async def aclose(self) -> None:
         await self._http.aclose()
