@@ -58,6 +58,7 @@ ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "http_overhead.json"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
+PEER_START_S = 180.0  # LiteLLM's proxy imports a great deal before it listens
 STOP_TIMEOUT_S = 5.0
 RUN_TIMEOUT_PAD_S = 30.0
 MANY = 32
@@ -177,7 +178,13 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(
-    name: str, cmd: list[str], env: Mapping[str, str], port: int, ready_path: str, log_dir: Path
+    name: str,
+    cmd: list[str],
+    env: Mapping[str, str],
+    port: int,
+    ready_path: str,
+    log_dir: Path,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[Server]:
     """Start ``cmd`` (a server on ``port``), wait until ``ready_path`` answers 200, stop it on exit."""
     log_path = log_dir / f"{name}.log"
@@ -187,14 +194,14 @@ def running(
         )
     server = Server(name, proc, f"http://{HOST}:{port}", log_path)
     try:
-        _wait_ready(server, ready_path)
+        _wait_ready(server, ready_path, start_timeout_s)
         yield server
     finally:
         _stop(proc)
 
 
-def _wait_ready(server: Server, path: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _wait_ready(server: Server, path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.name} exited during start-up:\n{server.log_tail()}")
@@ -205,7 +212,7 @@ def _wait_ready(server: Server, path: str) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.05)
-    raise TimeoutError(f"{server.name} was not ready within {START_TIMEOUT_S:g} s:\n{server.log_tail()}")
+    raise TimeoutError(f"{server.name} was not ready within {timeout_s:g} s:\n{server.log_tail()}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -648,6 +655,21 @@ def decision_row(variant: Variant, server: Server) -> dict[str, Any]:
 # --- LiteLLM's proxy, when an interpreter that has it is named ------------------------------------
 
 
+# Loopback only: LiteLLM fetches a model price map from the internet at import unless told not to.
+LITELLM_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOG": "ERROR",
+    "LITELLM_TELEMETRY": "False",
+    "DISABLE_SCHEMA_UPDATE": "true",
+    # No master key: every request is accepted. Acceptable here only: it listens on 127.0.0.1
+    # for the length of the run.
+    "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+}
+
+
+LITELLM_MAIN = "import sys; from litellm import run_server; sys.exit(run_server())"  # its console script
+
+
 def litellm_config(work: Path, sim_url: str, model: str) -> Path:
     """One deployment: the model the router picks, served by the same simulated upstream."""
     config = {
@@ -670,7 +692,10 @@ def litellm_config(work: Path, sim_url: str, model: str) -> Path:
 
 def peer_rows(bench: Bench, peer_python: str) -> list[dict[str, Any]]:
     """LiteLLM's proxy in front of the same upstream, at 1 and 32 connections; [] without LiteLLM."""
-    probe = subprocess.run([peer_python, "-c", "import litellm.proxy.proxy_server"], capture_output=True)
+    env = child_env(LITELLM_ENV)
+    probe = subprocess.run(
+        [peer_python, "-c", "import litellm.proxy.proxy_server"], capture_output=True, env=env, timeout=120
+    )
     if probe.returncode != 0:
         print(
             f"note: {peer_python} has no LiteLLM proxy (pip install 'litellm[proxy]'): skipped",
@@ -680,16 +705,18 @@ def peer_rows(bench: Bench, peer_python: str) -> list[dict[str, Any]]:
     sim, model = bench.simulator, bench.direct_model
     port = free_port()
     config = litellm_config(bench.log_dir, sim.base_url, model)
-    cmd = [peer_python, "-m", "litellm", "--config", str(config), "--host", HOST, "--port", str(port)]
+    cmd = [peer_python, "-c", LITELLM_MAIN, "--config", str(config), "--host", HOST, "--port", str(port)]
     cmd += ["--num_workers", "1"]
-    env = child_env({"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"})
     peer = Variant("litellm", "proxy")
-    with running("litellm", cmd, env, port, "/health/liveliness", bench.log_dir) as server:
-        url = server.base_url + "/v1/chat/completions"
-        both = {"server": server.pid, "simulator": sim.pid}
-        return [
-            measure(bench, peer, "chat: via LiteLLM proxy", url, chat_body(model), n, both) for n in (1, MANY)
-        ]
+    try:
+        with running("litellm", cmd, env, port, "/health/liveliness", bench.log_dir, PEER_START_S) as server:
+            url = server.base_url + "/v1/chat/completions"
+            both = {"server": server.pid, "simulator": sim.pid}
+            body = chat_body(model)
+            return [measure(bench, peer, "chat: via LiteLLM proxy", url, body, n, both) for n in (1, MANY)]
+    except (RuntimeError, TimeoutError) as exc:  # the router's rows still get written
+        print(f"note: LiteLLM's proxy could not be measured: {str(exc)[:2000]}", file=sys.stderr)
+        return []
 
 
 # --- report ------------------------------------------------------------------------------------
