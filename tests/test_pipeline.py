@@ -63,7 +63,11 @@ class Recorder(NoHook):
 
 
 def _run(
-    statuses: dict[str, int], body: dict[str, Any], monkeypatch: pytest.MonkeyPatch, **settings: Any
+    statuses: dict[str, int],
+    body: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: NoHook | None = None,
+    **settings: Any,
 ) -> Any:
     monkeypatch.setenv("ROUTER_SIMULATOR_URL", "http://127.0.0.1:9/v1")  # never dialled: mock transport
     seen: list[dict[str, Any]] = []
@@ -80,6 +84,8 @@ def _run(
     async def go() -> tuple[Call, BaseException | None]:
         async with service.open() as running:
             pipeline = running.pipeline
+            if extra is not None:
+                pipeline.hooks.add(extra)
             pipeline.hooks.add(recorder)
             call = pipeline.call(RouteRequest(messages=body["messages"]), body=body)
             pipeline.consider_cache(call, None, opt_in=False)
@@ -134,3 +140,29 @@ def test_pipeline_admission_refuses_over_budget(monkeypatch: pytest.MonkeyPatch)
     )
     assert isinstance(error, BudgetExceeded)
     assert stages == [] and upstream == []
+
+
+class Raises(NoHook):
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def admitted(self, call: Call) -> None:
+        if self.stage == "admitted":
+            raise BudgetExceeded("key", "reserved elsewhere")
+
+    def accounted(self, call: Call) -> None:
+        if self.stage == "accounted":
+            raise RuntimeError("an evaluator's bug")
+
+
+def test_a_hook_may_refuse_at_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    _, error, stages, upstream, _ = _run({}, body, monkeypatch, Raises("admitted"))
+    assert isinstance(error, BudgetExceeded) and stages == [] and upstream == []
+
+
+def test_a_failing_hook_after_the_answer_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    call, error, stages, _, _ = _run({}, body, monkeypatch, Raises("accounted"))
+    assert error is None and call.answer["model"] == FAST
+    assert ("accounted", "ok") in stages  # the hooks after the failing one still ran
