@@ -9,55 +9,84 @@ decision.model, decision.fallbacks, decision.reason
 
 from __future__ import annotations
 
-from .catalogue import (
-    CAPABILITIES,
-    Catalogue,
-    Model,
-    apply_overlay,
-    load_bundled,
-    load_catalogue,
-    load_openrouter,
-)
-from .errors import (
+__version__ = "0.1.0"  # first: modules below read it while this package is still loading
+
+from ._errors import (
+    AllCandidatesFailed,
+    ApiError,
     BudgetExceeded,
+    CacheUnavailable,
     CatalogueError,
     ConfigError,
     NoEligibleModel,
+    RedisUnavailable,
+    ReplayError,
     RequestError,
+    RequestFailed,
     RouterError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamRejected,
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from .learning import Estimates, Learner, LearnerState
-from .profile import Profile, Profiler
-from .router import Candidate, Decision, Outcome, Router, RouterConfig, RouteRequest
-from .scoring import POLICIES, LogScale, make_policy
-from .settings import Settings, load_settings
-
-__version__ = "0.1.0"
+from ._settings import Settings, load_settings
+from .core import (
+    CAPABILITIES,
+    POLICIES,
+    Candidate,
+    Catalogue,
+    Decision,
+    Estimates,
+    Learner,
+    LearnerState,
+    LogScale,
+    Model,
+    Outcome,
+    Profile,
+    Profiler,
+    Router,
+    RouteRequest,
+    apply_overlay,
+    load_bundled,
+    load_catalogue,
+    load_openrouter,
+    make_policy,
+)
+from .core._router import RouterConfig
+from .pipeline import Call, Hook, NoHook, Pipeline
+from .service import create_app
 
 __all__ = [
     "CAPABILITIES",
     "POLICIES",
+    "AllCandidatesFailed",
+    "ApiError",
     "BudgetExceeded",
+    "CacheUnavailable",
+    "Call",
     "Candidate",
     "Catalogue",
     "CatalogueError",
     "ConfigError",
     "Decision",
     "Estimates",
+    "Hook",
     "Learner",
     "LearnerState",
     "LogScale",
     "Model",
     "NoEligibleModel",
+    "NoHook",
     "Outcome",
+    "Pipeline",
     "Profile",
     "Profiler",
+    "RedisUnavailable",
+    "ReplayError",
     "RequestError",
+    "RequestFailed",
     "RouteRequest",
     "Router",
     "RouterConfig",
@@ -66,10 +95,12 @@ __all__ = [
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamRejected",
     "UpstreamStatusError",
     "UpstreamTimeout",
     "__version__",
     "apply_overlay",
+    "create_app",
     "load_bundled",
     "load_catalogue",
     "load_openrouter",

@@ -28,11 +28,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from adaptive_router.catalogue import Catalogue, Model
-from adaptive_router.scenario import Scenario, SimEvent
-from adaptive_router.service import create_app
-from adaptive_router.settings import load_settings
-from adaptive_router.simulator import create_simulator_app, sim_models_from_catalogue
+from adaptive_router import Catalogue, Model, create_app, load_settings
+from adaptive_router.simulator import Scenario, SimEvent, create_simulator_app, sim_models_from_catalogue
 
 IDS = ("edge/a", "edge/b", "edge/c", "edge/d")
 SLOWED = IDS[0]

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from adaptive_router.bench import machine_info, router_for, sample_requests, time_decisions, time_python_loop
-from adaptive_router.settings import load_settings
+from adaptive_router import load_settings
+from adaptive_router._bench import machine_info, router_for, sample_requests, time_decisions, time_python_loop
 
 SIZES = [10, 100, 300, 1_000, 10_000]
 POLICIES = ["greedy", "ucb", "thompson", "softmax"]

@@ -42,8 +42,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from adaptive_router.bench import machine_info
-from adaptive_router.replay import (
+from adaptive_router import Settings
+from adaptive_router._bench import machine_info
+from adaptive_router._settings import ProfileSettings
+from adaptive_router.core import Router, RouteRequest
+from adaptive_router.offline import (
     LatencyGroups,
     OutcomeTable,
     curve_weights,
@@ -52,9 +55,7 @@ from adaptive_router.replay import (
     outcome_catalogue,
     replay_outcomes,
 )
-from adaptive_router.router import Router, RouteRequest
-from adaptive_router.settings import ProfileSettings, Settings
-from adaptive_router.simulate import LAB_IDS, lab, run
+from adaptive_router.simulator import LAB_IDS, lab, run
 
 POLICIES = ["ucb", "thompson", "softmax", "greedy"]
 RESULTS = Path(__file__).resolve().parent / "results" / "learning.json"

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the process helpers live with the tests
 
-from adaptive_router.bench import machine_info  # noqa: E402
+from adaptive_router._bench import machine_info  # noqa: E402
 from tests.process_fixtures import (  # noqa: E402
     Catalogue,
     Load,

@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from adaptive_router.catalogue import Catalogue, Model
-from adaptive_router.service import SIMULATOR_URL_ENV, create_app
-from adaptive_router.settings import load_settings
+from adaptive_router import load_settings
+from adaptive_router.core import Catalogue, Model
+from adaptive_router.pipeline import SIMULATOR_URL_ENV
+from adaptive_router.service import create_app
 from adaptive_router.simulator import Scenario, SimEvent, create_simulator_app, sim_models_from_catalogue
 from tests.servers import running_server
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from adaptive_router.catalogue import Catalogue, Model
+from adaptive_router import Catalogue, Model
 
 from .service_fixtures import Stack, recover, service_stack, slow
 

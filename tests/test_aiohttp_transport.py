@@ -4,7 +4,7 @@ import asyncio
 import gzip
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,8 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adaptive_router._aiohttp_transport import AiohttpTransport, _translate
-from adaptive_router.errors import (
+from adaptive_router import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -26,12 +25,14 @@ from adaptive_router.errors import (
 from adaptive_router.simulator import Scenario, SimEvent, SimModel, create_simulator_app
 from adaptive_router.upstream import (
     DONE,
+    AiohttpTransport,
     Completion,
     Provider,
     StreamHandle,
     UpstreamClient,
-    _default_transport,
 )
+from adaptive_router.upstream._aiohttp_transport import _translate
+from adaptive_router.upstream._client import _default_transport
 from tests.servers import free_port, running_server
 
 T = TypeVar("T")
@@ -205,6 +206,30 @@ def test_transport_sends_headers_and_body_and_httpx_decodes(sim_url: str) -> Non
     assert plain.headers["content-encoding"] == "gzip" and plain.http_version == "HTTP/1.1"
 
 
+def test_post_bytes_sends_the_body_and_decodes_gzip(sim_url: str) -> None:
+    async def echo(request: Request) -> Response:
+        seen = {"headers": dict(request.headers), "body": (await request.body()).decode()}
+        return Response(
+            gzip.compress(json.dumps(seen).encode()),
+            headers={"content-encoding": "gzip", "x-request-id": "r1"},
+        )
+
+    async def main(url: str) -> tuple[int, Mapping[str, str], bytes]:
+        transport = AiohttpTransport(max_connections=2)
+        try:
+            headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+            return await transport.post_bytes(url, headers, b'{"a": 1}', {"connect": 1.0, "read": 5.0})
+        finally:
+            await transport.aclose()
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    with running_server(app) as url:
+        status, headers, content = asyncio.run(main(url + "/echo"))
+    seen = json.loads(content)
+    assert status == 200 and headers["x-request-id"] == "r1"
+    assert seen["headers"]["authorization"] == "Bearer k" and json.loads(seen["body"]) == {"a": 1}
+
+
 # ---------------------------------------------------------------------------------- failures
 
 
@@ -319,15 +344,16 @@ def test_default_transport_follows_the_setting(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NO_PROXY", "localhost")  # alone, it does not call for httpx's transport
     assert isinstance(_default_transport("auto", 8), AiohttpTransport)
     assert isinstance(_default_transport("aiohttp", 8), AiohttpTransport)
-    assert _default_transport("httpx", 8) is None
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # only httpx's transport honours it
+    assert isinstance(_default_transport("httpx", 8), httpx.AsyncHTTPTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # only httpx's client honours it
     assert _default_transport("auto", 8) is None
+    assert _default_transport("httpx", 8) is None
     assert isinstance(_default_transport("aiohttp", 8), AiohttpTransport)
 
 
 def test_default_transport_without_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp now raises ImportError
-    monkeypatch.delitem(sys.modules, "adaptive_router._aiohttp_transport")
-    assert _default_transport("auto", 8) is None
+    monkeypatch.delitem(sys.modules, "adaptive_router.upstream._aiohttp_transport")
+    assert isinstance(_default_transport("auto", 8), httpx.AsyncHTTPTransport)
     with pytest.raises(ImportError, match=r"adaptive-router\[speed\]"):
         _default_transport("aiohttp", 8)

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import redis
 
-from adaptive_router.budget import Budget, key_hash, price_mask
-from adaptive_router.cache import redis_client
-from adaptive_router.catalogue import load_catalogue
-from adaptive_router.errors import BudgetExceeded, ConfigError
+from adaptive_router import BudgetExceeded, ConfigError
+from adaptive_router.core import load_catalogue
+from adaptive_router.state import Budget, key_hash, price_mask, redis_client
 from tests.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 
 PREFIX = "test-router"

@@ -12,9 +12,10 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.cache import (
+from adaptive_router import CacheUnavailable, ConfigError, RouterError
+from adaptive_router._settings import CacheSettings, RedisSettings
+from adaptive_router.state import (
     Cache,
-    CacheUnavailable,
     FailoverCache,
     MemoryCache,
     RedisCache,
@@ -23,8 +24,6 @@ from adaptive_router.cache import (
     redis_client,
     request_cache_key,
 )
-from adaptive_router.errors import ConfigError, RouterError
-from adaptive_router.settings import CacheSettings, RedisSettings
 from tests.redis_server import RedisServer, free_port, redis_server_fixture  # noqa: F401
 
 GENEROUS_MS = 1000.0  # loopback Redis in tests: timeouts only matter when it is dead

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adaptive_router.catalogue import (
+from adaptive_router import CatalogueError, RouterError
+from adaptive_router.core import (
     CAPABILITIES,
     Catalogue,
     Model,
     apply_overlay,
-    capability_bits,
     load_bundled,
     load_catalogue,
     load_openrouter,
 )
-from adaptive_router.errors import CatalogueError, RouterError
+from adaptive_router.core._catalogue import capability_bits
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODELS_JSON = SHARED_DATA / "catalog" / "openrouter_api_v1_models.json"

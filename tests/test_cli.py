@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from adaptive_router.catalogue import load_bundled
-from adaptive_router.cli import main
+from adaptive_router._cli import main
+from adaptive_router.core import load_bundled
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ["speed", "cost", "quality", "balanced"]

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.openapi import openapi_spec
+from adaptive_router.service import openapi_spec
 from tests.service_fixtures import Stack, service_stack, user_body
 
 MAX_BODY = 4096
@@ -387,11 +387,14 @@ def keyed() -> Iterator[Stack]:
 
 def _state(stack: Stack) -> dict[str, Any]:
     """Everything a request could change: the upstream's counters, what the router learned
-    (its /models table), and its usage and spend."""
+    (each model's evidence in its /models table), and its usage and spend."""
     metrics = stack.http.get("/metrics.json", headers=GOOD).json()
+    table = stack.http.get("/models", headers=GOOD).json()["data"]
     return {
         "upstream": {k: v for k, v in stack.sim_stats().items() if k != "elapsed_s"},
-        "learned": stack.http.get("/models", headers=GOOD).json(),
+        # Evidence decays with time (a half-life of minutes), so it is compared to within half an
+        # answer: one request let through would add a whole one.
+        "learned": {row["model"]: pytest.approx(row["evidence"], abs=0.5) for row in table},
         "usage": {k: metrics[k] for k in ("models", "spend_usd", "cache", "fallbacks", "breakers")},
     }
 

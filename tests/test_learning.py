@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.learning import DecayedSums, Learner
+from adaptive_router.core import DecayedSums, Learner
 
 IDS = ("a/x", "b/y", "c/z")
 TASKS = ("code", "general")

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from adaptive_router.metrics import INSTALL_HINT, Metrics
+from adaptive_router.pipeline import INSTALL_HINT, Metrics
 
 A = "openai/gpt-4o-mini"
 B = "anthropic/claude-3-haiku"

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptive_router.errors import ConfigError, RequestError
-from adaptive_router.profile import Profiler, TaskRules, estimate_tokens
-from adaptive_router.router import Router, RouteRequest
-from adaptive_router.settings import ProfileSettings, load_settings
+from adaptive_router import ConfigError, RequestError, load_settings
+from adaptive_router._settings import ProfileSettings
+from adaptive_router.core import Profiler, Router, RouteRequest, TaskRules, estimate_tokens
 
 # Words that are no task's keyword, to pad a prompt to any length.
 FILLER = "lorem ipsum dolor sit amet "

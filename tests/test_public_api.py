@@ -8,24 +8,34 @@ import adaptive_router
 
 # Changing this list changes the public API: say so in the changelog.
 EXPECTED_ALL = [
+    "AllCandidatesFailed",
+    "ApiError",
     "BudgetExceeded",
     "CAPABILITIES",
+    "CacheUnavailable",
+    "Call",
     "Candidate",
     "Catalogue",
     "CatalogueError",
     "ConfigError",
     "Decision",
     "Estimates",
+    "Hook",
     "Learner",
     "LearnerState",
     "LogScale",
     "Model",
     "NoEligibleModel",
+    "NoHook",
     "Outcome",
     "POLICIES",
+    "Pipeline",
     "Profile",
     "Profiler",
+    "RedisUnavailable",
+    "ReplayError",
     "RequestError",
+    "RequestFailed",
     "RouteRequest",
     "Router",
     "RouterConfig",
@@ -34,10 +44,12 @@ EXPECTED_ALL = [
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamRejected",
     "UpstreamStatusError",
     "UpstreamTimeout",
     "__version__",
     "apply_overlay",
+    "create_app",
     "load_bundled",
     "load_catalogue",
     "load_openrouter",
@@ -46,14 +58,21 @@ EXPECTED_ALL = [
 ]
 
 ERRORS = [
+    "AllCandidatesFailed",
+    "ApiError",
     "BudgetExceeded",
+    "CacheUnavailable",
     "CatalogueError",
     "ConfigError",
     "NoEligibleModel",
+    "RedisUnavailable",
+    "ReplayError",
     "RequestError",
+    "RequestFailed",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
+    "UpstreamRejected",
     "UpstreamStatusError",
     "UpstreamTimeout",
 ]
@@ -82,7 +101,15 @@ def test_star_import_gives_exactly_all() -> None:
 def test_errors_share_one_root(name: str) -> None:
     error = getattr(adaptive_router, name)
     assert issubclass(error, adaptive_router.RouterError)
-    assert error is getattr(importlib.import_module("adaptive_router.errors"), name)
+    assert error is getattr(importlib.import_module("adaptive_router._errors"), name)
+
+
+@pytest.mark.parametrize("face", ["core", "upstream", "state", "offline", "simulator", "pipeline", "service"])
+def test_each_subpackage_face_exports_what_it_names(face: str) -> None:
+    module = importlib.import_module(f"adaptive_router.{face}")
+    assert module.__all__ == sorted(module.__all__) or sorted(module.__all__, key=str.lower)
+    for name in module.__all__:
+        assert not name.startswith("_") and hasattr(module, name)
 
 
 def test_version_is_a_release_string() -> None:

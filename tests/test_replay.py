@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adaptive_router.catalogue import Catalogue, Model
-from adaptive_router.cli import main
-from adaptive_router.replay import (
+from adaptive_router import ReplayError, load_settings
+from adaptive_router._cli import main
+from adaptive_router.core import Catalogue, Model, Router, RouteRequest
+from adaptive_router.offline import (
     LogData,
-    ReplayError,
     RewardSpec,
     TargetPolicy,
+    TrafficLog,
     cost_quality_curve,
     evaluate,
     evaluate_many,
@@ -26,10 +27,7 @@ from adaptive_router.replay import (
     replay_outcomes,
     target_distribution,
 )
-from adaptive_router.router import Router, RouteRequest
-from adaptive_router.settings import load_settings
-from adaptive_router.simulate import SimClock, World
-from adaptive_router.trafficlog import TrafficLog
+from adaptive_router.simulator import SimClock, World
 
 MODELS = ["m/a", "m/b", "m/c"]
 MU = np.array([0.3, 0.6, 0.8])  # true mean reward of each model

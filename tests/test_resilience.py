@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 import redis
 
-from adaptive_router.cache import redis_client
-from adaptive_router.learning import Learner
-from adaptive_router.shared import SharedState, decode_state
+from adaptive_router.core import Learner
+from adaptive_router.state import SharedState, decode_state, redis_client
 from tests.process_fixtures import (
     CHAT_BODY,
     MODELS,

@@ -6,11 +6,17 @@ import asyncio
 
 import pytest
 
-from adaptive_router.catalogue import Catalogue, Model
-from adaptive_router.errors import ConfigError, NoEligibleModel, UpstreamStatusError
-from adaptive_router.execution import Breakers, Executor
-from adaptive_router.router import Router, RouteRequest
-from adaptive_router.settings import load_settings
+from adaptive_router import (
+    Catalogue,
+    ConfigError,
+    Model,
+    NoEligibleModel,
+    Router,
+    RouteRequest,
+    UpstreamStatusError,
+    load_settings,
+)
+from adaptive_router.upstream import Breakers, Completion, Executor
 
 LOCAL = {"local": {"base_url": "http://127.0.0.1:9/v1", "models": ["local/*"]}}
 
@@ -72,8 +78,6 @@ class _RateLimited:
         self.calls.append(model_id)
         if model_id == self.limited:
             raise UpstreamStatusError(model_id, 429, b"{}", {"retry-after": "30"})
-        from adaptive_router.upstream import Completion
-
         return Completion(model_id, "p", 200, {}, 0.01, None, 1, 5, None, {})
 
 

@@ -8,12 +8,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.catalogue import Catalogue, Model
-from adaptive_router.errors import NoEligibleModel, RequestError
-from adaptive_router.router import Outcome, Router, RouteRequest
-from adaptive_router.scoring import Softmax
-from adaptive_router.settings import load_settings
-from adaptive_router.simulate import LAB_IDS, SimClock, lab, run
+from adaptive_router import NoEligibleModel, RequestError, load_settings
+from adaptive_router.core import Catalogue, Model, Outcome, Router, RouteRequest, Softmax
+from adaptive_router.simulator import LAB_IDS, SimClock, lab, run
 
 CAPS = ["tools", "vision", "json_mode"]
 

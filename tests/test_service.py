@@ -22,8 +22,8 @@ import openai
 import pytest
 import redis
 
-from adaptive_router.cache import request_cache_key
-from adaptive_router.catalogue import Catalogue, Model
+from adaptive_router.core import Catalogue, Model
+from adaptive_router.state import request_cache_key
 from tests.redis_server import RedisServer
 from tests.redis_server import redis_server_fixture as redis_server_fixture
 from tests.servers import free_port
@@ -927,7 +927,7 @@ def test_many_concurrent_clients_leaving_leave_no_upstream_stream(monkeypatch: p
 def test_traffic_log_records_each_routed_request_and_its_feedback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from adaptive_router.replay import read_log
+    from adaptive_router.offline import read_log
 
     log_path = tmp_path / "traffic.jsonl"
     with service_stack(monkeypatch, events=[fail(FAST, 500)], server={"traffic_log": str(log_path)}) as stack:

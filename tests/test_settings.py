@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptive_router.errors import ConfigError, RouterError
-from adaptive_router.settings import Settings, Weights, load_settings
+from adaptive_router import ConfigError, RouterError, Settings, load_settings
+from adaptive_router._settings import Weights
 
 BUILTIN_MODES = {
     "speed": (0.7, 0.2, 0.1),

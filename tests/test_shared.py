@@ -14,9 +14,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.cache import redis_client
-from adaptive_router.learning import DecayedSums, Learner
-from adaptive_router.shared import (
+from adaptive_router.core import DecayedSums, Learner
+from adaptive_router.state import (
     WIRE_VERSION,
     Published,
     SharedState,
@@ -24,6 +23,7 @@ from adaptive_router.shared import (
     decode_state,
     encode_state,
     hash_tag,
+    redis_client,
 )
 from tests.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 

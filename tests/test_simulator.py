@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_router import simulator
-from adaptive_router.errors import ConfigError
+from adaptive_router import ConfigError, simulator
 from adaptive_router.simulator import (
     CHARS_PER_TOKEN,
     Scenario,

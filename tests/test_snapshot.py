@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptive_router import _snapshot
-from adaptive_router._snapshot import (
+from adaptive_router import CatalogueError
+from tools import build_snapshot as _snapshot
+from tools.build_snapshot import (
     CAPABILITIES,
     LatencyClass,
     QualityFit,
@@ -28,7 +29,6 @@ from adaptive_router._snapshot import (
     thinks_by_default,
     ttft_prior,
 )
-from adaptive_router.errors import CatalogueError
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = REPO / "adaptive_router" / "data" / "catalogue.json"
@@ -84,7 +84,7 @@ def models() -> list[dict[str, Any]]:
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "adaptive_router._snapshot", *map(str, args)],
+        [sys.executable, str(REPO / "tools" / "build_snapshot.py"), *map(str, args)],
         cwd=REPO,
         env=env,
         capture_output=True,

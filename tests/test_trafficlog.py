@@ -11,13 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_router.catalogue import Catalogue, Model
-from adaptive_router.execution import Attempt
-from adaptive_router.router import Decision, Outcome, Router, RouteRequest
-from adaptive_router.settings import load_settings
-from adaptive_router.simulate import SimClock
-from adaptive_router.trafficlog import TrafficLog, decision_record, feedback_record, prompt_digest
-from adaptive_router.upstream import Completion
+from adaptive_router import load_settings
+from adaptive_router.core import Catalogue, Decision, Model, Outcome, Router, RouteRequest
+from adaptive_router.offline import TrafficLog, decision_record, feedback_record, prompt_digest
+from adaptive_router.simulator import SimClock
+from adaptive_router.upstream import Attempt, Completion
 
 IDS = ["lab/a", "lab/b", "lab/c"]
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptive_router.errors import (
+from adaptive_router import (
     ConfigError,
     UpstreamConnectError,
     UpstreamError,
@@ -19,7 +19,7 @@ from adaptive_router.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from adaptive_router.settings import ProviderSettings, UpstreamSettings
+from adaptive_router._settings import ProviderSettings, UpstreamSettings
 from adaptive_router.upstream import (
     APP_TITLE,
     APP_URL,

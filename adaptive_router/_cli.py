@@ -1,0 +1,558 @@
+"""``adaptive-router``: the command line. Flags become settings; settings build the parts.
+
+    adaptive-router models --mode speed
+    adaptive-router route "Write a haiku" --dry-run --priority speed --max-ttft 600
+    adaptive-router benchmark --iterations 20000 --models 300
+    adaptive-router serve --port 8000
+    adaptive-router simulate-upstream --port 9000
+    adaptive-router replay logs/traffic.jsonl --policy greedy --mode cost
+    adaptive-router replay ../shared/data/outcomes/outcomes.csv --source routerbench --mode quality
+
+Exit codes: 0 success, 1 a routing or upstream failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from ._errors import ConfigError, NoEligibleModel, RequestError, RouterError
+from ._settings import Settings, load_settings
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _weights(text: str) -> tuple[float, float, float]:
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("weights are three numbers: latency,cost,quality")
+    values = tuple(_non_negative_float(p) for p in parts)
+    if sum(values) <= 0:
+        raise argparse.ArgumentTypeError("weights must not all be zero")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="adaptive-router", description="Route each LLM request to the best model.")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings YAML (default: $ROUTER_SETTINGS_FILE, "
+        "else ./settings.yaml if present, else the embedded defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    models = sub.add_parser("models", help="the catalogue ranked for a mode")
+    models.add_argument(
+        "--mode", default=None, help="speed, cost, quality, balanced, or a mode from settings"
+    )
+    models.add_argument("--limit", type=_positive_int, default=None, help="show the first N")
+    models.add_argument("--json", action="store_true")
+
+    route = sub.add_parser("route", help="route one prompt (with --dry-run: the decision only)")
+    route.add_argument("prompt")
+    route.add_argument("--dry-run", action="store_true", help="decide without calling any model")
+    route.add_argument("--priority", "--mode", dest="mode", default=None)
+    route.add_argument("--weights", type=_weights, default=None, metavar="L,C,Q")
+    route.add_argument("--max-latency", type=_non_negative_float, default=None, metavar="MS")
+    route.add_argument(
+        "--max-ttft", type=_non_negative_float, default=None, metavar="MS", help="time to first token"
+    )
+    route.add_argument("--max-cost", type=_non_negative_float, default=None, metavar="USD")
+    route.add_argument("--max-tokens", type=_positive_int, default=None)
+    route.add_argument("--capability", action="append", default=[], help="required, e.g. tools, vision")
+    route.add_argument("--allow", action="append", default=[], metavar="GLOB")
+    route.add_argument("--deny", action="append", default=[], metavar="GLOB")
+    route.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("benchmark", help="time the decision in-process")
+    bench.add_argument("--iterations", type=_positive_int, default=20_000)
+    bench.add_argument("--models", type=_positive_int, default=None, help="synthetic catalogue of N models")
+    bench.add_argument("--policy", choices=["ucb", "thompson", "softmax", "greedy"], default=None)
+    bench.add_argument("--json", action="store_true")
+
+    _add_service_commands(sub)
+    _add_replay_command(sub)
+    return parser
+
+
+def _add_service_commands(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=_positive_int, default=None)
+
+    sim = sub.add_parser("simulate-upstream", help="run the simulated OpenAI-compatible upstream")
+    sim.add_argument("--scenario", default=None, metavar="FILE")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9000)
+
+
+def _settings_path(path: str | None) -> str | None:
+    import os
+    from pathlib import Path
+
+    from ._settings import SETTINGS_FILE_ENV
+
+    if path is None and not os.environ.get(SETTINGS_FILE_ENV) and Path("settings.yaml").is_file():
+        path = "settings.yaml"
+    return str(Path(path).resolve()) if path is not None else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "models": cmd_models,
+        "route": cmd_route,
+        "benchmark": cmd_benchmark,
+        "serve": cmd_serve,
+        "simulate-upstream": cmd_simulate_upstream,
+        "replay": cmd_replay,
+    }
+    try:
+        args.settings_path = _settings_path(args.config)
+        settings = load_settings(args.settings_path)
+        return commands[args.command](args, settings)
+    except (ConfigError, RequestError) as exc:
+        print(f"adaptive-router: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoEligibleModel as exc:
+        print(f"adaptive-router: {exc} (constraint: {exc.constraint})", file=sys.stderr)
+        return EXIT_FAILED
+    except RouterError as exc:
+        print(f"adaptive-router: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from .core._router import Router
+
+    router = Router.from_settings(settings)
+    rows = router.model_table(args.mode)
+    if args.limit:
+        rows = rows[: args.limit]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    columns = [
+        "rank",
+        "model",
+        "score",
+        "latency",
+        "cost",
+        "quality",
+        "est_latency_ms",
+        "est_cost_usd",
+        "quality_est",
+        "success",
+        "evidence",
+        "prompt_per_m",
+        "completion_per_m",
+        "context",
+    ]
+    _print_table(f"{router.catalogue} ranked for mode {rows[0]['mode'] if rows else ''}", columns, rows)
+    return EXIT_OK
+
+
+# --- route -------------------------------------------------------------------------------
+
+
+def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
+    from .core._decision import RouteRequest
+    from .core._router import Router
+
+    router = Router.from_settings(settings)
+    request = RouteRequest(
+        prompt=args.prompt,
+        mode=args.mode,
+        weights=args.weights,
+        max_latency_ms=args.max_latency,
+        max_ttft_ms=args.max_ttft,
+        max_cost_usd=args.max_cost,
+        max_tokens=args.max_tokens,
+        capabilities=frozenset(args.capability),
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+    )
+    if not args.dry_run:
+        return _route_live(settings, request, args)
+    decision = router.decide(request)
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+        return EXIT_OK
+    print(f"model:     {decision.model}")
+    print(f"fallbacks: {', '.join(decision.fallbacks) or '-'}")
+    print(f"reason:    {decision.reason}")
+    print(
+        f"profile:   task={decision.profile.task} prompt_tokens={decision.profile.prompt_tokens} "
+        f"expected_output_tokens={decision.profile.expected_output_tokens}"
+    )
+    print(f"decided in {decision.decision_us:.1f} us over {decision.eligible} eligible models")
+    columns = [
+        "model",
+        "score",
+        "latency_term",
+        "cost_term",
+        "quality_term",
+        "exploration",
+        "latency_s",
+        "cost_usd",
+    ]
+    _print_table("ranking", columns, [_candidate_row(c) for c in decision.candidates])
+    return EXIT_OK
+
+
+def _candidate_row(candidate: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(candidate).items()}
+
+
+def _route_live(settings: Settings, request: Any, args: argparse.Namespace) -> int:
+    from .pipeline._runtime import complete_once
+
+    return complete_once(settings, request, args.prompt, args.max_tokens, args.json)
+
+
+# --- benchmark ---------------------------------------------------------------------------
+
+
+def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
+    from ._bench import router_for, sample_requests, time_decisions
+    from .core._router import Router
+
+    if args.models is not None:
+        router = router_for(settings, args.models, args.policy)
+    else:
+        router = Router.from_settings(settings)
+    timing = time_decisions(router, sample_requests(), args.iterations)
+    result = {"models": len(router.catalogue), "policy": router.policy.name, **timing.as_dict()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    columns = ["models", "policy", "p50_us", "p95_us", "p99_us", "mean_us", "per_second", "iterations"]
+    _print_table(
+        "decision time (in-process, profile + masks + score + exploration + ranking)",
+        columns,
+        [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in result.items()}],
+    )
+    return EXIT_OK
+
+
+# --- service -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from ._settings import SETTINGS_FILE_ENV
+    from .service._app import serve
+
+    if args.settings_path and (args.workers or settings.server.workers) > 1:
+        os.environ[SETTINGS_FILE_ENV] = args.settings_path  # worker processes rebuild settings from it
+
+    server = settings.server.model_copy(
+        update={
+            k: v
+            for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+            if v is not None
+        }
+    )
+    serve(settings.model_copy(update={"server": server}))
+    return EXIT_OK
+
+
+def cmd_simulate_upstream(args: argparse.Namespace, settings: Settings) -> int:
+    from .core._router import catalogue_from_settings
+    from .simulator._app import run_simulator, sim_models_from_catalogue
+    from .simulator._scenario import load_scenario
+
+    catalogue = catalogue_from_settings(settings)
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    print(
+        f"simulated upstream for {len(catalogue)} models on http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+    )
+    run_simulator(sim_models_from_catalogue(catalogue), scenario, args.host, args.port)
+    return EXIT_OK
+
+
+# --- replay --------------------------------------------------------------------------------
+
+
+def _add_replay_command(sub: Any) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="off-policy estimates on a traffic log, or the router run through an outcome table",
+        description="LOG_OR_TABLE is a traffic log (JSON lines; rotated files are read too) or an "
+        "outcome table (CSV: source,prompt_id,model,quality,cost_usd,...).",
+    )
+    replay.add_argument("path", metavar="LOG_OR_TABLE")
+    replay.add_argument("--policy", choices=["ucb", "thompson", "softmax", "greedy"], default=None)
+    replay.add_argument(
+        "--mode", default=None, help="speed, cost, quality, balanced, or a mode from settings"
+    )
+    replay.add_argument("--weights", type=_weights, default=None, metavar="L,C,Q")
+    replay.add_argument("--temperature", type=_non_negative_float, default=None, help="softmax temperature")
+    replay.add_argument(
+        "--limit", type=_positive_int, default=None, help="outcome tables: the first N prompts"
+    )
+    replay.add_argument("--seed", type=int, default=0, help="outcome tables: shuffle and exploration seed")
+    replay.add_argument("--source", default=None, help="outcome tables: which source (default: the first)")
+    replay.add_argument(
+        "--prompts", default=None, metavar="FILE", help="default: prompts.jsonl beside the table"
+    )
+    replay.add_argument(
+        "--latency",
+        default=None,
+        metavar="FILE",
+        help="measured latencies (llmperf CSV); default: ../latency/llmperf_requests.csv beside the table",
+    )
+    replay.add_argument("--curve", action="store_true", help="outcome tables: add the cost-quality curve")
+    replay.add_argument("--json", action="store_true")
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ._errors import ReplayError
+
+    try:
+        if args.temperature is not None and args.temperature <= 0:
+            raise ValueError("--temperature must be > 0")
+        if _is_traffic_log(args.path):
+            return _replay_log(args, settings)
+        return _replay_table(args, settings)
+    except (ReplayError, ValueError) as exc:
+        print(f"adaptive-router replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _is_traffic_log(path: str) -> bool:
+    """JSON lines (or only rotated backups present) is a traffic log; anything else a CSV table."""
+    from pathlib import Path
+
+    from ._errors import ReplayError
+
+    file = Path(path)
+    if not file.exists():
+        if Path(f"{path}.1").exists():
+            return True
+        raise ReplayError(f"{path}: no such file")
+    if file.is_dir():
+        raise ReplayError(f"{path}: is a directory")
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(4096).lstrip()
+    except OSError as exc:
+        raise ReplayError(f"{path}: cannot read: {exc.strerror}") from exc
+    return head.startswith(b"{") or (not head and file.suffix != ".csv")
+
+
+def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
+    from .core._scoring import LogScale
+    from .offline._replay import RewardSpec, TargetPolicy, evaluate_many, logged_value, read_log
+
+    if args.policy == "thompson":
+        raise ValueError("thompson has no action probabilities to replay; choose greedy, softmax or ucb")
+    temperature = args.temperature or settings.exploration.temperature
+    names = [args.policy] if args.policy else ["greedy", "softmax", "ucb"]
+    targets = [TargetPolicy(n, args.mode, args.weights, temperature) for n in names]
+    modes = {name: w.normalised() for name, w in settings.routing.modes.items()}
+    scales = (LogScale(*settings.routing.latency_scale_s), LogScale(*settings.routing.cost_scale_usd))
+    log = read_log(args.path)
+    estimates = evaluate_many(log, targets, RewardSpec(), modes=modes, scales=scales)
+    logged = logged_value(log)
+    if args.json:
+        print(json.dumps({"logged": _asdict(logged), "targets": [e.to_dict() for e in estimates]}, indent=2))
+        return EXIT_OK
+    rows = [{"target": "logged policy (on-policy)", "ips": _ci(logged), "n": estimates[0].n}]
+    rows += [
+        {
+            "target": e.target,
+            "ips": _ci(e.ips),
+            "snips": _ci(e.snips),
+            "dr": _ci(e.dr),
+            "ess": round(e.ess, 1),
+            "agreement": round(e.agreement, 3),
+            "n": e.n,
+        }
+        for e in estimates
+    ]
+    title = f"off-policy estimates of mean reward, 95% normal intervals ({len(log.files)} file(s))"
+    _print_table(title, ["target", "ips", "snips", "dr", "ess", "agreement", "n"], rows)
+    skipped = {k: v for k, v in estimates[0].skipped.items() if v}
+    if skipped:
+        print("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
+    return EXIT_OK
+
+
+def _asdict(value: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(value)
+
+
+def _ci(interval: Any) -> str:
+    return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
+
+
+def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from .offline._outcomes import cost_quality_curve, load_outcomes, replay_outcomes, table_sources
+
+    if args.source is None:
+        sources = table_sources(args.path)
+        if len(sources) > 1:
+            others = ", ".join(sources[1:])
+            print(
+                f"using source {sources[0]!r} (also in the table: {others}; pick with --source)",
+                file=sys.stderr,
+            )
+    table = load_outcomes(args.path, args.prompts, source=args.source)
+    latency = args.latency
+    beside = Path(args.path).resolve().parent.parent / "latency" / "llmperf_requests.csv"
+    if latency is None and beside.is_file():
+        latency = beside
+    policy = args.policy or settings.exploration.policy
+    n = min(args.limit or len(table), len(table))
+    runs = 1 + (8 if args.curve else 0)
+    with _progress(n * runs, enabled=n * runs > 2_000) as advance:
+        report = replay_outcomes(
+            table,
+            None,
+            settings,
+            policy,
+            args.mode,
+            args.seed,
+            True,
+            args.limit,
+            latency,
+            weights=args.weights,
+            temperature=args.temperature,
+            progress=lambda d, t: advance(d),
+        )
+        curve = []
+        if args.curve:
+            curve = cost_quality_curve(
+                table,
+                settings,
+                policy,
+                seed=args.seed,
+                limit=args.limit,
+                latency=latency,
+                progress=lambda d, t: advance(n + d),
+            )
+    if args.json:
+        data = report.to_dict()
+        data["curve"] = [_asdict(p) for p in curve]
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    s = report.summary()
+    title = (
+        f"{s['source']}: {s['prompts']} prompts in one shuffled pass (seed {s['seed']}), "
+        f"policy {s['policy']}, mode {s['mode']}; reference {s['reference']}"
+    )
+    columns = ["name", "quality", "cost_usd", "latency_s", "utility", "quality_vs_ref", "cost_vs_ref"]
+    _print_table(title, columns, report.rows())
+    print(
+        f"router: {s['quality_ratio']:.1%} of {s['reference']}'s quality "
+        f"at {s['cost_ratio']:.1%} of its cost; "
+        f"quality regret vs best fixed {s['regret_vs_best_fixed']:+.4f}, "
+        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times; "
+        f"{s['dropped']} prompts dropped (incomplete rows)"
+    )
+    if curve:
+        rows = [
+            {
+                "quality_weight": p.quality_weight,
+                "quality": round(p.quality, 4),
+                "cost_usd": round(p.cost_usd, 4),
+                "quality_vs_ref": round(p.quality_ratio, 4),
+                "cost_vs_ref": round(p.cost_ratio, 4),
+            }
+            for p in curve
+        ]
+        _print_table("cost-quality curve (latency:cost weights 1:2)", list(rows[0]), rows)
+    return EXIT_OK
+
+
+class _progress:
+    """A rich progress bar on stderr for long runs; a no-op when short or rich is absent."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self.enabled:
+            try:
+                from rich.console import Console
+                from rich.progress import Progress
+            except ImportError:
+                return lambda done: None
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.bar.start()
+            task = self.bar.add_task("replaying", total=self.total)
+            return lambda done: self.bar.update(task, completed=done)
+        return lambda done: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # the 'cli' extra is absent: say so, and still answer in JSON
+        print("(install adaptive-router[cli] for tables; printing JSON)", file=sys.stderr)
+        print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2))
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,549 @@
+"""Settings: ``settings.yaml`` overridden by the environment, validated once at start-up.
+
+Precedence, highest first: keyword arguments, environment (``ROUTER_<SECTION>__<KEY>``, plus
+``OPENROUTER_API_KEY``), the ``.env`` file, the YAML file, the defaults below. A wrong value
+raises :class:`ConfigError` naming the key, e.g. ``routing.default_weights.latency``.
+
+    settings = load_settings("settings.yaml")
+    settings.routing.modes["speed"].latency   # 0.7
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from ._errors import ConfigError
+
+__all__ = [
+    "BudgetSettings",
+    "CacheSettings",
+    "CatalogueSettings",
+    "ExplorationSettings",
+    "LearningSettings",
+    "ProfileSettings",
+    "ProviderSettings",
+    "RedisSettings",
+    "RoutingSettings",
+    "ServerSettings",
+    "Settings",
+    "TaskRule",
+    "UpstreamSettings",
+    "Weights",
+    "load_settings",
+]
+
+SETTINGS_FILE_ENV = "ROUTER_SETTINGS_FILE"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Weights(_Section):
+    """Non-negative weights of the three terms; normalised to sum to 1."""
+
+    latency: float = Field(ge=0, allow_inf_nan=False)
+    cost: float = Field(ge=0, allow_inf_nan=False)
+    quality: float = Field(ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> Weights:
+        if self.latency + self.cost + self.quality <= 0:
+            raise ValueError("weights must not all be zero")
+        return self
+
+    def normalised(self) -> tuple[float, float, float]:
+        total = self.latency + self.cost + self.quality
+        return (self.latency / total, self.cost / total, self.quality / total)
+
+
+def _default_modes() -> dict[str, Weights]:
+    third = 1.0 / 3.0
+    return {
+        "speed": Weights(latency=0.70, cost=0.20, quality=0.10),
+        "cost": Weights(latency=0.20, cost=0.70, quality=0.10),
+        "quality": Weights(latency=0.10, cost=0.20, quality=0.70),
+        "balanced": Weights(latency=third, cost=third, quality=third),
+    }
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    api_keys: list[str] = Field(
+        default_factory=list, description="bearer keys; empty means no auth", repr=False
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
+    traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
+    traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    traffic_log_backups: int = Field(default=5, ge=0)
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(default=None, description="redis://host:port/db; unset means memory only")
+    connect_timeout_ms: float = Field(default=50.0, gt=0)
+    op_timeout_ms: float = Field(default=5.0, gt=0)
+    retry_after_s: float = Field(default=2.0, gt=0, description="how long to stay on memory after a fault")
+    prefix: str = "adaptive-router"
+
+
+class CacheSettings(_Section):
+    enabled: bool = True
+    ttl_seconds: float = Field(default=3600.0, gt=0)
+    memory_max_entries: int = Field(default=10_000, ge=1)
+    max_value_bytes: int = Field(default=1_048_576, ge=1)
+    decision_ttl_seconds: float = Field(default=1.0, ge=0)
+
+
+_DEFAULT_WEIGHTS = {"latency": 0.4, "cost": 0.3, "quality": 0.3}
+
+
+class RoutingSettings(_Section):
+    default_weights: Weights = Weights(**_DEFAULT_WEIGHTS)
+    modes: dict[str, Weights] = Field(default_factory=_default_modes)
+    fallback_models: list[str] = Field(default_factory=list)
+    top_k: int = Field(default=4, ge=1, le=64, description="candidates kept as the fallback order")
+    latency_quantile: float = Field(default=0.9, gt=0.5, lt=1.0)
+    latency_scale_s: tuple[float, float] = (0.01, 120.0)
+    cost_scale_usd: tuple[float, float] = (1e-7, 1.0)
+    allow: list[str] = Field(
+        default_factory=list, description="globs of model ids the router may use; empty: every routable one"
+    )
+    deny: list[str] = Field(
+        default_factory=lambda: ["*:free"],
+        description="globs of model ids never used (default: OpenRouter's rate-limited ':free' variants)",
+    )
+
+    @field_validator("latency_scale_s", "cost_scale_usd")
+    @classmethod
+    def _scale_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low < high:
+            raise ValueError("needs 0 < low < high")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_default_weights(cls, data: Any) -> Any:
+        # ROUTER_ROUTING__DEFAULT_WEIGHTS__LATENCY=0.5 alone keeps the other two defaults;
+        # likewise for one weight of a built-in mode. A new mode must give all three.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("default_weights"), dict):
+            data["default_weights"] = {**_DEFAULT_WEIGHTS, **data["default_weights"]}
+        if isinstance(data.get("modes"), dict):
+            builtin = _default_modes()
+            data["modes"] = {
+                name: {**builtin[name].model_dump(), **value}
+                if name in builtin and isinstance(value, dict)
+                else value
+                for name, value in data["modes"].items()
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _builtin_modes_present(self) -> RoutingSettings:
+        # A settings file that adds a mode should not lose the four documented ones.
+        merged = {**_default_modes(), **self.modes}
+        object.__setattr__(self, "modes", merged)
+        return self
+
+
+class LearningSettings(_Section):
+    latency_half_life_s: float = Field(default=300.0, gt=0, description="latency moves fast")
+    quality_half_life_s: float = Field(default=86_400.0, gt=0, description="quality moves slowly")
+    prior_strength: float = Field(default=5.0, gt=0, description="pseudo-observations behind a prior")
+    latency_log_sd_prior: float = Field(
+        default=0.3, gt=0, description="log spread of one answer's latency before evidence"
+    )
+    success_prior: float = Field(default=0.98, gt=0, lt=1)
+    refresh_interval_s: float = Field(default=1.0, gt=0, description="full re-estimate at most this often")
+    surprise_z: float = Field(default=2.5, gt=0, description="a latency this many sd off is a surprise")
+    surprise_forget: float = Field(default=0.5, gt=0, le=1, description="past evidence kept after a surprise")
+    stale_after: float = Field(
+        default=100.0,
+        ge=0,
+        description="requests elsewhere after which a model's old latency evidence counts half (0: never)",
+    )
+    calibration_half_life_s: float = Field(
+        default=3600.0, gt=0, description="how slowly a provider's speed against the public figures moves"
+    )
+    latency_prior_strength: float = Field(
+        default=1.0,
+        gt=0,
+        description="answers' worth of the provider-calibrated prior in a model's latency fit",
+    )
+    calibration_strength: float = Field(
+        default=1.0, gt=0, description="pseudo-observations behind 'as fast as the public figures'"
+    )
+    feedback_memory: int = Field(default=100_000, ge=0, description="request ids kept for /feedback")
+    state_path: str | None = Field(default=None, description="save/load learned state here")
+    sync_interval_ms: float = Field(default=1000.0, gt=0, description="how often replicas share via Redis")
+    replica_id: str | None = Field(
+        default=None, description="stable id per replica (pod name); default host-pid"
+    )
+    shared_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="a silent replica's evidence is dropped after"
+    )
+
+
+class ExplorationSettings(_Section):
+    policy: Literal["ucb", "thompson", "softmax", "greedy"] = "ucb"
+    ucb_c: float = Field(default=0.5, ge=0, description="UCB: bonus = c * sqrt(ln(1 + N)) * score sd")
+    temperature: float = Field(default=0.02, gt=0, description="softmax temperature in score units")
+    recheck_after: float = Field(
+        default=100.0, gt=0, description="requests elsewhere after which a slowed-down model is tried again"
+    )
+    seed: int | None = None
+
+
+class TaskRule(_Section):
+    """How a task class is recognised: whole words (lower case) and, sparingly, regexes.
+
+    Words are matched as a set against the words of the prompt, which costs the same for 40
+    keywords as for 4; each regex is another pass over the text, so keep them few and anchored
+    on a literal. Both are matched against the lower-cased prompt.
+    """
+
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad pattern {pattern!r}: {exc}") from exc
+        return patterns
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords_lower(cls, keywords: list[str]) -> list[str]:
+        return [k.strip().lower() for k in keywords if k.strip()]
+
+
+def _default_tasks() -> dict[str, TaskRule]:
+    return {
+        "code": TaskRule(
+            keywords=[
+                "code",
+                "python",
+                "javascript",
+                "typescript",
+                "java",
+                "rust",
+                "golang",
+                "c++",
+                "sql",
+                "regex",
+                "function",
+                "def",
+                "class",
+                "bug",
+                "debug",
+                "compile",
+                "compiler",
+                "refactor",
+                "api",
+                "json",
+                "stack trace",
+                "traceback",
+                "exception",
+                "script",
+                "program",
+                "algorithm",
+                "html",
+                "css",
+            ],
+            patterns=[r"```"],
+        ),
+        "math": TaskRule(
+            keywords=[
+                "math",
+                "equation",
+                "integral",
+                "derivative",
+                "solve",
+                "prove",
+                "proof",
+                "probability",
+                "calculate",
+                "compute",
+                "arithmetic",
+                "algebra",
+                "geometry",
+                "theorem",
+                "how many",
+            ],
+            # "2 + 3", "x^2 = 4", "7 - 2" (spaced minus only: "2024-01-05" is a date, not a sum)
+            patterns=[r"\d\s*[+*/^=×÷]\s*\d", r"\d\s+-\s+\d"],
+        ),
+        "translation": TaskRule(
+            keywords=[
+                "translate",
+                "translation",
+                "translated",
+                "into french",
+                "into english",
+                "into german",
+                "into spanish",
+                "into chinese",
+                "into japanese",
+            ],
+        ),
+        "summarisation": TaskRule(
+            keywords=[
+                "summarise",
+                "summarize",
+                "summary",
+                "summarisation",
+                "summarization",
+                "tldr",
+                "tl;dr",
+                "key points",
+                "in one sentence",
+            ],
+        ),
+    }
+
+
+class ProfileSettings(_Section):
+    """Task classes by keyword (most hits wins, ties in settings order; none: ``default_task``)."""
+
+    tasks: dict[str, TaskRule] = Field(default_factory=_default_tasks)
+    default_task: str = "general"
+    scan_chars: int = Field(default=2000, ge=64, description="head and tail of the last user turn scanned")
+    length_buckets: list[int] = Field(default_factory=lambda: [256, 2048])
+    # "task" by default: on RouterBench (benchmarks/learning.py) length cells gained nothing beyond
+    # seed noise at matched cost, and every extra cell learns every model again from its prior.
+    cells: Literal["task", "task_and_length"] = Field(
+        default="task", description="the learner's rows: task classes, or (task class, length bucket) pairs"
+    )
+    expected_output_tokens: dict[str, int] = Field(
+        default_factory=lambda: {
+            "general": 300,
+            "code": 500,
+            "math": 400,
+            "translation": 200,
+            "summarisation": 200,
+        }
+    )
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _buckets_increasing(cls, buckets: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(buckets)) or any(b <= 0 for b in buckets):
+            raise ValueError("length_buckets must be positive and strictly increasing")
+        return buckets
+
+    @model_validator(mode="after")
+    def _default_not_a_rule(self) -> ProfileSettings:
+        if self.default_task in self.tasks:
+            raise ValueError(f"default_task {self.default_task!r} must not also have rules")
+        return self
+
+    def task_names(self) -> list[str]:
+        return [*self.tasks, self.default_task]
+
+
+class DeclaredModel(_Section):
+    """A model only a configured provider serves (a local Ollama or vLLM model): its facts and priors."""
+
+    id: str = Field(min_length=1)
+    prompt_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="USD per million")
+    completion_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    context_length: int = Field(default=8192, ge=1)
+    max_output_tokens: int = Field(default=0, ge=0)
+    capabilities: list[str] = Field(default_factory=lambda: ["streaming"])
+    ttft_s: float = Field(default=0.5, gt=0, allow_inf_nan=False, description="prior time to first token")
+    tpot_s: float = Field(default=0.02, gt=0, allow_inf_nan=False, description="prior seconds per token")
+    quality: float = Field(default=0.5, ge=0, le=1)
+
+
+class CatalogueSettings(_Section):
+    source: str = Field(default="bundled", description="'bundled', 'openrouter' (fetch), or a JSON file path")
+    overlay: str | None = Field(default=None, description="priors by model id or glob (YAML or JSON)")
+    models: list[DeclaredModel] = Field(
+        default_factory=list, description="models to add (or replace) by id: local ones a provider serves"
+    )
+
+
+class ProviderSettings(_Section):
+    """One OpenAI-compatible endpoint. ``models`` are globs of catalogue ids it serves."""
+
+    base_url: str
+    api_key: str | None = Field(default=None, repr=False)
+    api_key_env: str | None = None
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    strip_prefix: bool = Field(default=False, description="send 'llama3' for catalogue id 'ollama/llama3'")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_key(self) -> str | None:
+        if self.api_key:
+            return self.api_key
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class UpstreamSettings(_Section):
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openrouter_api_key: str | None = Field(default=None, repr=False)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    simulate: Literal["auto", "always", "never"] = Field(
+        default="auto", description="auto: simulate when no provider has a key"
+    )
+    simulator_scenario: str | None = None
+    simulator_time_scale: float = Field(default=1.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    attempt_timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1)
+    max_connections: int = Field(default=256, ge=1)
+    http_client: Literal["auto", "httpx", "aiohttp"] = Field(
+        default="auto", description="auto: aiohttp (the speed extra) when installed and no proxy is set"
+    )
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class BudgetSettings(_Section):
+    """Daily spend caps in USD (UTC days), shared by all replicas through Redis."""
+
+    global_daily_usd: float | None = Field(default=None, ge=0)
+    per_key_daily_usd: float | None = Field(default=None, ge=0, description="per router API key")
+    near_fraction: float = Field(default=0.8, gt=0, le=1, description="from here on, cheap models only")
+    price_ceiling_per_mtok: float | None = Field(
+        default=None, ge=0, description="completion USD per 1M tokens"
+    )
+    mode: Literal["downgrade", "reject"] = Field(
+        default="reject", description="at the cap: 429, or cheap only"
+    )
+    refresh_interval_ms: float = Field(default=1000.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.global_daily_usd is not None or self.per_key_daily_usd is not None
+
+
+class Settings(BaseSettings):
+    """Everything the router reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
+    routing: RoutingSettings = RoutingSettings()
+    learning: LearningSettings = LearningSettings()
+    exploration: ExplorationSettings = ExplorationSettings()
+    profile: ProfileSettings = ProfileSettings()
+    catalogue: CatalogueSettings = CatalogueSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    budget: BudgetSettings = BudgetSettings()
+    # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
+    openrouter_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False
+    )
+    settings_file: str | None = Field(default=None, description="ROUTER_SETTINGS_FILE: read before the rest")
+    simulator_url: str | None = Field(
+        default=None, description="ROUTER_SIMULATOR_URL: a running simulated upstream"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    def openrouter_key(self) -> str | None:
+        return self.upstream.openrouter_api_key or self.openrouter_api_key or None
+
+    def simulated(self) -> bool:
+        """Simulate when told to, or (``auto``) when no provider is configured and OpenRouter has no key."""
+        mode = self.upstream.simulate
+        if mode != "auto":
+            return mode == "always"
+        return not (self.openrouter_key() or self.upstream.providers)
+
+    def routes(self) -> list[tuple[str, list[str]]]:
+        """Which provider serves which model-id globs, in the order they are matched (first wins)."""
+        if self.simulated():
+            return [("simulated", ["*"])]
+        routes = [(name, list(spec.models)) for name, spec in self.upstream.providers.items()]
+        if self.openrouter_key():
+            routes.append(("openrouter", ["*"]))
+        return routes
+
+
+def _error_key(error: Any) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "settings"
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the one ``Settings`` object from ``path`` (or ``$ROUTER_SETTINGS_FILE``; else defaults)."""
+    path = path or os.environ.get(SETTINGS_FILE_ENV) or None
+    settings_cls: type[Settings] = Settings
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError("settings file", f"{file} does not exist")
+        _check_yaml(file)
+        config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(file)})
+        settings_cls = type("Settings", (Settings,), {"model_config": config})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(_error_key(first), first["msg"]) from exc
+
+
+def _check_yaml(file: Path) -> None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError("settings file", f"{file} is not valid YAML: {exc}") from exc
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("settings file", f"{file} must hold a mapping at the top level")

@@ -1,0 +1,694 @@
+"""The ``Router`` facade: decide, record, feedback.
+
+    router = Router.from_settings(load_settings())
+    decision = router.decide(RouteRequest(prompt="Write a haiku", mode="speed"))
+    decision.model, decision.fallbacks, decision.reason
+    router.record(decision, Outcome(model=decision.model, success=True, latency_s=0.8, ttft_s=0.3,
+                                    completion_tokens=40))
+    router.feedback(decision.request_id, 0.9)
+
+A decision reads arrays held in memory and touches no network and no lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import ConfigError, NoEligibleModel, RequestError
+from .._settings import Settings
+from ._catalogue import CAPABILITIES, Catalogue, capability_bits, load_catalogue
+from ._decision import Decision, Outcome, Ranking, RouteRequest
+from ._learning import Estimates, Learner, LearnerConfig
+from ._profile import Profile, Profiler, TaskRules
+from ._scoring import Greedy, LogScale, Policy, make_policy, normal_quantile
+
+__all__ = ["Router", "catalogue_from_settings", "provider_groups"]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+_PRICE_FLOOR = 1e-15  # keeps log(cost) finite for free models; far below any cost scale
+_GREEDY = Greedy()
+_CACHEABLE_POLICIES = frozenset({"greedy"})  # every other policy explores: never reuse its choice
+_DECISION_CACHE_SIZE = 4096
+
+
+class _Buffers:
+    """Scratch arrays reused by every decision, so the hot path allocates little.
+
+    Score, latency and cost are rows of one array: one fancy index takes all three for a chain.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.terms = np.empty((3, n))
+        self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
+        self.logs = np.empty((3, n))  # clipped log latency, clipped log cost, quality value
+        self.tmp = np.empty(n)
+        self.tmp2 = np.empty(n)
+        self.mask = np.empty(n, dtype=np.bool_)
+        self.mask2 = np.empty(n, dtype=np.bool_)
+
+
+@dataclass
+class RouterConfig:
+    """The plain values a Router runs on (built from ``Settings`` or by hand in tests)."""
+
+    modes: Mapping[str, tuple[float, float, float]]
+    default_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    fallback_models: Sequence[str] = ()
+    top_k: int = 4
+    latency_quantile: float = 0.9
+    latency_scale: LogScale = field(default_factory=lambda: LogScale(0.01, 120.0))
+    cost_scale: LogScale = field(default_factory=lambda: LogScale(1e-7, 1.0))
+    feedback_memory: int = 100_000
+    decision_ttl_s: float = 0.0  # reuse a deterministic decision for the same key this long (0: never)
+    allow: Sequence[str] = ()  # routing.allow: globs of ids that may be used (empty: all)
+    deny: Sequence[str] = ()  # routing.deny: globs never used
+    token_prior_strength: float = 5.0  # answers behind a cell's configured expected output length
+
+
+class Router:
+    """Picks a model per request and learns from outcomes. Not thread-safe; one per event loop."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        config: RouterConfig,
+        profiler: Profiler,
+        learner: Learner,
+        policy: Policy,
+        *,
+        rng: np.random.Generator | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.catalogue = catalogue
+        self.config = config
+        self.profiler = profiler
+        self.learner = learner
+        self.policy = policy
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.clock = clock
+        n = len(catalogue)
+        # Rows the settings permit (allow/deny, and served by a provider when routes are given
+        # to from_settings); breakers clear and set rows of ``available`` within these.
+        self.permitted = np.ones(n, dtype=np.bool_)
+        if config.allow:
+            self.permitted &= catalogue.glob_mask(tuple(config.allow))
+        if config.deny:
+            self.permitted &= ~catalogue.glob_mask(tuple(config.deny))
+        self.available = self.permitted.copy()
+        self._buf = _Buffers(n)
+        self._price_prompt = np.maximum(catalogue.price_prompt, _PRICE_FLOOR)
+        self._price_completion = np.maximum(catalogue.price_completion, _PRICE_FLOOR)
+        ls, cs = config.latency_scale, config.cost_scale
+        self._log_low = np.array([[ls.log_low], [cs.log_low]])
+        self._log_high = np.array([[ls.log_high], [cs.log_high]])
+        self._answered: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Unique across replicas and restarts without a uuid4 per request (2-3 us each).
+        self._id_prefix = f"req-{uuid.uuid4().hex[:12]}-"
+        self._id_counter = itertools.count()
+        self._capability_masks: dict[frozenset[str], BoolArray] = {}
+        self._decisions: dict[tuple[Any, ...], tuple[float, Decision]] = {}
+        self._available_version = 0
+        self._fallback_rows = [catalogue.index[m] for m in config.fallback_models if m in catalogue]
+
+    def restrict(self, routable: BoolArray) -> None:
+        """Only ``routable`` rows may be chosen (models some configured provider serves)."""
+        self.permitted &= routable
+        self.available &= routable
+        self._available_version += 1
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, catalogue: Catalogue | None = None, *, clock: Callable[[], float] = time.time
+    ) -> Router:
+        """The router ``settings`` describe. Models no configured provider serves are never
+        ranked; a ``routing.fallback_models`` id that cannot be routed is a ``ConfigError``."""
+        if catalogue is None:
+            catalogue = catalogue_from_settings(settings)
+        routing, learning, exploration, prof = (
+            settings.routing,
+            settings.learning,
+            settings.exploration,
+            settings.profile,
+        )
+        config = RouterConfig(
+            modes={name: w.normalised() for name, w in routing.modes.items()},
+            default_weights=routing.default_weights.normalised(),
+            fallback_models=routing.fallback_models,
+            top_k=routing.top_k,
+            latency_quantile=routing.latency_quantile,
+            latency_scale=LogScale(*routing.latency_scale_s),
+            cost_scale=LogScale(*routing.cost_scale_usd),
+            feedback_memory=learning.feedback_memory,
+            decision_ttl_s=settings.cache.decision_ttl_seconds if settings.cache.enabled else 0.0,
+            allow=tuple(routing.allow),
+            deny=tuple(routing.deny),
+            token_prior_strength=learning.prior_strength,
+        )
+        rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
+        profiler = Profiler(
+            rules,
+            prof.default_task,
+            prof.length_buckets,
+            prof.expected_output_tokens,
+            prof.scan_chars,
+            prof.cells,
+        )
+        groups = provider_groups(catalogue, settings.routes())
+        learner = Learner(
+            catalogue.ids,
+            profiler.cells,
+            catalogue.ttft_prior,
+            catalogue.tpot_prior,
+            catalogue.quality_prior,
+            groups=np.maximum(groups, 0),
+            t0=clock(),
+            config=LearnerConfig(
+                latency_half_life_s=learning.latency_half_life_s,
+                quality_half_life_s=learning.quality_half_life_s,
+                calibration_half_life_s=learning.calibration_half_life_s,
+                prior_strength=learning.prior_strength,
+                calibration_strength=learning.calibration_strength,
+                latency_prior_strength=learning.latency_prior_strength,
+                latency_log_sd_prior=learning.latency_log_sd_prior,
+                success_prior=learning.success_prior,
+                refresh_interval_s=learning.refresh_interval_s,
+                surprise_z=learning.surprise_z,
+                surprise_forget=learning.surprise_forget,
+                latency_z=normal_quantile(routing.latency_quantile),
+                stale_after=learning.stale_after,
+            ),
+        )
+        policy = make_policy(
+            exploration.policy,
+            exploration.ucb_c,
+            exploration.temperature,
+            config.latency_scale.inv_range,
+            exploration.recheck_after,
+        )
+        router = cls(
+            catalogue,
+            config,
+            profiler,
+            learner,
+            policy,
+            rng=np.random.default_rng(exploration.seed),
+            clock=clock,
+        )
+        router.restrict(groups >= 0)
+        router.check_fallbacks()
+        return router
+
+    def check_fallbacks(self) -> None:
+        """Every ``fallback_models`` id must be a model the router may route to."""
+        for model in self.config.fallback_models:
+            row = self.catalogue.index.get(model)
+            if row is None or not self.permitted[row]:
+                why = "is not in the catalogue" if row is None else "is denied or served by no provider"
+                raise ConfigError(
+                    "routing.fallback_models",
+                    f"{model!r} {why}; list routable ids (declare local models under "
+                    "catalogue.models), or []",
+                )
+
+    # --- deciding -------------------------------------------------------------------------
+
+    def weights_for(
+        self, mode: str | None, weights: tuple[float, float, float] | None
+    ) -> tuple[str, tuple[float, float, float]]:
+        if weights is not None:
+            return "custom", _normalise_weights(weights)
+        if mode is None or mode == "default":
+            return "default", self.config.default_weights
+        try:
+            return mode, self.config.modes[mode]
+        except KeyError:
+            known = ", ".join(["default", *self.config.modes])
+            raise RequestError("mode", f"unknown priority mode {mode!r}; known: {known}") from None
+
+    def decide(self, request: RouteRequest) -> Decision:
+        """Rank the eligible models for ``request``; raise ``NoEligibleModel`` if there are none.
+
+        With ``decision_ttl_s`` set and the greedy policy (every other policy explores, and a
+        cached exploration would only repeat itself), a decision is reused for requests with the
+        same mode, weights, profile cell, length bucket and constraints for that long; a breaker
+        opening or closing invalidates what was cached.
+        """
+        if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
+            return self._decide(request, self.policy, self.config.top_k)
+        profile = self.profile(request)  # the key needs it; the miss below reuses it
+        key = _decision_key(request, profile, self._available_version)
+        now = self.clock()
+        hit = self._decisions.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1].reissued(request.request_id or self._new_id(), profile)
+        decision = self._decide(request, self.policy, self.config.top_k, profile)
+        if len(self._decisions) >= _DECISION_CACHE_SIZE:
+            self._decisions.clear()  # bounded; entries live a second or so anyway
+        self._decisions[key] = (now + self.config.decision_ttl_s, decision)
+        return decision
+
+    def rank(self, request: RouteRequest) -> Decision:
+        """Every eligible model, best first, by the greedy score (no exploration): for display."""
+        return self._decide(request, _GREEDY, len(self.catalogue))
+
+    def _decide(
+        self, request: RouteRequest, policy: Policy, top_k: int, profile: Profile | None = None
+    ) -> Decision:
+        started = time.perf_counter()
+        mode, weights = self.weights_for(request.mode, request.weights)
+        if profile is None:
+            profile = self.profile(request)
+        est = self.learner.estimates(self.clock())
+        out_tokens = self.expected_tokens(est, profile, request.max_tokens)
+        score = self._score(est, profile, weights, out_tokens)
+        mask = self._eligible(request, profile, est, out_tokens)
+        eligible = int(np.count_nonzero(mask))
+        if eligible == 0:
+            raise self._why_none(request, profile, est, out_tokens)
+        np.copyto(score, -np.inf, where=~mask)
+        choice = policy.choose(score, est, profile.cell, weights, self.rng)
+        pinned = self._pinned_row(request.model, mask)
+        ranked = self._ranked(score, eligible, top_k)
+        head = choice.index if pinned is None else pinned
+        rows = [head, *[r for r in ranked if r != head][: top_k - 1]] if request.fallback else [head]
+        ids = self.catalogue.ids
+        chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
+        cell_value = est.value[profile.cell]
+        ranking = Ranking(
+            ids=chain[: len(rows)],
+            terms=self._buf.terms[:, rows],
+            value=cell_value[rows],
+            bonus=choice.bonus[rows] if choice.bonus is not None else np.zeros(len(rows)),
+            offset=self._offset(weights),
+            weights=weights,
+            scales=(self.config.latency_scale, self.config.cost_scale),
+        )
+        return Decision(
+            request_id=request.request_id or self._new_id(),
+            chain=chain,
+            propensity=choice.propensity if pinned is None else 1.0,
+            policy=policy.name,
+            explored=pinned is None and choice.index != ranked[0],
+            profile=profile,
+            mode=mode,
+            weights=weights,
+            eligible=eligible,
+            requested=request.model,
+            pinned=pinned is not None,
+            ranking=ranking,
+            decision_us=(time.perf_counter() - started) * 1e6,
+        )
+
+    def expected_tokens(self, est: Estimates, profile: Profile, max_tokens: int | None) -> float:
+        """How long the answer is expected to be: the cell's configured length, moved toward the
+        lengths its answers really had, capped by ``max_tokens``."""
+        k, cell = self.config.token_prior_strength, profile.cell
+        expected = (k * profile.expected_output_tokens + float(est.tokens_sum[cell])) / (
+            k + float(est.tokens_weight[cell])
+        )
+        return min(expected, float(max_tokens)) if max_tokens is not None else expected
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
+    def profile(self, request: RouteRequest) -> Profile:
+        if request.messages is not None:
+            text, chars = _message_text(request.messages)
+        elif request.prompt is not None:
+            text, chars = request.prompt, len(request.prompt)
+        else:
+            raise RequestError("messages", "a request needs messages or a prompt")
+        return self.profiler.profile(text, chars, request.max_tokens)
+
+    def _score(
+        self, est: Estimates, profile: Profile, weights: tuple[float, float, float], out: float
+    ) -> FloatArray:
+        """Fill the score buffer, less a constant that does not change the ranking.
+
+        Latency and cost sit in adjacent rows, so the log and the clipping run once over both;
+        the weighted sum of the three terms is one dot product.
+        """
+        b = self._buf
+        np.multiply(est.tpot, out, out=b.lat)
+        b.lat += est.ttft
+        np.multiply(self._price_completion, out, out=b.cost)
+        np.multiply(self._price_prompt, float(profile.prompt_tokens), out=b.tmp)
+        b.cost += b.tmp
+        terms = b.logs[:2]
+        np.log(b.terms[1:], out=terms)
+        np.maximum(terms, self._log_low, out=terms)
+        np.minimum(terms, self._log_high, out=terms)
+        b.logs[2] = est.value[profile.cell]
+        cfg = self.config
+        coef = np.array(
+            [-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]]
+        )
+        np.dot(coef, b.logs, out=b.score)
+        score: FloatArray = b.score
+        return score
+
+    def _offset(self, weights: tuple[float, float, float]) -> float:
+        """The constant ``_score`` leaves out: each clipped log term, shifted to start at 1."""
+        ls, cs = self.config.latency_scale, self.config.cost_scale
+        return weights[0] * (1 + ls.log_low * ls.inv_range) + weights[1] * (1 + cs.log_low * cs.inv_range)
+
+    def _eligible(self, request: RouteRequest, profile: Profile, est: Estimates, out: float) -> BoolArray:
+        mask, cat = self._buf.mask, self.catalogue
+        need = profile.prompt_tokens + (request.max_tokens or 0)
+        np.less_equal(need, cat.context_length, out=mask)
+        mask &= self.available
+        if request.mask is not None:
+            mask &= request.mask
+        b = self._buf  # scratch: no allocation per constraint
+        if request.max_tokens is not None:
+            np.greater_equal(cat.max_output_tokens, request.max_tokens, out=b.mask2)
+            mask &= b.mask2
+        if request.capabilities:
+            mask &= self._capability_mask(request.capabilities)
+        if request.allow:
+            mask &= cat.glob_mask(request.allow)
+        if request.deny:
+            mask &= ~cat.glob_mask(request.deny)
+        if request.max_latency_ms is not None:
+            np.less_equal(
+                self.latency_quantile(est, out, b.tmp), request.max_latency_ms / 1000.0, out=b.mask2
+            )
+            mask &= b.mask2
+        if request.max_ttft_ms is not None:
+            np.less_equal(est.ttft_q, request.max_ttft_ms / 1000.0, out=b.mask2)
+            mask &= b.mask2
+        if request.max_cost_usd is not None:
+            bound = self.cost_bound(profile, request.max_tokens, out, b.tmp, b.tmp2)
+            np.less_equal(bound, request.max_cost_usd, out=b.mask2)
+            mask &= b.mask2
+        return mask
+
+    def _capability_mask(self, capabilities: frozenset[str]) -> BoolArray:
+        """Rows having every one of ``capabilities``; depends on the catalogue only, so kept."""
+        mask = self._capability_masks.get(capabilities)
+        if mask is None:
+            bits = _capability_bits(capabilities)
+            mask = (self.catalogue.capabilities & bits) == bits
+            self._capability_masks[capabilities] = mask
+        return mask
+
+    def latency_quantile(
+        self, est: Estimates, out_tokens: float, out: FloatArray | None = None
+    ) -> FloatArray:
+        """A high quantile (``routing.latency_quantile``) of each model's latency, in seconds
+        (written into ``out`` when given: the decision path passes a scratch buffer)."""
+        result: FloatArray = np.multiply(est.tpot_q, out_tokens, out=out)
+        result += est.ttft_q
+        return result
+
+    def cost_bound(
+        self,
+        profile: Profile,
+        max_tokens: int | None,
+        out_tokens: float,
+        out: FloatArray | None = None,
+        scratch: FloatArray | None = None,
+    ) -> FloatArray:
+        """Cost if the answer runs to ``max_tokens`` (or the expected length when unset), USD."""
+        cat = self.catalogue
+        answer = float(max_tokens) if max_tokens is not None else out_tokens
+        result: FloatArray = np.multiply(cat.price_completion, answer, out=out)
+        result += np.multiply(cat.price_prompt, float(profile.prompt_tokens), out=scratch)
+        return result
+
+    def _pinned_row(self, model: str | None, mask: BoolArray) -> int | None:
+        """The client's own model leads the chain when it is eligible (breaker closed, fits)."""
+        if model is None:
+            return None
+        row = self.catalogue.index.get(model)
+        if row is None:
+            raise RequestError("model", f"model {model!r} is not in the catalogue; use 'auto' to route")
+        return row if mask[row] else None
+
+    def _why_none(
+        self, request: RouteRequest, profile: Profile, est: Estimates, out: float
+    ) -> NoEligibleModel:
+        """Cold path: replay the masks one at a time to name the one that emptied the set."""
+        cat = self.catalogue
+        need = profile.prompt_tokens + (request.max_tokens or 0)
+        mask = np.ones(len(cat), dtype=np.bool_)  # the steps' messages read it as it stands then
+        steps: list[tuple[str, Callable[[], BoolArray], Callable[[], str] | str]] = [
+            (
+                "context_length",
+                lambda: need <= cat.context_length,
+                f"no model has a context window for {need} tokens (largest: {cat.max_context})",
+            ),
+            ("available", lambda: self.available, "every model's circuit breaker is open"),
+            (
+                "budget",
+                lambda: request.mask if request.mask is not None else np.ones(len(cat), np.bool_),
+                "near the spend cap only models under the price ceiling may serve, and none fits",
+            ),
+            (
+                "max_tokens",
+                lambda: cat.max_output_tokens >= (request.max_tokens or 0),
+                f"no model can write max_tokens={request.max_tokens}",
+            ),
+            (
+                "capabilities",
+                lambda: (
+                    (cat.capabilities & _capability_bits(request.capabilities))
+                    == _capability_bits(request.capabilities)
+                ),
+                f"no model has {sorted(request.capabilities)}",
+            ),
+            (
+                "allow",
+                lambda: cat.glob_mask(request.allow) if request.allow else np.ones(len(cat), np.bool_),
+                f"no model matches allow={list(request.allow)}",
+            ),
+            ("deny", lambda: ~cat.glob_mask(request.deny), f"deny={list(request.deny)} excludes the rest"),
+            (
+                "max_latency_ms",
+                lambda: self.latency_quantile(est, out) <= (request.max_latency_ms or math.inf) / 1e3,
+                self._latency_advice(mask, self.latency_quantile(est, out), "max_latency_ms", request, out),
+            ),
+            (
+                "max_ttft_ms",
+                lambda: est.ttft_q <= (request.max_ttft_ms or math.inf) / 1e3,
+                self._latency_advice(mask, est.ttft_q, "max_ttft_ms", request, out),
+            ),
+            (
+                "max_cost_usd",
+                lambda: (
+                    self.cost_bound(profile, request.max_tokens, out)
+                    <= (request.max_cost_usd if request.max_cost_usd is not None else math.inf)
+                ),
+                f"no remaining model is expected under ${request.max_cost_usd}",
+            ),
+        ]
+        for name, step, message in steps:
+            narrowed = mask & step()
+            if not narrowed.any():
+                text = message if isinstance(message, str) else message()
+                return NoEligibleModel(name, f"no eligible model: {text}")
+            mask[...] = narrowed
+        return NoEligibleModel("constraints", "no eligible model")
+
+    def _latency_advice(
+        self, mask: BoolArray, quantile: FloatArray, field: str, request: RouteRequest, out: float
+    ) -> Callable[[], str]:
+        """The message for a latency cap that emptied the set: the fastest remaining model's
+        estimate and what to relax (read lazily: ``mask`` is the set just before the cap)."""
+
+        def message() -> str:
+            limit = request.max_latency_ms if field == "max_latency_ms" else request.max_ttft_ms
+            rows = np.flatnonzero(mask)
+            if rows.size == 0:
+                return f"no remaining model is expected under {field}={limit}"
+            best = int(rows[np.argmin(quantile[rows])])
+            what = f"{out:.0f}-token answer" if field == "max_latency_ms" else "first token"
+            hint = (
+                "raise max_latency_ms, lower max_tokens, or cap max_ttft_ms instead"
+                if field == "max_latency_ms"
+                else "raise max_ttft_ms"
+            )
+            quantile_name = f"p{self.config.latency_quantile * 100:.0f}"
+            return (
+                f"no remaining model is expected under {field}={limit:g} ({quantile_name} "
+                f"of a {what}); the fastest, {self.catalogue.ids[best]}, is expected at "
+                f"{quantile[best] * 1000:.0f} ms: {hint}"
+            )
+
+        return message
+
+    def _ranked(self, score: FloatArray, eligible: int, top_k: int) -> list[int]:
+        """The best ``top_k + 1`` eligible rows by score (greedy order), best first."""
+        n = score.shape[0]
+        k = min(top_k + 1, eligible)
+        if k >= n:
+            top = np.argsort(score)[::-1][:k]
+        else:
+            part = np.argpartition(score, n - k)[n - k :]
+            top = part[np.argsort(score[part])[::-1]]
+        ranked: list[int] = top.tolist()
+        return ranked
+
+    def _closing(self, rows: list[int], mask: BoolArray) -> list[str]:
+        """``routing.fallback_models`` close the chain, where they meet the request's constraints."""
+        return [self.catalogue.ids[r] for r in self._fallback_rows if r not in rows and mask[r]]
+
+    def model_table(self, mode: str | None, prompt: str = "Hello, how are you?") -> list[dict[str, Any]]:
+        """Every model's score terms and estimates for a typical short request, best first."""
+        decision = self.rank(RouteRequest(prompt=prompt, mode=mode))
+        est = self.learner.estimates(self.clock())
+        cat = self.catalogue
+        rows = []
+        for rank, c in enumerate(decision.candidates, start=1):
+            i = cat.index[c.model]
+            rows.append(
+                {
+                    "rank": rank,
+                    "model": c.model,
+                    "mode": decision.mode,
+                    "score": round(c.score, 4),
+                    "latency": round(c.latency_term, 4),
+                    "cost": round(c.cost_term, 4),
+                    "quality": round(c.quality_term, 4),
+                    "est_latency_ms": round(c.latency_s * 1000, 1),
+                    "est_cost_usd": float(f"{c.cost_usd:.3g}"),
+                    "quality_est": round(c.quality, 3),
+                    "success": round(float(est.success[i]), 3),
+                    "ttft_ms": round(float(est.ttft[i]) * 1000, 1),
+                    "tpot_ms": round(float(est.tpot[i]) * 1000, 2),
+                    "evidence": round(float(est.latency_evidence[i]), 1),
+                    "prompt_per_m": round(float(cat.price_prompt[i]) * 1e6, 4),
+                    "completion_per_m": round(float(cat.price_completion[i]) * 1e6, 4),
+                    "context": int(cat.context_length[i]),
+                    "capabilities": sorted(cat.models[i].capabilities),
+                }
+            )
+        return rows
+
+    # --- learning ---------------------------------------------------------------------------
+
+    def record(self, decision: Decision, outcome: Outcome) -> None:
+        """Learn from one attempt (call once per attempt, failed ones included)."""
+        row = self.catalogue.index.get(outcome.model)
+        if row is None:
+            return
+        cell = decision.profile.cell
+        self.learner.observe(
+            row,
+            cell,
+            self.clock(),
+            outcome.success,
+            outcome.ttft_s,
+            latency_s=outcome.latency_s,
+            tokens=outcome.completion_tokens,
+        )
+        if outcome.success and self.config.feedback_memory:
+            self._answered[decision.request_id] = (row, cell)
+            if len(self._answered) > self.config.feedback_memory:
+                self._answered.popitem(last=False)
+
+    def feedback(self, request_id: str, score: float) -> bool:
+        """A quality score in [0, 1] for an answered request; False if the id is unknown or expired."""
+        if not 0.0 <= score <= 1.0 or math.isnan(score):
+            raise RequestError("score", f"must be in [0, 1], got {score!r}")
+        answered = self._answered.get(request_id)
+        if answered is None:
+            return False
+        row, cell = answered
+        self.learner.feedback(row, cell, self.clock(), score)
+        return True
+
+    def set_available(self, model: str, available: bool) -> None:
+        row = self.catalogue.index[model]
+        available = available and bool(self.permitted[row])
+        if self.available[row] != available:
+            self.available[row] = available
+            self._available_version += 1  # cached decisions made before no longer hold
+
+
+def catalogue_from_settings(settings: Settings) -> Catalogue:
+    """The catalogue ``settings.catalogue`` names, with its declared models and overlay."""
+    spec = settings.catalogue
+    declared = [m.model_dump() for m in spec.models]
+    return load_catalogue(spec.source, spec.overlay, settings.openrouter_key(), declared)
+
+
+def provider_groups(
+    catalogue: Catalogue, routes: Sequence[tuple[str, Sequence[str]]]
+) -> npt.NDArray[np.intp]:
+    """Each model's provider: the index of the first route whose globs match its id, -1 for none."""
+    groups = np.full(len(catalogue), -1, dtype=np.intp)
+    for index, (_, globs) in enumerate(routes):
+        unassigned = groups < 0
+        groups[unassigned & catalogue.glob_mask(tuple(globs))] = index
+    return groups
+
+
+def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:
+    return (
+        request.mode,
+        request.weights,
+        profile.cell,
+        profile.bucket,
+        request.max_tokens,
+        request.max_latency_ms,
+        request.max_ttft_ms,
+        request.max_cost_usd,
+        request.capabilities,
+        request.allow,
+        request.deny,
+        request.model,
+        request.fallback,
+        id(request.mask) if request.mask is not None else None,
+        available_version,
+    )
+
+
+def _normalise_weights(weights: tuple[float, float, float]) -> tuple[float, float, float]:
+    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights):
+        raise RequestError("weights", "latency, cost and quality weights must be finite and >= 0")
+    total = sum(weights)
+    if total <= 0:
+        raise RequestError("weights", "weights must not all be zero")
+    return (weights[0] / total, weights[1] / total, weights[2] / total)
+
+
+def _capability_bits(names: Iterable[str]) -> int:
+    try:
+        return capability_bits(names)
+    except KeyError as exc:
+        raise RequestError(
+            "capabilities", f"unknown capability {exc.args[0]!r}; known: {list(CAPABILITIES)}"
+        ) from None
+
+
+def _message_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
+    """The last user turn (what the task is about) and the character count of all turns."""
+    chars, last_user = 0, ""
+    for message in messages:
+        text = _content_text(message.get("content"))
+        chars += len(text)
+        if message.get("role") == "user":
+            last_user = text
+    return last_user, chars
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+        )
+    return ""

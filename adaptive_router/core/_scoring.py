@@ -1,0 +1,256 @@
+"""The score and the exploration policies: NumPy over the whole catalogue, no loop per model.
+
+    score(m) = w_latency * (1 - norm(latency_est)) + w_cost * (1 - norm(cost_est))
+             + w_quality * value_est + exploration
+
+``norm`` maps a value onto [0, 1] between two fixed reference points on a log scale (settings
+``routing.latency_scale_s`` and ``routing.cost_scale_usd``), never the min and max of whichever
+models are present: a model that is worse on every term can then never change the winner.
+
+The functions here take arrays and floats and write into caller-owned buffers; they do no I/O
+and know nothing of settings or HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ._learning import Estimates
+
+__all__ = [
+    "POLICIES",
+    "Choice",
+    "Greedy",
+    "LogScale",
+    "Policy",
+    "Softmax",
+    "Thompson",
+    "Ucb",
+    "make_policy",
+    "normal_quantile",
+    "recheck_bonus",
+    "score_sd",
+]
+
+FloatArray = npt.NDArray[np.float64]
+Weights3 = tuple[float, float, float]
+
+
+class LogScale:
+    """Fixed reference points: ``low`` maps to 0, ``high`` to 1, log-linear between, clipped."""
+
+    __slots__ = ("high", "inv_range", "log_high", "log_low", "low")
+
+    def __init__(self, low: float, high: float) -> None:
+        if not 0 < low < high:
+            raise ValueError(f"need 0 < low < high, got {low}, {high}")
+        self.low, self.high = low, high
+        self.log_low, self.log_high = math.log(low), math.log(high)
+        self.inv_range = 1.0 / (self.log_high - self.log_low)
+
+    def __repr__(self) -> str:
+        return f"LogScale({self.low!r}, {self.high!r})"
+
+    def norm(self, x: float) -> float:
+        """Where ``x`` falls between the reference points, in [0, 1]."""
+        logx = math.log(x) if x > 0 else -math.inf
+        return min(max((logx - self.log_low) * self.inv_range, 0.0), 1.0)
+
+
+def normal_quantile(q: float) -> float:
+    """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError("q must be in (0, 1)")
+    a = (
+        -39.69683028665376,
+        220.9460984245205,
+        -275.9285104469687,
+        138.357751867269,
+        -30.66479806614716,
+        2.506628277459239,
+    )
+    b = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
+    c = (
+        -0.007784894002430293,
+        -0.3223964580411365,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    )
+    d = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
+    if q < 0.02425:
+        r = math.sqrt(-2 * math.log(q))
+        return (((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c[4]) * r + c[5]) / (
+            (((d[0] * r + d[1]) * r + d[2]) * r + d[3]) * r + 1
+        )
+    if q > 1 - 0.02425:
+        return -normal_quantile(1 - q)
+    r = q - 0.5
+    s = r * r
+    return (
+        (((((a[0] * s + a[1]) * s + a[2]) * s + a[3]) * s + a[4]) * s + a[5])
+        * r
+        / (((((b[0] * s + b[1]) * s + b[2]) * s + b[3]) * s + b[4]) * s + 1)
+    )
+
+
+@dataclass(slots=True)
+class Choice:
+    """What a policy picked: the row, the probability it had, and the exploration term it added."""
+
+    index: int
+    propensity: float | None
+    bonus: FloatArray | None
+
+
+class Policy(Protocol):
+    """Picks one row from ``score`` (ineligible rows hold ``-inf``) given what was learned."""
+
+    name: str
+
+    def choose(
+        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
+    ) -> Choice: ...
+
+
+class Greedy:
+    """No exploration: the best score wins, with probability 1."""
+
+    name = "greedy"
+
+    def choose(
+        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
+    ) -> Choice:
+        return Choice(int(score.argmax()), 1.0, None)
+
+
+def score_sd(est: Estimates, task: int, weights: Weights3, latency_inv_range: float) -> FloatArray:
+    """The standard deviation of each model's score that more evidence could still remove.
+
+    Latency term: ``w_latency / log-range`` times the spread of the mean log-latency; quality
+    term: ``w_quality`` times the spread of the mean quality (zero when no feedback arrives).
+    """
+    slope = weights[0] * latency_inv_range
+    var = est.latency_var * (slope * slope)
+    var += est.quality_var[task] * (weights[2] * weights[2] * float(est.feedback_rate[task]))
+    return np.sqrt(var, out=var)
+
+
+def recheck_bonus(est: Estimates, weights: Weights3, latency_inv_range: float, patience: float) -> FloatArray:
+    """What a displaced model may win back, in score units: its displacement (how far its recent
+    latency sits above its long-run level, log units) times the latency slope, in full once
+    ``patience`` latency observations went to other models since it was last measured, in
+    proportion before. A model that slowed down is so tried again after about ``patience``
+    requests elsewhere; if it recovered, it wins its traffic back. In a world that does not
+    change, no model is displaced and this adds nothing.
+    """
+    stale = est.observations[0] - est.seen_at  # -inf for models never measured: no bonus
+    np.clip(stale, 0.0, patience, out=stale)
+    stale *= (weights[0] * latency_inv_range) / patience
+    stale *= est.displacement
+    bonus: FloatArray = stale
+    return bonus
+
+
+class Ucb:
+    """Adds ``c * sqrt(ln(1 + N)) * sd``: the score's learnable spread (``score_sd``), inflated
+    as the cell's total evidence ``N`` grows, plus ``recheck_bonus`` for displaced models.
+    Deterministic given the state, so the chosen model's propensity is 1.
+    """
+
+    name = "ucb"
+
+    def __init__(self, c: float, latency_inv_range: float, patience: float = 100.0) -> None:
+        self.c = c
+        self.latency_inv_range = latency_inv_range
+        self.patience = patience
+
+    def choose(
+        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
+    ) -> Choice:
+        bonus = score_sd(est, task, weights, self.latency_inv_range)
+        bonus *= self.c * math.sqrt(math.log1p(float(est.task_evidence[task])))
+        bonus += recheck_bonus(est, weights, self.latency_inv_range, self.patience)
+        return Choice(int((score + bonus).argmax()), 1.0, bonus)
+
+
+class Thompson:
+    """Samples each model's score from a Gaussian around its estimate with spread ``score_sd``
+    (plus ``recheck_bonus`` for displaced models).
+
+    The chosen model's probability has no closed form, so none is logged (use ``softmax`` when
+    the traffic log must support off-policy replay).
+    """
+
+    name = "thompson"
+
+    def __init__(self, latency_inv_range: float, patience: float = 100.0, scale: float = 1.0) -> None:
+        self.latency_inv_range = latency_inv_range
+        self.patience = patience
+        self.scale = scale
+
+    def choose(
+        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
+    ) -> Choice:
+        bonus = score_sd(est, task, weights, self.latency_inv_range)
+        bonus *= rng.standard_normal(score.shape[0])
+        bonus *= self.scale
+        bonus += recheck_bonus(est, weights, self.latency_inv_range, self.patience)
+        return Choice(int((score + bonus).argmax()), None, bonus)
+
+
+class Softmax:
+    """Boltzmann over the eligible scores at ``temperature`` (score units); exact propensities."""
+
+    name = "softmax"
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+
+    def choose(
+        self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
+    ) -> Choice:
+        p = self.probabilities(score)
+        cdf = np.cumsum(p)
+        index = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), p.shape[0] - 1)
+        while p[index] == 0.0:  # float edge: never land on an ineligible row
+            index -= 1
+        return Choice(index, float(p[index]), None)
+
+    def probabilities(self, score: FloatArray) -> FloatArray:
+        """Probabilities over all rows; ineligible rows (score -inf) get exactly 0."""
+        p = score - score.max()
+        p /= self.temperature
+        np.exp(p, out=p)
+        p /= p.sum()
+        probabilities: FloatArray = p
+        return probabilities
+
+
+POLICIES = ("ucb", "thompson", "softmax", "greedy")
+
+
+def make_policy(
+    name: str,
+    ucb_c: float = 1.0,
+    temperature: float = 0.02,
+    latency_inv_range: float = 1.0 / math.log(12000.0),
+    recheck_after: float = 100.0,
+) -> Policy:
+    """``latency_inv_range`` is ``1 / ln(high / low)`` of the latency scale (the latency term's slope);
+    ``recheck_after``: requests elsewhere after which a displaced model is tried again."""
+    if name == "ucb":
+        return Ucb(ucb_c, latency_inv_range, recheck_after)
+    if name == "thompson":
+        return Thompson(latency_inv_range, recheck_after)
+    if name == "softmax":
+        return Softmax(temperature)
+    if name == "greedy":
+        return Greedy()
+    raise ValueError(f"unknown exploration policy {name!r}; choose one of {', '.join(POLICIES)}")

@@ -1,0 +1,63 @@
+"""Offline work: the traffic log, off-policy replay of it, and replay over outcome tables."""
+
+from __future__ import annotations
+
+from ._outcomes import (
+    Arm,
+    CurvePoint,
+    LatencyGroups,
+    OutcomeReplay,
+    OutcomeTable,
+    cost_quality_curve,
+    curve_weights,
+    load_latency,
+    load_outcomes,
+    outcome_catalogue,
+    replay_outcomes,
+    table_sources,
+)
+from ._replay import (
+    Interval,
+    LogData,
+    PolicyEstimate,
+    RewardSpec,
+    TargetPolicy,
+    evaluate,
+    evaluate_many,
+    log_files,
+    logged_value,
+    read_log,
+    target_distribution,
+)
+from ._trafficlog import SCHEMA_VERSION, TrafficLog, decision_record, feedback_record, prompt_digest
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Arm",
+    "CurvePoint",
+    "Interval",
+    "LatencyGroups",
+    "LogData",
+    "OutcomeReplay",
+    "OutcomeTable",
+    "PolicyEstimate",
+    "RewardSpec",
+    "TargetPolicy",
+    "TrafficLog",
+    "cost_quality_curve",
+    "curve_weights",
+    "decision_record",
+    "evaluate",
+    "evaluate_many",
+    "feedback_record",
+    "load_latency",
+    "load_outcomes",
+    "log_files",
+    "logged_value",
+    "outcome_catalogue",
+    "prompt_digest",
+    "read_log",
+    "replay_outcomes",
+    "table_sources",
+    "target_distribution",
+]

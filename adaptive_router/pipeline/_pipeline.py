@@ -1,0 +1,418 @@
+"""One routed request, outside HTTP: admit, decide, execute with fallback, account, store.
+
+Every door (``/v1/chat/completions`` plain and streamed, ``/complete``, ``/route``, the CLI's
+live ``route``) runs the same stages through one :class:`Pipeline`; the doors only parse and
+answer. Each stage ends at a hook point (:class:`Hook`), where evaluators, tracing spans or
+budget reservations plug in without touching the stages themselves::
+
+    class CountAnswers(NoHook):
+        def accounted(self, call: Call) -> None:
+            if call.completion is not None:
+                answered[call.completion.model_id] += 1
+
+    pipeline.hooks.add(CountAnswers())
+    call = pipeline.call(route, body={"messages": [...]})
+    await pipeline.complete(call)           # raises RequestFailed when nothing answered
+    call.answer                             # the upstream's answer, ``model`` set to what answered
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import AllCandidatesFailed, RequestError, UpstreamError, UpstreamRejected
+from .._json import dumps, loads
+from .._settings import CacheSettings
+from ..core._catalogue import Catalogue
+from ..core._decision import Decision, RouteRequest
+from ..core._router import Router
+from ..offline._trafficlog import TrafficLog
+from ..state._budget import Budget
+from ..state._cache import Cache, is_cacheable, request_cache_key
+from ..upstream._client import Completion, StreamHandle
+from ..upstream._execution import Breakers, Executor, Result
+from ._metrics import Metrics
+
+__all__ = ["Call", "Hook", "Hooks", "NoHook", "Pipeline", "Streamed"]
+
+log = logging.getLogger("adaptive_router.pipeline")
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the stages; each stage fills in its part.
+
+    ``body`` is what goes upstream (the client's body less ``route``); ``model`` is what the
+    client asked for (``auto``, ``auto:<mode>`` or an id), kept to name the right field in errors.
+    """
+
+    route: RouteRequest
+    body: dict[str, Any] = field(default_factory=dict)
+    api_key: str | None = None
+    model: str = "auto"
+    stream: bool = False
+    cache_key: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    decision: Decision | None = None
+    result: Result | None = None
+    completion: Completion | None = None
+    answer: dict[str, Any] | None = None
+    answer_json: bytes | None = None  # ``answer`` serialised once, for the cache and the client
+    cost_usd: float = 0.0
+    outcome: str = ""
+
+    @property
+    def cache_state(self) -> str:
+        """``miss`` for a cacheable request that was not in the cache, ``bypass`` otherwise."""
+        return "miss" if self.cache_key is not None else "bypass"
+
+
+class Hook(Protocol):
+    """Called at the end of each stage, on the event loop: keep it quick and non-blocking.
+
+    ``admitted`` and ``decided`` may raise a :class:`~adaptive_router.RouterError` to
+    refuse the request; an exception from a later stage is logged and the answer still goes out.
+    """
+
+    def admitted(self, call: Call) -> None: ...
+    def decided(self, call: Call) -> None: ...
+    def executed(self, call: Call) -> None: ...
+    def accounted(self, call: Call) -> None: ...
+    def stored(self, call: Call) -> None: ...
+
+
+class NoHook:
+    """A hook that does nothing at every stage: subclass it and override the stages you need."""
+
+    def admitted(self, call: Call) -> None:
+        pass
+
+    def decided(self, call: Call) -> None:
+        pass
+
+    def executed(self, call: Call) -> None:
+        pass
+
+    def accounted(self, call: Call) -> None:
+        pass
+
+    def stored(self, call: Call) -> None:
+        pass
+
+
+class Hooks:
+    """The registered hooks, called in order; costs nothing while none is registered."""
+
+    def __init__(self) -> None:
+        self._hooks: list[Hook] = []
+
+    def add(self, hook: Hook) -> None:
+        self._hooks.append(hook)
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def run(self, stage: str, call: Call, *, guarded: bool) -> None:
+        for hook in self._hooks:
+            if not guarded:
+                getattr(hook, stage)(call)
+                continue
+            try:
+                getattr(hook, stage)(call)
+            except Exception:  # a later stage's hook must not lose an answer already obtained
+                log.exception("pipeline hook %r failed at %s", hook, stage)
+
+
+@dataclass(kw_only=True)
+class Pipeline:
+    """The stages of a routed request, and the parts they use (all open: built in the lifespan)."""
+
+    router: Router
+    executor: Executor
+    breakers: Breakers
+    metrics: Metrics
+    cache: Cache
+    cache_settings: CacheSettings
+    upstream_mode: str
+    budget: Budget | None = None
+    cheap_mask: npt.NDArray[np.bool_] | None = None  # the budget's price ceiling as a row mask
+    traffic_log: TrafficLog | None = None
+    hooks: Hooks = field(default_factory=Hooks)
+    spawn: Callable[[Coroutine[Any, Any, Any]], object] = asyncio.ensure_future
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.router.catalogue
+
+    def call(
+        self,
+        route: RouteRequest,
+        *,
+        body: dict[str, Any] | None = None,
+        api_key: str | None = None,
+        model: str = "auto",
+        stream: bool = False,
+    ) -> Call:
+        return Call(route, body if body is not None else {}, api_key, model, stream)
+
+    def consider_cache(self, call: Call, route_options: Mapping[str, Any] | None, opt_in: bool) -> None:
+        """Give ``call`` a response-cache key when its answer may come from or go to the cache."""
+        if self.cache_settings.enabled and is_cacheable(call.body, opt_in):
+            call.cache_key = request_cache_key(call.body, route_options)
+
+    # --- stages --------------------------------------------------------------------------------
+
+    def admit(self, call: Call) -> None:
+        """Budgets (refuse at the cap; only models under the price ceiling near it), breakers."""
+        if self.budget is not None:
+            verdict = self.budget.check(call.api_key)
+            verdict.raise_if_blocked()
+            if verdict.price_ceiling is not None:
+                call.route.mask = self.cheap_mask
+        self.breakers.refresh()
+        if self.hooks:
+            self.hooks.run("admitted", call, guarded=False)
+
+    def decide(self, call: Call) -> Decision:
+        """Profile and rank; a bad mode names the field the client wrote it in."""
+        try:
+            decision = self.router.decide(call.route)
+        except RequestError as exc:
+            if exc.field != "mode":
+                raise
+            field_name = "model" if call.model.startswith("auto:") else "route.priority"
+            raise RequestError(field_name, str(exc).removeprefix("mode: ")) from None
+        call.decision = decision
+        if self.hooks:
+            self.hooks.run("decided", call, guarded=False)
+        return decision
+
+    def route(self, call: Call) -> Decision:
+        """The decision alone (``/route``): admit and decide."""
+        self.admit(call)
+        return self.decide(call)
+
+    async def lookup(self, call: Call) -> dict[str, Any] | None:
+        """A cached answer for this call, or None (a corrupt entry is a miss, never an error)."""
+        if call.cache_key is None:
+            return None
+        raw = await self.cache.get(call.cache_key)
+        self.metrics.cache(raw is not None)
+        if raw is None:
+            return None
+        try:
+            data = loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        call.answer, call.answer_json, call.outcome = data, raw, "cache_hit"
+        self.metrics.request(
+            data.get("model"), "cache_hit", time.perf_counter() - call.started, None, 0, True, call.stream
+        )
+        return data
+
+    async def complete(self, call: Call) -> dict[str, Any]:
+        """Admit, decide, execute with fallback, account, store; the answer, or ``RequestFailed``."""
+        self.admit(call)
+        decision = self.decide(call)
+        timeout = self.executor.timeout_for(call.route.max_latency_ms)
+        result = await self.executor.complete(decision, call.body, timeout)
+        call.result, call.completion = result, result.completion
+        self._executed(call)
+        self._log(call, result.completion)
+        answer = self._account(call, result)
+        await self._store(call)
+        return answer
+
+    async def stream(self, call: Call) -> Streamed:
+        """Admit, decide, and open a stream on the first candidate that starts in time.
+
+        Accounting happens when the returned stream ends (see :meth:`Streamed.events`).
+        """
+        self.admit(call)
+        decision = self.decide(call)
+        timeout = self.executor.timeout_for(call.route.max_latency_ms)
+        result = await self.executor.open_stream(decision, call.body, timeout)
+        call.result = result
+        if result.stream is None:
+            self._executed(call)
+            self._log(call, None)
+            self._account(call, result)  # raises the right RequestFailed
+        assert result.stream is not None
+        return Streamed(self, call, result.stream)
+
+    # --- accounting ----------------------------------------------------------------------------
+
+    def _executed(self, call: Call) -> None:
+        if self.hooks:
+            self.hooks.run("executed", call, guarded=True)
+
+    def _log(self, call: Call, answer: Any) -> None:
+        """One traffic-log line (enqueued; written by a background thread, never blocking)."""
+        if self.traffic_log is not None and call.decision is not None and call.result is not None:
+            self.traffic_log.log_decision(
+                call.decision, call.result.attempts, request=call.route, answer=answer
+            )
+
+    def _account(self, call: Call, result: Result) -> dict[str, Any]:
+        """Metrics, spend and hooks for a finished non-streamed call; raises when nothing answered."""
+        decision = call.decision
+        assert decision is not None
+        elapsed = time.perf_counter() - call.started
+        decided = None if decision.cached else decision.decision_us
+        completion = result.completion
+        if completion is None:
+            failure: UpstreamRejected | AllCandidatesFailed
+            if result.client_fault is not None:
+                call.outcome, failure = (
+                    "client_error",
+                    UpstreamRejected(result.client_fault, decision, result),
+                )
+            else:
+                failure = AllCandidatesFailed(decision, result)
+                call.outcome = "timeout" if failure.timed_out else "upstream_error"
+            self.metrics.request(None, call.outcome, elapsed, decided, len(result.attempts), False, False)
+            self._accounted(call)
+            raise failure
+        answer = dict(completion.data)
+        answer["model"] = completion.model_id
+        call.answer, call.outcome = answer, "ok"
+        self._spend(call, completion)
+        self.metrics.request(completion.model_id, "ok", elapsed, decided, len(result.attempts), False, False)
+        self._accounted(call)
+        return answer
+
+    def _spend(self, call: Call, completion: Completion) -> None:
+        cost = self.cost(completion)
+        call.cost_usd = cost
+        self.metrics.usage(
+            completion.model_id, completion.prompt_tokens or 0, completion.completion_tokens or 0, cost
+        )
+        if self.budget is not None and cost > 0:
+            self.spawn(self.budget.charge(call.api_key, cost))
+
+    def _accounted(self, call: Call) -> None:
+        if self.hooks:
+            self.hooks.run("accounted", call, guarded=True)
+
+    def cost(self, completion: Completion) -> float:
+        """What an answer cost: the upstream's own figure, else its tokens at catalogue prices."""
+        if completion.cost_usd is not None:
+            return completion.cost_usd
+        catalogue = self.router.catalogue
+        row = catalogue.index.get(completion.model_id)
+        if row is None:
+            return 0.0
+        prompt, done = completion.prompt_tokens or 0, completion.completion_tokens or 0
+        return float(catalogue.price_prompt[row]) * prompt + float(catalogue.price_completion[row]) * done
+
+    async def _store(self, call: Call) -> None:
+        """Serialise the answer once; cache it when the call is cacheable and it fits."""
+        call.answer_json = dumps(call.answer)
+        if call.cache_key is not None and len(call.answer_json) <= self.cache_settings.max_value_bytes:
+            await self.cache.set(call.cache_key, call.answer_json, self.cache_settings.ttl_seconds)
+            if self.hooks:
+                self.hooks.run("stored", call, guarded=True)
+
+    def refused(self, outcome: str) -> None:
+        """Count a request refused before it reached a model (a bad body, no eligible model)."""
+        self.metrics.request(None, outcome, 0.0, None, 0, False, False)
+
+    def routing(self, call: Call, *, cached: bool = False) -> dict[str, Any]:
+        """What the router did for ``call``: the decision, every attempt, the upstream."""
+        return routing_info(call.decision, call.result, cached, self.upstream_mode)
+
+
+def routing_info(
+    decision: Decision | None, result: Result | None, cached: bool, upstream_mode: str
+) -> dict[str, Any]:
+    """The ``routing`` object of an answer (a cached answer has no decision of its own)."""
+    if decision is None:
+        return {
+            "model": None,
+            "cached": cached,
+            "attempts": [],
+            "decision_us": 0.0,
+            "upstream": upstream_mode,
+        }
+    return {
+        "request_id": decision.request_id,
+        "model": (result.model if result else None) or decision.model,
+        "decision": {
+            "model": decision.model,
+            "fallbacks": decision.fallbacks,
+            "reason": decision.reason,
+            "mode": decision.mode,
+            "policy": decision.policy,
+            "propensity": decision.propensity,
+            "explored": decision.explored,
+            "task": decision.profile.task,
+            "from_decision_cache": decision.cached,
+        },
+        "attempts": [a.as_dict() for a in result.attempts] if result else [],
+        "cached": cached,
+        "decision_us": round(decision.decision_us, 2),
+        "upstream": upstream_mode,
+    }
+
+
+class Streamed:
+    """An open stream: iterate :meth:`events` for each event's JSON bytes (``b"[DONE]"`` last).
+
+    After the first byte there is no falling back: an upstream failure mid-stream becomes one
+    last error event. Accounting (learning, metrics, spend, the traffic log) runs when the
+    stream ends, whether it finished, failed or the client went away.
+    """
+
+    def __init__(self, pipeline: Pipeline, call: Call, handle: StreamHandle) -> None:
+        self.pipeline, self.call, self.handle = pipeline, call, handle
+
+    @property
+    def attempts(self) -> int:
+        """Attempts so far, the stream's own included (it is recorded when it ends)."""
+        assert self.call.result is not None
+        return len(self.call.result.attempts) + 1
+
+    async def events(self) -> AsyncIterator[bytes]:
+        error: UpstreamError | None = None
+        cancelled = False
+        try:
+            async for payload in self.handle.events():
+                yield payload
+        except UpstreamError as exc:
+            error = exc
+            yield dumps({"error": {"message": str(exc), "type": "upstream_error", "code": exc.kind}})
+        except (asyncio.CancelledError, GeneratorExit):
+            cancelled = True
+            raise
+        finally:
+            await self.handle.aclose()
+            self._finish(error, cancelled)
+
+    def _finish(self, error: UpstreamError | None, cancelled: bool) -> None:
+        pipeline, call, handle = self.pipeline, self.call, self.handle
+        result, decision = call.result, call.decision
+        assert result is not None and decision is not None
+        pipeline.executor.finish_stream(decision, handle, error, cancelled, result)
+        pipeline._executed(call)
+        summary = handle.result()
+        call.completion = summary
+        pipeline._log(call, summary)
+        call.outcome = "cancelled" if cancelled else ("upstream_error" if error else "ok")
+        if call.outcome == "ok":
+            pipeline._spend(call, summary)
+        decided = None if decision.cached else decision.decision_us
+        elapsed = time.perf_counter() - call.started
+        pipeline.metrics.request(
+            handle.model_id, call.outcome, elapsed, decided, len(result.attempts), False, True
+        )
+        pipeline._accounted(call)

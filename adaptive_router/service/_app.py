@@ -1,0 +1,123 @@
+"""The HTTP service: an OpenAI-compatible routing proxy, built from ``Settings`` by ``create_app``.
+
+    app = create_app(load_settings("settings.yaml"))      # a Starlette app
+    uvicorn.run(app)                                       # or: adaptive-router serve
+
+Point any OpenAI client at ``http://host:port/v1`` and set ``model`` to ``auto``,
+``auto:<mode>`` or a model id. Handlers only parse and answer: every routed request runs
+through the :class:`~adaptive_router.pipeline.Pipeline`, opened in the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from .._settings import Settings
+from ..core._catalogue import Catalogue
+from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
+from ._endpoints import (
+    complete,
+    feedback,
+    health,
+    list_models,
+    list_models_openai,
+    metrics_json,
+    metrics_text,
+    ready,
+    route_only,
+)
+from ._error_map import ERROR_MAP, handle_error
+from ._proxy import chat_completions
+
+__all__ = [
+    "app_from_environment",
+    "create_app",
+    "serve",
+]
+
+log = logging.getLogger("adaptive_router.service")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    catalogue: Catalogue | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The Starlette app for ``settings``. ``transport`` replaces the upstream's network (tests)."""
+    service = build_service(settings, catalogue=catalogue, transport=transport)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with service.open() as running:
+            yield {"running": running}  # each request's ``request.state.running``
+
+    from ._openapi import docs_routes
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/route", route_only, methods=["POST"]),
+        Route("/complete", complete, methods=["POST"]),
+        Route("/feedback", feedback, methods=["POST"]),
+        Route("/v1/models", list_models_openai, methods=["GET"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
+        Route("/metrics.json", metrics_json, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        *docs_routes(),
+    ]
+    # Every class of the error map goes through Starlette's exception handlers (answered, nothing
+    # re-raised); ``Exception`` is the last resort for bugs: a JSON 500, the traceback in the log.
+    handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in ERROR_MAP}
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+
+
+def app_from_environment() -> Starlette:
+    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
+    from .._settings import load_settings
+
+    return create_app(load_settings())
+
+
+def serve(settings: Settings) -> None:
+    """Run the service with uvicorn; start the simulated upstream first when no key is set."""
+    import uvicorn
+
+    from .._settings import SETTINGS_FILE_ENV  # noqa: F401  (documented: the factory reads it)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
+    if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
+        url = start_simulator(settings)
+        os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
+        settings = settings.model_copy(update={"simulator_url": url})
+    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully;
+    # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    server = settings.server
+    if server.workers > 1:
+        uvicorn.run(
+            "adaptive_router.service:app_from_environment",
+            factory=True,
+            host=server.host,
+            port=server.port,
+            workers=server.workers,
+            log_level="info",
+            access_log=False,
+        )
+    else:
+        uvicorn.run(
+            create_app(settings), host=server.host, port=server.port, log_level="info", access_log=False
+        )

@@ -1,0 +1,198 @@
+"""The router's own endpoints: ``/route``, ``/complete``, ``/feedback``, the model lists, metrics,
+health and readiness. Each parses, hands the work to the pipeline or the router, and answers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .._errors import ApiError
+from ..core._decision import RouteRequest
+from ._http import authorize, call_headers, json_response, read_call, running
+from ._schemas import (
+    CompleteRequest,
+    FeedbackRequest,
+    Message,
+    RouteQuery,
+    required_capabilities,
+    route_request,
+)
+
+__all__ = [
+    "complete",
+    "feedback",
+    "health",
+    "list_models",
+    "list_models_openai",
+    "metrics_json",
+    "metrics_text",
+    "ready",
+    "route_only",
+]
+
+
+async def route_only(request: Request) -> Response:
+    state, api_key, body = await read_call(request)
+    query = RouteQuery.model_validate(body)
+    pipeline = state.pipeline
+    call = pipeline.call(_query_route(query, request), api_key=api_key, model=query.model)
+    decision = pipeline.route(call)
+    return json_response(decision.to_dict(), headers=call_headers(call, pipeline.upstream_mode))
+
+
+def _query_route(query: RouteQuery, request: Request) -> RouteRequest:
+    messages = query.messages or [Message(role="user", content=query.prompt)]
+    return route_request(
+        query.model,
+        query,
+        messages=[m.model_dump() for m in messages],
+        max_tokens=query.max_tokens,
+        capabilities=required_capabilities(messages, route=query),
+        request_id=request.headers.get("x-request-id"),
+    )
+
+
+async def complete(request: Request) -> Response:
+    """The published design's shape: id, model, choices, usage, routing_decision, latency_ms, cached."""
+    state, api_key, body = await read_call(request)
+    query = CompleteRequest.model_validate(body)
+    started = time.perf_counter()
+    route = _query_route(query, request)
+    upstream_body: dict[str, Any] = {"messages": route.messages}
+    if query.max_tokens is not None:
+        upstream_body["max_tokens"] = query.max_tokens
+    if query.temperature is not None:
+        upstream_body["temperature"] = query.temperature
+    pipeline = state.pipeline
+    call = pipeline.call(route, body=upstream_body, api_key=api_key, model=query.model)
+    data = await pipeline.complete(call)
+    decision, result = call.decision, call.result
+    assert decision is not None and result is not None
+    answer = {
+        "id": data.get("id"),
+        "model": data["model"],
+        "choices": data.get("choices", []),
+        "usage": data.get("usage"),
+        "routing_decision": {
+            "selected_model": data["model"],
+            "reason": decision.reason,
+            "fallbacks": decision.fallbacks,
+            "attempts": [a.as_dict() for a in result.attempts],
+            "request_id": decision.request_id,
+            "upstream": pipeline.upstream_mode,
+        },
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "cached": False,
+    }
+    return json_response(answer, headers=call_headers(call, pipeline.upstream_mode))
+
+
+async def feedback(request: Request) -> Response:
+    state, _, body = await read_call(request)
+    item = FeedbackRequest.model_validate(body)
+    service = state.service
+    if not service.router.feedback(item.request_id, item.score):
+        raise ApiError(
+            404,
+            f"unknown or expired request_id {item.request_id!r}: feedback needs an answered "
+            "request from this router (see routing.request_id)",
+            "request_id",
+            code="unknown_request",
+        )
+    if state.pipeline.traffic_log is not None:
+        state.pipeline.traffic_log.log_feedback(item.request_id, item.score)
+    return json_response({"ok": True, "request_id": item.request_id})
+
+
+async def list_models_openai(request: Request) -> Response:
+    service = running(request).service
+    authorize(request, service.keys)
+    auto = ["auto", *(f"auto:{mode}" for mode in service.router.config.modes)]
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "adaptive-router"} for m in auto]
+    data += [
+        {"id": i, "object": "model", "created": 0, "owned_by": i.split("/", 1)[0]}
+        for i in service.router.catalogue.ids
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def list_models(request: Request) -> Response:
+    service = running(request).service
+    authorize(request, service.keys)
+    mode = request.query_params.get("mode")
+    modes = [mode] if mode else ["default", *service.router.config.modes]
+    tables = {m: service.router.model_table(m if m != "default" else None) for m in modes}
+    first = tables[modes[0]]
+    models = []
+    for row in first:
+        entry = {
+            k: v for k, v in row.items() if k not in ("rank", "mode", "score", "latency", "cost", "quality")
+        }
+        entry["scores"] = {
+            m: next(r["score"] for r in tables[m] if r["model"] == row["model"]) for m in modes
+        }
+        models.append(entry)
+    return json_response({"object": "list", "modes": modes, "ranked_by": modes[0], "data": models})
+
+
+async def metrics_text(request: Request) -> Response:
+    service = running(request).service
+    authorize(request, service.keys)
+    try:
+        body, content_type = service.metrics.prometheus()
+    except ImportError as exc:
+        raise ApiError(501, str(exc), None, "server_error", "metrics_extra_missing") from None
+    return Response(body, media_type=content_type)
+
+
+async def metrics_json(request: Request) -> Response:
+    service = running(request).service
+    authorize(request, service.keys)
+    return json_response(service.metrics.summary())
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state = running(request)
+    service, pipeline = state.service, state.pipeline
+    redis_configured = service.settings.redis.url is not None
+    body: dict[str, Any] = {
+        "ready": True,
+        "catalogue": {"models": len(service.router.catalogue), "source": service.router.catalogue.source},
+        "upstream": {"mode": service.upstream_mode, "providers": [p.name for p in service.providers]},
+        "cache": {
+            "backend": state.cache.backend,
+            "redis_configured": redis_configured,
+            "redis_up": bool(getattr(state.cache, "redis_up", False)) if redis_configured else None,
+        },
+        "breakers": pipeline.breakers.snapshot(),
+        "policy": service.router.policy.name,
+    }
+    if state.shared is not None:
+        stats = state.shared.stats()
+        body["shared_state"] = {
+            "replica_id": state.shared.replica_id,
+            "redis_up": stats.redis_up,
+            "last_sync_age_s": stats.last_sync_age_s,
+            "replicas": stats.replicas,
+            "syncs": stats.syncs,
+            "failures": stats.failures,
+        }
+    if pipeline.budget is not None:
+        snap = pipeline.budget.snapshot()
+        body["budget"] = {
+            "redis_up": snap.redis_up,
+            "day": snap.day,
+            "global_usd": snap.global_usd,
+            "global_cap": snap.global_cap,
+            "unsynced_usd": snap.unsynced_usd,
+        }
+    if service.simulated:
+        body["warning"] = "answers come from the SIMULATED upstream: set OPENROUTER_API_KEY for real models"
+    return json_response(body)

@@ -1,0 +1,95 @@
+"""``POST /v1/chat/completions``, plain and streamed: parse, hand to the pipeline, answer.
+
+The work (admission, the decision, attempts with fallback, accounting, the response cache) is
+the :class:`~adaptive_router.pipeline.Pipeline`'s; this module only turns bodies into calls and
+calls' answers into HTTP (JSON, or server-sent events).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .._json import dumps
+from ..pipeline._pipeline import Call, Pipeline, Streamed, routing_info
+from ._http import answer_response, call_headers, read_call
+from ._schemas import ChatCompletionRequest, route_request
+
+__all__ = ["chat_completions"]
+
+EVENT_STREAM = "text/event-stream"
+
+
+async def chat_completions(request: Request) -> Response:
+    running, api_key, body = await read_call(request)
+    chat = ChatCompletionRequest.model_validate(body)
+    options = body.pop("route", None)  # routing options never leave the router
+    route = route_request(
+        chat.model,
+        chat.route,
+        messages=body["messages"],
+        max_tokens=chat.answer_limit(),
+        capabilities=chat.capabilities(),
+        request_id=request.headers.get("x-request-id"),
+    )
+    pipeline = running.pipeline
+    call = pipeline.call(route, body=body, api_key=api_key, model=chat.model, stream=chat.stream)
+    pipeline.consider_cache(
+        call, options if isinstance(options, dict) else None, bool(chat.route and chat.route.cache)
+    )
+    cached = await pipeline.lookup(call)
+    if cached is not None:
+        return _cached(pipeline, call, cached, chat)
+    if chat.stream:
+        return _stream(pipeline, call, await pipeline.stream(call))
+    await pipeline.complete(call)
+    return answer_response(call, pipeline.routing(call), call_headers(call, pipeline.upstream_mode))
+
+
+def _stream(pipeline: Pipeline, call: Call, streamed: Streamed) -> Response:
+    headers = call_headers(call, pipeline.upstream_mode, attempts=streamed.attempts)
+    return StreamingResponse(_sse(streamed.events()), media_type=EVENT_STREAM, headers=headers)
+
+
+async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for payload in payloads:
+        yield b"data: " + payload + b"\n\n"
+
+
+def _cached(pipeline: Pipeline, call: Call, data: dict[str, Any], chat: ChatCompletionRequest) -> Response:
+    headers = {
+        "x-router-model": str(data.get("model")),
+        "x-router-attempts": "0",
+        "x-router-decision-us": "0",
+        "x-router-cache": "hit",
+        "x-router-upstream": pipeline.upstream_mode,
+    }
+    if chat.stream:
+        include_usage = bool((chat.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_sse(_replay(data, include_usage)), media_type=EVENT_STREAM, headers=headers)
+    routing = routing_info(None, None, True, pipeline.upstream_mode)
+    routing["model"] = data.get("model")
+    return answer_response(call, routing, headers)
+
+
+async def _replay(data: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """A cached completion as OpenAI's stream: role, content, finish reason, [usage,] [DONE]."""
+    base = {
+        "id": data.get("id", "chatcmpl-cached"),
+        "object": "chat.completion.chunk",
+        "created": data.get("created", int(time.time())),
+        "model": data.get("model"),
+    }
+    choice = (data.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    for delta in ({"role": "assistant", "content": ""}, {"content": message.get("content") or ""}):
+        yield dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    finish = {"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}
+    yield dumps({**base, "choices": [finish]})
+    if include_usage and data.get("usage"):
+        yield dumps({**base, "choices": [], "usage": data["usage"]})
+    yield b"[DONE]"

@@ -1,0 +1,60 @@
+"""State shared across requests and replicas: the response cache, shared learning through Redis,
+and daily budgets."""
+
+from __future__ import annotations
+
+from ._budget import Budget, BudgetSnapshot, Spend, Verdict, key_hash, price_mask
+from ._cache import (
+    ANSWER_NEUTRAL_FIELDS,
+    Cache,
+    FailoverCache,
+    MemoryCache,
+    RedisCache,
+    build_cache,
+    is_cacheable,
+    redis_client,
+    request_cache_key,
+)
+from ._redis import REDIS_FAULTS, redis_call
+from ._shared import (
+    WIRE_VERSION,
+    Periodic,
+    Published,
+    SharedState,
+    SyncStats,
+    WireEvent,
+    decode_state,
+    encode_state,
+    hash_tag,
+    run_script,
+)
+
+__all__ = [
+    "ANSWER_NEUTRAL_FIELDS",
+    "REDIS_FAULTS",
+    "WIRE_VERSION",
+    "Budget",
+    "BudgetSnapshot",
+    "Cache",
+    "FailoverCache",
+    "MemoryCache",
+    "Periodic",
+    "Published",
+    "RedisCache",
+    "SharedState",
+    "Spend",
+    "SyncStats",
+    "Verdict",
+    "WireEvent",
+    "build_cache",
+    "decode_state",
+    "encode_state",
+    "hash_tag",
+    "is_cacheable",
+    "key_hash",
+    "price_mask",
+    "redis_call",
+    "redis_client",
+    "request_cache_key",
+    "run_script",
+]

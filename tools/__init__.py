@@ -1,0 +1,1 @@
+"""Build scripts kept out of the wheel (the catalogue snapshot builder)."""
