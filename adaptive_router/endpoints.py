@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ._http import JSON, ApiError, authorize, error_response, json_response
+from .cache import redis_topology
 from .errors import NoEligibleModel
 from .proxy import (
     _AllFailed,
@@ -179,6 +180,7 @@ async def ready(request: Request) -> Response:
             "redis_configured": redis_configured,
             "redis_up": bool(getattr(cache, "redis_up", False)) if redis_configured else None,
         },
+        "redis": await redis_topology(cache),  # single, sentinel or cluster; None: memory only
         "breakers": service.breakers.snapshot() if service.breakers else {},
         "policy": service.router.policy.name,
     }

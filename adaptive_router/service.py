@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -52,6 +51,7 @@ from .proxy import _AllFailed, _routing, _UpstreamAnswer, chat_completions
 from .router import Decision, Router
 from .settings import Settings
 from .shared import Periodic, SharedState
+from .topology import RedisClient
 from .trafficlog import TrafficLog
 from .upstream import Provider, UpstreamClient, providers_from_settings
 
@@ -148,7 +148,7 @@ class RouterService:
             )
             await self.shared.start(local_saved_at=saved_at)
         if budget.enabled:
-            budget_client: Redis | None = None
+            budget_client: RedisClient | None = None
             if redis.url:
                 budget_client = redis_client(
                     redis.url, redis.connect_timeout_ms, max(redis.op_timeout_ms, 50.0)
