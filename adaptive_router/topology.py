@@ -72,7 +72,7 @@ class RedisTarget:
     seed nodes; ``url`` is what ``Redis.from_url`` reads for a single server."""
 
     kind: Kind
-    url: str
+    url: str = field(repr=False)  # may carry a password
     nodes: tuple[tuple[str, int], ...] = ()
     service: str | None = None  # sentinel: the primary's name
     db: int = 0
