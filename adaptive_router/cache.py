@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import ConfigError, RouterError
 from .settings import CacheSettings, RedisSettings
-from .topology import REDIS_FAULTS, RedisClient, describe, redis_client
+from .topology import REDIS_FAULTS, RedisClient, describe, prepare, redis_client
 
 __all__ = [
     "ANSWER_NEUTRAL_FIELDS",
@@ -378,6 +378,7 @@ async def build_cache(
         timeout_s=hard_timeout_s(redis.connect_timeout_ms, redis.op_timeout_ms),
     )
     failover = FailoverCache(primary, memory, redis.retry_after_s, on_state_change=on_state_change)
+    await prepare(client, max(1.0, 10 * hard_timeout_s(redis.connect_timeout_ms, redis.op_timeout_ms)))
     await failover.probe()
     return failover
 

@@ -23,11 +23,13 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote
 
 import redis.exceptions as redis_errors
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .errors import ConfigError
 
@@ -38,6 +40,7 @@ __all__ = [
     "RedisTarget",
     "describe",
     "parse_redis_url",
+    "prepare",
     "redis_client",
     "target_url",
 ]
@@ -164,6 +167,9 @@ def redis_client(
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
         "max_connections": max_connections,
+        # Off: otherwise every new connection spends one more round trip asking a server that
+        # does not know CLIENT MAINT_NOTIFICATIONS (Redis < 8) to turn them on.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if target.kind == "cluster":
         return _cluster_client(target, options)
@@ -178,7 +184,7 @@ def redis_client(
 def _cluster_client(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
     nodes = [ClusterNode(host, port) for host, port in target.nodes]
     try:
-        return RedisCluster(
+        client = RedisCluster(
             startup_nodes=nodes,
             username=target.username,
             password=target.password,
@@ -190,6 +196,39 @@ def _cluster_client(target: RedisTarget, options: dict[str, Any]) -> RedisCluste
         )
     except redis_errors.RedisClusterException as exc:
         raise ConfigError("redis.url", str(exc)) from exc
+    client.commands_parser = _CommandsOnce()
+    return client
+
+
+class _CommandsOnce(AsyncCommandsParser):
+    """redis-py reads the whole ``COMMAND`` table (about 50 KB, some 50 ms of parsing in Python)
+    every time it rebuilds the slot map, that is after every connection error or CLUSTERDOWN:
+    in an outage, on every call. The table does not change with the topology: read it once."""
+
+    __slots__ = ()
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if node is not None:
+            self.node = node
+        if not self.commands:
+            await super().initialize(node)
+
+
+async def prepare(client: RedisClient, timeout_s: float) -> bool:
+    """Connect now, with a start-up's patience, rather than in a first call bounded by a few
+    milliseconds: a cluster's slot map and command table, and one open connection to each
+    primary (to the server, or the primary Sentinel names). Says whether that worked; never
+    raises."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.ping()
+    except REDIS_FAULTS:
+        return False
+    return True
 
 
 def _sentinel_client(target: RedisTarget, options: dict[str, Any]) -> Redis:
