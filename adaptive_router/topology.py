@@ -240,6 +240,7 @@ def _sentinel_client(target: RedisTarget, options: dict[str, Any]) -> Redis:
     extra: dict[str, Any] = {"ssl": True} if target.tls else {}
     client: Redis = sentinel.master_for(
         target.service,
+        redis_class=_SentinelManaged,
         db=target.db,
         username=target.username,
         password=target.password,
@@ -247,6 +248,17 @@ def _sentinel_client(target: RedisTarget, options: dict[str, Any]) -> Redis:
         **extra,
     )
     return client
+
+
+class _SentinelManaged(Redis):
+    """A primary's client that also closes its connections to the sentinels when closed."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import redis
 
 __all__ = [
     "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "free_port",
     "redis_cluster",
@@ -34,6 +35,7 @@ __all__ = [
     "redis_server",
     "redis_server_fixture",
     "start_cluster",
+    "start_sentinel",
 ]
 
 REDIS_DEFAULT_PORT = 6379
@@ -92,21 +94,21 @@ class RedisServer:
         self._close_log()
         self._log = (self.workdir / "redis.log").open("ab")
         self._process = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--dir", str(self.workdir),
-                *self.extra_args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )  # fmt: skip
+            self._argv(), stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
         self._wait_until_ready()
+
+    def _argv(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(self.workdir),
+            *self.extra_args,
+        ]  # fmt: skip
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -304,3 +306,70 @@ def redis_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 redis_cluster = redis_cluster_fixture
+
+
+# --- Sentinel ----------------------------------------------------------------------------------
+
+
+class RedisSentinel(RedisServer):
+    """``redis-server --sentinel`` watching the primary ``master`` (named ``name``) on 127.0.0.1,
+    quorum 1, down after ``down_after_ms``: a failover takes a few seconds."""
+
+    def __init__(
+        self, binary: str, workdir: Path, master: RedisServer, name: str = "main", down_after_ms: int = 1000
+    ) -> None:
+        super().__init__(binary, workdir)
+        self.name = name
+        self.config = workdir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} 5000\n"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.name}/0"
+
+    def _argv(self) -> list[str]:
+        return [self.binary, str(self.config), "--sentinel"]
+
+    def primary_port(self) -> int | None:
+        """The port of the primary this sentinel names now (None if it does not answer)."""
+        try:
+            with _client(self.port) as client:
+                host_port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        except redis.RedisError:
+            return None
+        return int(host_port[1]) if host_port else None
+
+
+def start_sentinel(
+    workdir: Path, down_after_ms: int = 1000
+) -> tuple[RedisServer, RedisServer, RedisSentinel]:
+    """A primary, its replica and one sentinel, all running (the caller stops them)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+    started: list[RedisServer] = []
+    try:
+        for name in ("primary", "replica"):
+            (workdir / name).mkdir(parents=True, exist_ok=True)
+        primary = RedisServer(binary, workdir / "primary")
+        primary.start()
+        started.append(primary)
+        replica = RedisServer(
+            binary, workdir / "replica", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]
+        )
+        replica.start()
+        started.append(replica)
+        (workdir / "sentinel").mkdir(parents=True, exist_ok=True)
+        sentinel = RedisSentinel(binary, workdir / "sentinel", primary, down_after_ms=down_after_ms)
+        sentinel.start()
+        started.append(sentinel)
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return primary, replica, sentinel

@@ -110,7 +110,7 @@ def test_one_factory_builds_the_client_each_topology_needs() -> None:
             redis_client("redis+sentinel://127.0.0.1:1/main/0", 50, 5),
         ]
         single, cluster, sentinel = clients
-        assert type(single) is Redis and type(sentinel) is Redis
+        assert type(single) is Redis and isinstance(sentinel, Redis)
         assert isinstance(cluster, ClusterClient)
         assert "Sentinel" in type(sentinel.connection_pool).__name__
         for client in clients:
