@@ -268,6 +268,25 @@ class RedisCluster:
             rows = client.execute_command("CLUSTER SLOTS")
         return [(int(row[0]), int(row[1])) for row in rows if int(row[2][1]) == node.port]
 
+    def move_slot(self, slot: int, target: RedisServer) -> None:
+        """Migrate ``slot`` and its keys to ``target``, the way ``redis-cli --cluster reshard``
+        does: IMPORTING/MIGRATING, MIGRATE the keys, then every node learns the new owner."""
+        source = next(n for n in self.nodes if any(lo <= slot <= hi for lo, hi in self.slot_ranges(n)))
+        if source is target:
+            return
+        with _client(source.port) as src, _client(target.port) as dst:
+            source_id, target_id = src.cluster("MYID").decode(), dst.cluster("MYID").decode()
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            for _ in range(1000):  # bounded: a test's few keys
+                keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+                if not keys:
+                    break
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        for node in self.nodes:
+            with _client(node.port) as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
     def keys(self, node: RedisServer, pattern: str) -> list[str]:
         """Keys matching ``pattern`` stored on ``node`` (KEYS: fine for a test's few keys)."""
         with _client(node.port) as client:

@@ -252,6 +252,40 @@ def test_budgets_share_spend_through_the_cluster_on_one_slot(cluster: RedisClust
     run(main)
 
 
+def test_scripts_follow_their_slot_when_it_migrates_to_another_master(cluster: RedisCluster) -> None:
+    """What pointing a plain client at "the right node" cannot survive: the slot moves."""
+
+    async def main() -> None:
+        clients = [redis_client(cluster.url, 500, 500) for _ in range(2)]
+        learner = make_learner()
+        feed(learner, 4)
+        shared = SharedState(clients[0], "moving", "a", learner, 3600.0, 7200.0, timeout_s=2.0)
+        budget = Budget(
+            clients[1], "moving", 10.0, None, clock=lambda: NOON, replica_id="a", retry_after_s=0.0
+        )
+        try:
+            await shared.start()
+            assert await shared.sync_once()
+            await budget.charge(None, 1.0)
+            slot = cluster.slot(hash_tag("moving"))
+            before = cluster.node_for(hash_tag("moving"))
+            target = next(node for node in cluster.nodes if node is not before)
+            await asyncio.to_thread(cluster.move_slot, slot, target)
+            assert cluster.node_for(hash_tag("moving")) is target
+            # The very next calls follow MOVED: no failure, nothing lost.
+            assert await shared.sync_once() and shared.failures == 0
+            assert (await budget.charge(None, 0.5)).global_usd == pytest.approx(1.5)
+            assert budget.failures == 0
+            assert len(cluster.keys(target, "{moving}:*")) == 4  # three learning keys, one budget hash
+            assert cluster.keys(before, "{moving}:*") == []
+        finally:
+            await shared.stop()
+            for client in clients:
+                await client.aclose()
+
+    run(main)
+
+
 def test_ready_describes_the_cluster(cluster: RedisCluster) -> None:
     async def main() -> None:
         cache = await build_cache(RedisSettings(url=cluster.url, op_timeout_ms=500), CacheSettings())
