@@ -196,22 +196,39 @@ def _cluster_client(target: RedisTarget, options: dict[str, Any]) -> RedisCluste
         )
     except redis_errors.RedisClusterException as exc:
         raise ConfigError("redis.url", str(exc)) from exc
-    client.commands_parser = _CommandsOnce()
+    client.commands_parser = _KnownCommands()
     return client
 
 
-class _CommandsOnce(AsyncCommandsParser):
-    """redis-py reads the whole ``COMMAND`` table (about 50 KB, some 50 ms of parsing in Python)
-    every time it rebuilds the slot map, that is after every connection error or CLUSTERDOWN:
-    in an outage, on every call. The table does not change with the topology: read it once."""
+def _key_command(name: str, last_key: int) -> dict[str, Any]:
+    return {"name": name, "flags": ["write"], "first_key_pos": 1, "last_key_pos": last_key, "step_count": 1}
+
+
+# Where the keys are in the commands the router sends with keys (EVAL/EVALSHA are read apart).
+_KEY_COMMANDS = {
+    "get": _key_command("get", 1),
+    "set": _key_command("set", 1),
+    "del": _key_command("del", -1),
+}
+
+
+class _KnownCommands(AsyncCommandsParser):
+    """redis-py reads the server's whole ``COMMAND`` table (about 50 KB, some 50 ms of parsing in
+    Python, far more on a busy machine) each time it rebuilds the slot map, that is at start
+    and after every connection error or CLUSTERDOWN: in an outage, on every call. The router's
+    own commands are known here; the server's table is read only for a command that is not."""
 
     __slots__ = ()
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands.update(_KEY_COMMANDS)
+
     async def initialize(self, node: ClusterNode | None = None) -> None:
         if node is not None:
-            self.node = node
-        if not self.commands:
-            await super().initialize(node)
+            self.node = node  # a new slot map, the same commands
+            return
+        await super().initialize()  # a command not known here: read the server's table
 
 
 async def prepare(client: RedisClient, timeout_s: float) -> bool:

@@ -233,7 +233,16 @@ def test_budgets_share_spend_through_the_cluster_on_one_slot(cluster: RedisClust
     async def main() -> None:
         clients = [redis_client(cluster.url, 500, 500) for _ in range(2)]
         a, b = (
-            Budget(client, PREFIX, 10.0, 5.0, clock=lambda: NOON, replica_id=name, retry_after_s=0.0)
+            Budget(
+                client,
+                PREFIX,
+                10.0,
+                5.0,
+                clock=lambda: NOON,
+                replica_id=name,
+                retry_after_s=0.0,
+                timeout_s=2.0,
+            )
             for client, name in zip(clients, ("a", "b"), strict=True)
         )
         try:
