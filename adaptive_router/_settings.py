@@ -44,6 +44,7 @@ __all__ = [
     "ProviderSettings",
     "RedisSettings",
     "RoutingSettings",
+    "SentinelSettings",
     "ServerSettings",
     "Settings",
     "TaskRule",
@@ -101,12 +102,57 @@ class ServerSettings(_Section):
     traffic_log_backups: int = Field(default=5, ge=0)
 
 
+class SentinelSettings(_Section):
+    """A primary managed by Redis Sentinel: its name and the sentinels' addresses."""
+
+    master: str = Field(min_length=1, description="the primary's name in the sentinels' configuration")
+    nodes: list[str] = Field(min_length=1, description="sentinels as host:port")
+    db: int = Field(default=0, ge=0)
+
+
 class RedisSettings(_Section):
-    url: str | None = Field(default=None, description="redis://host:port/db; unset means memory only")
+    """Where Redis is. One server (``url``), a cluster (``redis+cluster://`` URL, or ``cluster:
+    true`` with ``url`` and/or seed ``nodes``), or a Sentinel-managed primary (``sentinel``, or
+    a ``redis+sentinel://`` URL); after validation ``url`` names it whichever way it was given."""
+
+    url: str | None = Field(
+        default=None,
+        description="redis://host:port/db, redis+cluster://host:port[,host:port], "
+        "redis+sentinel://host:port[,host:port]/primary[/db]; unset means memory only",
+    )
+    cluster: bool = Field(default=False, description="url and nodes are seed nodes of a Redis Cluster")
+    nodes: list[str] = Field(default_factory=list, description="cluster seed nodes as host:port")
+    sentinel: SentinelSettings | None = None
     connect_timeout_ms: float = Field(default=50.0, gt=0)
     op_timeout_ms: float = Field(default=5.0, gt=0)
     retry_after_s: float = Field(default=2.0, gt=0, description="how long to stay on memory after a fault")
     prefix: str = "adaptive-router"
+
+    @model_validator(mode="after")
+    def _one_url(self) -> RedisSettings:
+        from ._topology import parse_redis_url, target_url  # the redis package, only when needed
+
+        if self.sentinel is not None and (self.url is not None or self.cluster or self.nodes):
+            raise ConfigError("redis.sentinel", "name Redis one way: sentinel, or url/cluster/nodes")
+        sentinel = self.sentinel
+        url = target_url(
+            self.url,
+            cluster=self.cluster,
+            nodes=sentinel.nodes if sentinel else self.nodes,
+            sentinel_master=sentinel.master if sentinel else None,
+            db=sentinel.db if sentinel else 0,
+        )
+        if url is not None:
+            parse_redis_url(url)  # a wrong URL stops start-up here, naming redis.url
+        object.__setattr__(self, "url", url)  # frozen: set once, during validation
+        return self
+
+    @property
+    def topology(self) -> str | None:
+        """One of "single", "sentinel", "cluster"; None: memory only."""
+        from ._topology import parse_redis_url
+
+        return None if self.url is None else parse_redis_url(self.url).kind
 
 
 class CacheSettings(_Section):

@@ -1,25 +1,30 @@
 """Reliability: a long soak through two replicas and Redis, with faults injected mid-run.
 
-    python3 benchmarks/reliability.py            # 10,000 requests at 100/s (~2 minutes all told)
-    python3 benchmarks/reliability.py --quick    # 2,000 requests (~40 s)
+    python3 benchmarks/reliability.py            # 10,000 requests at 100/s, one server then a cluster
+    python3 benchmarks/reliability.py --quick    # 2,000 requests each (~1.5 min in all)
+    python3 benchmarks/reliability.py --topology cluster
 
-Every server is its own process on 127.0.0.1, started here and stopped at the end: one
-``redis-server``, the simulated upstream (``adaptive-router simulate-upstream``) and two router
+Every server is its own process on 127.0.0.1, started here and stopped at the end: Redis (one
+``redis-server``, or a 3-master Redis Cluster of them, ``cluster-enabled yes``, no replicas,
+node timeout 1 s), the simulated upstream (``adaptive-router simulate-upstream``) and two router
 replicas (uvicorn on ``adaptive_router.service:app_from_environment``), sharing what they learn
 through Redis every 200 ms. A paced asyncio client sends chat completions round-robin to both
 replicas at a steady rate, and, mid-run:
 
-- Redis is killed (SIGKILL) at 30% of the requests and restarted, empty, at 45%;
+- Redis is killed (SIGKILL) at 30% of the requests and restarted, empty, at 45% (on the
+  cluster: the master that holds the learning and budget scripts' slot; a second later the
+  other masters answer CLUSTERDOWN to every command until it is back);
 - the model the replicas route to (``lab/a``, by far the fastest) fails every call from about
   60% of the run to about 70%, then recovers (breakers: 5 failures, 2 s cool-down).
 
-Afterwards, a quick fuzz pass sends bad input (schemathesis against ``/openapi.json``, valid and
-invalid cases, when it is installed; hypothesis-generated JSON bodies) and counts the answers.
+After the single-server run, a quick fuzz pass sends bad input (schemathesis against
+``/openapi.json``, valid and invalid cases, when it is installed; hypothesis-generated JSON
+bodies) and counts the answers.
 Statistics lost is what was sent against what the replicas counted: the sum of their
 ``/metrics.json`` request totals, and each replica's shared view of the evidence (latency
 evidence never decays and never forgets here, so each answered request is one unit of it).
 
-Writes benchmarks/results/reliability.json and prints a table (README, "Reliability").
+Writes benchmarks/results/reliability.json and prints a table per topology (README, "Reliability").
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the process helpers live with the tests
 
 from adaptive_router._bench import machine_info  # noqa: E402
+from adaptive_router.state import hash_tag  # noqa: E402
 from tests.process_fixtures import (  # noqa: E402
     Catalogue,
     Load,
@@ -48,6 +54,7 @@ from tests.process_fixtures import (  # noqa: E402
     start_redis,
     wait_for,
 )
+from tests.redis_server import start_cluster  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
 FAST = "lab/a"
@@ -58,6 +65,8 @@ OUTAGE_FROM, OUTAGE_TO = 0.60, 0.70
 WARMUP = 200
 FUZZ_EXAMPLES = 30  # schemathesis, per operation and mode
 BODY_EXAMPLES = 200  # hypothesis bodies, per endpoint
+PREFIX = "reliability"
+TOPOLOGIES = ("single", "cluster")
 PACKAGES = ["adaptive-router", "uvicorn", "starlette", "httpx", "redis", "schemathesis", "hypothesis"]
 
 
@@ -72,7 +81,7 @@ def replica_env(catalogue: Catalogue, name: str, redis_url: str) -> dict[str, st
         LEARNING__LATENCY_HALF_LIFE_S="1e9",
         LEARNING__SURPRISE_FORGET="1",
         REDIS__URL=redis_url,
-        REDIS__PREFIX="reliability",
+        REDIS__PREFIX=PREFIX,
         UPSTREAM__BREAKER_FAILURES="5",
         UPSTREAM__BREAKER_COOLDOWN_S="2",
     )
@@ -98,8 +107,11 @@ def outage_scenario(requests: int) -> dict[str, Any]:
     )
 
 
-def inject_faults(load: Load, redis: Any, replicas: list[Served], requests: int) -> list[dict[str, Any]]:
-    """Kill Redis and bring it back at fixed points of the run; note what each replica saw."""
+def inject_faults(
+    load: Load, redis: Any, replicas: list[Served], requests: int, what: str
+) -> list[dict[str, Any]]:
+    """Kill ``redis`` (a server, or one cluster node) and bring it back at fixed points of the
+    run; note what each replica saw."""
     faults: list[dict[str, Any]] = []
     load.wait_sent(round(requests * REDIS_KILL_AT), limit_s=requests / RATE_PER_S + 30)
     killed_at, t_kill = load.sent, time.monotonic()
@@ -108,10 +120,10 @@ def inject_faults(load: Load, redis: Any, replicas: list[Served], requests: int)
     load.wait_sent(round(requests * REDIS_BACK_AT), limit_s=requests / RATE_PER_S + 30)
     redis.start()
     back_at, t_back = load.sent, time.monotonic()
-    seen_up = wait_for(lambda: all(shared_up(r) for r in replicas), limit_s=10)
+    seen_up = wait_for(lambda: all(shared_up(r) for r in replicas), limit_s=30)
     faults.append(
         {
-            "fault": "Redis killed (SIGKILL), restarted empty",
+            "fault": f"{what} killed (SIGKILL), restarted empty",
             "requests": [killed_at, back_at],
             "down_s": round(t_back - t_kill, 1),
             "ready_showed_down": seen_down,
@@ -121,14 +133,21 @@ def inject_faults(load: Load, redis: Any, replicas: list[Served], requests: int)
     return faults
 
 
-def run_soak(work: Path, requests: int) -> dict[str, Any]:
-    redis = start_redis(work)
+def run_soak(work: Path, requests: int, topology: str) -> dict[str, Any]:
+    """One soak: Redis as ``topology`` ("single" or "cluster"), the fuzz pass after "single"."""
+    if topology == "cluster":
+        cluster = start_cluster(work / "cluster")
+        url, victim, stop = cluster.url, cluster.node_for(hash_tag(PREFIX)), cluster.stop
+        what = "the cluster master holding the scripts' slot"
+    else:
+        redis = start_redis(work)
+        url, victim, stop, what = redis.url, redis, redis.stop, "Redis"
     try:
         with ProcessGroup(work) as group:
             catalogue = Catalogue.write(work)
             sim = group.simulator(catalogue, outage_scenario(requests))
             replicas = [
-                group.router(n, sim, replica_env(catalogue, n, redis.url), wait=False) for n in ("r1", "r2")
+                group.router(n, sim, replica_env(catalogue, n, url), wait=False) for n in ("r1", "r2")
             ]
             for replica in replicas:
                 replica.wait_ready()
@@ -139,14 +158,15 @@ def run_soak(work: Path, requests: int) -> dict[str, Any]:
                 rss[r.name]["after_warmup_mb"] = r.rss_kb() / 1024
             load = Load(urls, count=requests, rate_per_s=RATE_PER_S).start()
             try:
-                faults = inject_faults(load, redis, replicas, requests)
+                faults = inject_faults(load, victim, replicas, requests, what)
             finally:
                 tally = load.join()
             for r in replicas:
                 rss[r.name]["end_mb"] = r.rss_kb() / 1024
             faults.append(outage_report(sim, tally, requests))
             stats = statistics(replicas, warm, tally)
-            bad_inputs = fuzz_pass(replicas[0])
+            described = replicas[0].get("/ready")["redis"]
+            bad_inputs = fuzz_pass(replicas[0]) if topology == "single" else None
             return {
                 "load": tally,
                 "warmup": warm,
@@ -154,9 +174,10 @@ def run_soak(work: Path, requests: int) -> dict[str, Any]:
                 "stats": stats,
                 "rss": rss,
                 "bad": bad_inputs,
+                "redis": described,
             }
     finally:
-        redis.stop()
+        stop()
 
 
 def outage_report(sim: Served, tally: Tally, requests: int) -> dict[str, Any]:
@@ -289,6 +310,7 @@ def summarise(run: dict[str, Any], requests: int, seconds: float) -> dict[str, A
     tally: Tally = run["load"]
     failed = {k: v for k, v in tally.outcomes.items() if k != "200"}
     return {
+        "redis": run["redis"],
         "requests_sent": tally.sent,
         "answered": tally.answered,
         "answered_200": tally.ok,
@@ -317,6 +339,12 @@ def summarise(run: dict[str, Any], requests: int, seconds: float) -> dict[str, A
 
 def print_table(result: dict[str, Any]) -> None:
     stats, bad, rows = result["statistics"], result["bad_inputs"], []
+    redis = result["redis"]
+    nodes = ", ".join(redis.get("nodes", []))
+    extra = (
+        f"; state {redis.get('state')}, {redis.get('slots_covered')} slots served" if "state" in redis else ""
+    )
+    rows.append(("redis", f"{redis['topology']}: {nodes}{extra}"))
     injected, survived = result["faults_injected"], result["faults_survived"]
     rows.append(("requests sent", f"{result['requests_sent']:,} (+{result['warmup']['sent']} warm-up)"))
     rows.append(("answered", f"{result['answered']:,} ({result['answered_200']:,} with 200)"))
@@ -327,9 +355,10 @@ def print_table(result: dict[str, Any]) -> None:
     rows.append(
         ("faults survived", f"{survived} of {injected}" + (" (no client saw an error)" if survived else ""))
     )
-    tried = _pairs(bad["tried"])
-    rows.append(("bad inputs tried", f"{bad['total']:,} ({tried}); 5xx: {bad['5xx']}"))
-    rows.append(("bad input answers", _pairs(bad["statuses"])))
+    if bad is not None:
+        tried = _pairs(bad["tried"])
+        rows.append(("bad inputs tried", f"{bad['total']:,} ({tried}); 5xx: {bad['5xx']}"))
+        rows.append(("bad input answers", _pairs(bad["statuses"])))
     lost = f"{stats['requests_lost_or_doubled']} (sent {stats['sent']:,}, counted {stats['counted_total']:,})"
     rows.append(("statistics lost (requests)", lost))
     evidence = _pairs(stats["evidence_lost_or_doubled"])
@@ -348,8 +377,8 @@ def print_table(result: dict[str, Any]) -> None:
     width = max(len(label) for label, _ in rows)
     config = result["config"]
     print(
-        f"reliability: {config['requests']:,} requests at {RATE_PER_S:g}/s through 2 replicas + Redis "
-        f"({result['wall_s']} s in all)"
+        f"reliability ({redis['topology']}): {config['requests']:,} requests at {RATE_PER_S:g}/s through "
+        f"2 replicas + Redis ({result['wall_s']} s in all)"
     )
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
@@ -363,25 +392,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 requests instead of 10,000")
     parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--topology", choices=[*TOPOLOGIES, "both"], default="both")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     requests = args.requests or (2_000 if args.quick else 10_000)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
-        run = run_soak(Path(tmp), requests)
-    result = {
-        "benchmark": "reliability",
-        "environment": environment(),
-        **summarise(run, requests, time.monotonic() - started),
-    }
+    topologies = TOPOLOGIES if args.topology == "both" else (args.topology,)
+    runs: dict[str, Any] = {}
+    for topology in topologies:
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"reliability-{topology}-") as tmp:
+            run = run_soak(Path(tmp), requests, topology)
+        runs[topology] = summarise(run, requests, time.monotonic() - started)
+        print_table(runs[topology])
+    result = {"benchmark": "reliability", "environment": environment(), "topologies": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result)
     print(f"wrote {args.output}")
-    clean = (
-        not result["failed"]
-        and result["statistics"]["requests_lost_or_doubled"] == 0
-        and result["bad_inputs"]["5xx"] == 0
+    clean = all(
+        not run["failed"]
+        and run["statistics"]["requests_lost_or_doubled"] == 0
+        and (run["bad_inputs"] is None or run["bad_inputs"]["5xx"] == 0)
+        for run in runs.values()
     )
     return 0 if clean else 1
 

@@ -35,6 +35,7 @@ __all__ = [
     "load_bundled",
     "load_catalogue",
     "load_openrouter",
+    "provider_groups",
 ]
 
 CAPABILITIES = ("tools", "json_mode", "structured_outputs", "vision", "reasoning", "streaming")
@@ -424,3 +425,14 @@ def with_declared(catalogue: Catalogue, declared: Sequence[Mapping[str, Any]]) -
     }
     kept = [m for m in catalogue.models if m.id not in extra]
     return Catalogue([*kept, *extra.values()], source=catalogue.source)
+
+
+def provider_groups(
+    catalogue: Catalogue, routes: Sequence[tuple[str, Sequence[str]]]
+) -> npt.NDArray[np.intp]:
+    """Each model's provider: the index of the first route whose globs match its id, -1 for none."""
+    groups = np.full(len(catalogue), -1, dtype=np.intp)
+    for index, (_, globs) in enumerate(routes):
+        unassigned = groups < 0
+        groups[unassigned & catalogue.glob_mask(tuple(globs))] = index
+    return groups

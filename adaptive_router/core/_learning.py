@@ -45,10 +45,23 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from ._sums import (
+    FIT_SUMS,
+    LATENCY_SUMS,
+    SUM_NAMES,
+    DecayedSums,
+    LearnerState,
+    Surprise,
+    index_map,
+    read_state,
+    realign,
+    sum_shapes,
+    write_state,
+)
 
 __all__ = [
     "FIT_SUMS",
@@ -64,7 +77,6 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
-_REBASE_EXPONENT = 200.0  # exp(200) ~ 7e86: far from overflow, even squared sums
 _MIN_LOG_SD = 0.05
 _TOKEN_SCALE = 100.0  # the fit's x is hundreds of tokens: well-conditioned sums
 _REF_TOKENS = 256.0  # where the prior's second pseudo-point sits
@@ -72,87 +84,7 @@ _MIN_TTFT_S = 1e-4
 _MIN_TPOT_S = 1e-7
 _DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
 _CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
-STATE_VERSION = 2
-# Per model: the latency fit's sums, the provider calibration.
-MODEL_SUMS = ("lat_n", "lat_y", "lat_cross", "calib")
-# Per (cell, model): output tokens, success, quality.
-CELL_SUMS = ("tokens", "success", "quality")
-SUM_NAMES = MODEL_SUMS + CELL_SUMS
-FIT_SUMS = ("lat_n", "lat_y", "lat_cross")
-LATENCY_SUMS = ("latency",)  # what a surprise names: the model's fitted latency evidence
 _SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
-
-
-def sum_shapes(models: int, cells: int) -> dict[str, tuple[int, ...]]:
-    """The shape of each named sum for a learner of ``models`` models and ``cells`` cells."""
-    shapes: dict[str, tuple[int, ...]] = {name: (models,) for name in MODEL_SUMS}
-    shapes.update({name: (cells, models) for name in CELL_SUMS})
-    return shapes
-
-
-class DecayedSums:
-    """Decayed weight, sum and sum of squares over cells of any shape."""
-
-    __slots__ = ("rate", "s1", "s2", "t0", "w")
-
-    def __init__(self, shape: tuple[int, ...], half_life_s: float, t0: float = 0.0) -> None:
-        self.rate = math.log(2.0) / half_life_s
-        self.t0 = t0
-        self.w = np.zeros(shape)
-        self.s1 = np.zeros(shape)
-        self.s2 = np.zeros(shape)
-
-    def add(self, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> None:
-        exponent = self.rate * (t - self.t0)
-        if exponent > _REBASE_EXPONENT:
-            self.rebase(t)
-            exponent = 0.0
-        g = weight * math.exp(exponent)
-        self.w[cell] += g
-        self.s1[cell] += g * x
-        self.s2[cell] += g * x * x
-
-    def factor(self, t: float) -> float:
-        """Multiply the stored sums by this to read them as of time ``t``."""
-        return math.exp(-self.rate * (t - self.t0))
-
-    def rebase(self, t: float) -> None:
-        f = self.factor(t)
-        for array in (self.w, self.s1, self.s2):
-            array *= f
-        self.t0 = t
-
-    def merge(self, other: DecayedSums) -> None:
-        """Add ``other``'s evidence to ours (same shape and half-life)."""
-        if other.w.shape != self.w.shape or not math.isclose(other.rate, self.rate):
-            raise ValueError("can only merge sums of the same shape and half-life")
-        if self.rate * (other.t0 - self.t0) > _REBASE_EXPONENT:
-            # A much newer reference time (an idle replica's t0 against a busy one's) would
-            # overflow exp(); bring ours forward first: same values, smaller numbers.
-            self.rebase(other.t0)
-        g = math.exp(self.rate * (other.t0 - self.t0))
-        self.w += g * other.w
-        self.s1 += g * other.s1
-        self.s2 += g * other.s2
-
-    def copy(self) -> DecayedSums:
-        twin = DecayedSums(self.w.shape, math.log(2.0) / self.rate, self.t0)
-        twin.assign(self)
-        return twin
-
-    def assign(self, other: DecayedSums) -> None:
-        """Become a copy of ``other`` (same shape), in place: references to our arrays stay valid."""
-        self.rate, self.t0 = other.rate, other.t0
-        self.w[...], self.s1[...], self.s2[...] = other.w, other.s1, other.s2
-
-    def scale(self, cell: int | tuple[int, int], factor: float) -> None:
-        """Keep ``factor`` of one cell's evidence (forgetting)."""
-        self.w[cell] *= factor
-        self.s1[cell] *= factor
-        self.s2[cell] *= factor
-
-    def arrays(self) -> dict[str, Any]:
-        return {"w": self.w, "s1": self.s1, "s2": self.s2, "t0": self.t0}
 
 
 @dataclass
@@ -190,26 +122,6 @@ class Estimates:
     quality_evidence: FloatArray  # (cells, models)
     tokens_sum: FloatArray  # (cells,): decayed sum of output tokens, all models
     tokens_weight: FloatArray  # (cells,): their decayed count
-
-
-@dataclass
-class LearnerState:
-    """A learner's sums, addressable by model id and cell name: what is saved and shared."""
-
-    ids: tuple[str, ...]
-    tasks: tuple[str, ...]
-    sums: dict[str, DecayedSums]
-
-
-@dataclass(frozen=True)
-class Surprise:
-    """A latency surprise: model ``model``'s ``name`` evidence ("latency") kept only ``factor``
-    at time ``t``. Other replicas apply it to their own evidence."""
-
-    name: str
-    model: int
-    t: float
-    factor: float
 
 
 @dataclass(frozen=True)
@@ -598,8 +510,8 @@ class Learner:
     def align(self, state: LearnerState) -> LearnerState:
         """``state`` laid out in this learner's models and cells (matched by id and name; models
         or cells this learner does not know are dropped). Raises ValueError on another half-life."""
-        model_map = _index_map(state.ids, self.ids)
-        task_map = _index_map(state.tasks, self.tasks)
+        model_map = index_map(state.ids, self.ids)
+        task_map = index_map(state.tasks, self.tasks)
         sums = {}
         for name, like in self._local.items():
             other = state.sums.get(name)
@@ -607,7 +519,7 @@ class Learner:
                 raise ValueError(f"{name}: missing from the state (saved by another version?)")
             if not math.isclose(other.rate, like.rate) or other.w.ndim != like.w.ndim:
                 raise ValueError(f"{name}: sums of another half-life or shape cannot be merged")
-            sums[name] = _realign(other, like, model_map, task_map)
+            sums[name] = realign(other, like, model_map, task_map)
         return LearnerState(self.ids, self.tasks, sums)
 
     def merge(self, state: LearnerState) -> None:
@@ -654,56 +566,8 @@ class Learner:
     def save(self, path: str | Path) -> None:
         """Write the local state (npz) atomically: a crash mid-write leaves the old file. Only
         this replica's own evidence: the others' lives in their own copies."""
-        target = Path(path)
-        tmp = target.with_name(target.name + ".tmp")
-        arrays: dict[str, Any] = {
-            "version": STATE_VERSION,
-            "ids": np.array(self.ids),
-            "tasks": np.array(self.tasks),
-        }
-        for name, sums in self.local_state().sums.items():
-            for key, value in sums.arrays().items():
-                arrays[f"{name}.{key}"] = value
-            arrays[f"{name}.rate"] = sums.rate
-        with tmp.open("wb") as handle:
-            np.savez(handle, **arrays)
-        tmp.replace(target)
+        write_state(path, self.local_state())
 
     @staticmethod
     def read_state(path: str | Path) -> LearnerState:
-        with np.load(Path(path), allow_pickle=False) as data:
-            if int(data["version"]) != STATE_VERSION:
-                raise ValueError(
-                    f"{path}: learned-state version {int(data['version'])} is not {STATE_VERSION}"
-                )
-            sums = {}
-            for name in SUM_NAMES:
-                rate = float(data[f"{name}.rate"])
-                s = DecayedSums(data[f"{name}.w"].shape, math.log(2.0) / rate, float(data[f"{name}.t0"]))
-                s.w[...], s.s1[...], s.s2[...] = data[f"{name}.w"], data[f"{name}.s1"], data[f"{name}.s2"]
-                sums[name] = s
-            return LearnerState(
-                tuple(str(i) for i in data["ids"]), tuple(str(t) for t in data["tasks"]), sums
-            )
-
-
-def _index_map(source: Sequence[str], target: Sequence[str]) -> list[tuple[int, int]]:
-    where = {name: i for i, name in enumerate(target)}
-    return [(i, where[name]) for i, name in enumerate(source) if name in where]
-
-
-def _realign(
-    other: DecayedSums, like: DecayedSums, model_map: list[tuple[int, int]], task_map: list[tuple[int, int]]
-) -> DecayedSums:
-    """``other``'s sums laid out in ``like``'s rows and columns."""
-    out = DecayedSums(like.w.shape, math.log(2.0) / other.rate, other.t0)
-    src_m = [s for s, _ in model_map]
-    dst_m = [d for _, d in model_map]
-    for name in ("w", "s1", "s2"):
-        source, target = getattr(other, name), getattr(out, name)
-        if source.ndim == 1:
-            target[dst_m] = source[src_m]
-        else:
-            for s_task, d_task in task_map:
-                target[d_task, dst_m] = source[s_task, src_m]
-    return out
+        return read_state(path)

@@ -17,16 +17,17 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .._errors import ConfigError, NoEligibleModel, RequestError
+from .._errors import ConfigError, RequestError
 from .._settings import Settings
-from ._catalogue import CAPABILITIES, Catalogue, capability_bits, load_catalogue
+from ._catalogue import Catalogue, load_catalogue, provider_groups
+from ._constraints import required_bits, why_none
 from ._decision import Decision, Outcome, Ranking, RouteRequest
 from ._learning import Estimates, Learner, LearnerConfig
 from ._profile import Profile, Profiler, TaskRules
@@ -275,7 +276,17 @@ class Router:
         mask = self._eligible(request, profile, est, out_tokens)
         eligible = int(np.count_nonzero(mask))
         if eligible == 0:
-            raise self._why_none(request, profile, est, out_tokens)
+            raise why_none(
+                self.catalogue,
+                self.available,
+                request,
+                profile,
+                est,
+                latency_q=self.latency_quantile(est, out_tokens),
+                cost=self.cost_bound(profile, request.max_tokens, out_tokens),
+                out_tokens=out_tokens,
+                quantile=self.config.latency_quantile,
+            )
         np.copyto(score, -np.inf, where=~mask)
         choice = policy.choose(score, est, profile.cell, weights, self.rng)
         pinned = self._pinned_row(request.model, mask)
@@ -398,7 +409,7 @@ class Router:
         """Rows having every one of ``capabilities``; depends on the catalogue only, so kept."""
         mask = self._capability_masks.get(capabilities)
         if mask is None:
-            bits = _capability_bits(capabilities)
+            bits = required_bits(capabilities)
             mask = (self.catalogue.capabilities & bits) == bits
             self._capability_masks[capabilities] = mask
         return mask
@@ -435,98 +446,6 @@ class Router:
         if row is None:
             raise RequestError("model", f"model {model!r} is not in the catalogue; use 'auto' to route")
         return row if mask[row] else None
-
-    def _why_none(
-        self, request: RouteRequest, profile: Profile, est: Estimates, out: float
-    ) -> NoEligibleModel:
-        """Cold path: replay the masks one at a time to name the one that emptied the set."""
-        cat = self.catalogue
-        need = profile.prompt_tokens + (request.max_tokens or 0)
-        mask = np.ones(len(cat), dtype=np.bool_)  # the steps' messages read it as it stands then
-        steps: list[tuple[str, Callable[[], BoolArray], Callable[[], str] | str]] = [
-            (
-                "context_length",
-                lambda: need <= cat.context_length,
-                f"no model has a context window for {need} tokens (largest: {cat.max_context})",
-            ),
-            ("available", lambda: self.available, "every model's circuit breaker is open"),
-            (
-                "budget",
-                lambda: request.mask if request.mask is not None else np.ones(len(cat), np.bool_),
-                "near the spend cap only models under the price ceiling may serve, and none fits",
-            ),
-            (
-                "max_tokens",
-                lambda: cat.max_output_tokens >= (request.max_tokens or 0),
-                f"no model can write max_tokens={request.max_tokens}",
-            ),
-            (
-                "capabilities",
-                lambda: (
-                    (cat.capabilities & _capability_bits(request.capabilities))
-                    == _capability_bits(request.capabilities)
-                ),
-                f"no model has {sorted(request.capabilities)}",
-            ),
-            (
-                "allow",
-                lambda: cat.glob_mask(request.allow) if request.allow else np.ones(len(cat), np.bool_),
-                f"no model matches allow={list(request.allow)}",
-            ),
-            ("deny", lambda: ~cat.glob_mask(request.deny), f"deny={list(request.deny)} excludes the rest"),
-            (
-                "max_latency_ms",
-                lambda: self.latency_quantile(est, out) <= (request.max_latency_ms or math.inf) / 1e3,
-                self._latency_advice(mask, self.latency_quantile(est, out), "max_latency_ms", request, out),
-            ),
-            (
-                "max_ttft_ms",
-                lambda: est.ttft_q <= (request.max_ttft_ms or math.inf) / 1e3,
-                self._latency_advice(mask, est.ttft_q, "max_ttft_ms", request, out),
-            ),
-            (
-                "max_cost_usd",
-                lambda: (
-                    self.cost_bound(profile, request.max_tokens, out)
-                    <= (request.max_cost_usd if request.max_cost_usd is not None else math.inf)
-                ),
-                f"no remaining model is expected under ${request.max_cost_usd}",
-            ),
-        ]
-        for name, step, message in steps:
-            narrowed = mask & step()
-            if not narrowed.any():
-                text = message if isinstance(message, str) else message()
-                return NoEligibleModel(name, f"no eligible model: {text}")
-            mask[...] = narrowed
-        return NoEligibleModel("constraints", "no eligible model")
-
-    def _latency_advice(
-        self, mask: BoolArray, quantile: FloatArray, field: str, request: RouteRequest, out: float
-    ) -> Callable[[], str]:
-        """The message for a latency cap that emptied the set: the fastest remaining model's
-        estimate and what to relax (read lazily: ``mask`` is the set just before the cap)."""
-
-        def message() -> str:
-            limit = request.max_latency_ms if field == "max_latency_ms" else request.max_ttft_ms
-            rows = np.flatnonzero(mask)
-            if rows.size == 0:
-                return f"no remaining model is expected under {field}={limit}"
-            best = int(rows[np.argmin(quantile[rows])])
-            what = f"{out:.0f}-token answer" if field == "max_latency_ms" else "first token"
-            hint = (
-                "raise max_latency_ms, lower max_tokens, or cap max_ttft_ms instead"
-                if field == "max_latency_ms"
-                else "raise max_ttft_ms"
-            )
-            quantile_name = f"p{self.config.latency_quantile * 100:.0f}"
-            return (
-                f"no remaining model is expected under {field}={limit:g} ({quantile_name} "
-                f"of a {what}); the fastest, {self.catalogue.ids[best]}, is expected at "
-                f"{quantile[best] * 1000:.0f} ms: {hint}"
-            )
-
-        return message
 
     def _ranked(self, score: FloatArray, eligible: int, top_k: int) -> list[int]:
         """The best ``top_k + 1`` eligible rows by score (greedy order), best first."""
@@ -624,17 +543,6 @@ def catalogue_from_settings(settings: Settings) -> Catalogue:
     return load_catalogue(spec.source, spec.overlay, settings.openrouter_key(), declared)
 
 
-def provider_groups(
-    catalogue: Catalogue, routes: Sequence[tuple[str, Sequence[str]]]
-) -> npt.NDArray[np.intp]:
-    """Each model's provider: the index of the first route whose globs match its id, -1 for none."""
-    groups = np.full(len(catalogue), -1, dtype=np.intp)
-    for index, (_, globs) in enumerate(routes):
-        unassigned = groups < 0
-        groups[unassigned & catalogue.glob_mask(tuple(globs))] = index
-    return groups
-
-
 def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:
     return (
         request.mode,
@@ -662,15 +570,6 @@ def _normalise_weights(weights: tuple[float, float, float]) -> tuple[float, floa
     if total <= 0:
         raise RequestError("weights", "weights must not all be zero")
     return (weights[0] / total, weights[1] / total, weights[2] / total)
-
-
-def _capability_bits(names: Iterable[str]) -> int:
-    try:
-        return capability_bits(names)
-    except KeyError as exc:
-        raise RequestError(
-            "capabilities", f"unknown capability {exc.args[0]!r}; known: {list(CAPABILITIES)}"
-        ) from None
 
 
 def _message_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:

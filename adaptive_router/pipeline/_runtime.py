@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 
 from .._errors import RequestFailed, RouterError
 from .._settings import Settings
+from .._topology import RedisClient
 from ..core._catalogue import Catalogue
 from ..core._decision import RouteRequest
 from ..core._router import Router, catalogue_from_settings
@@ -148,7 +148,7 @@ class RouterService:
     def _replica_id(self) -> str:
         return self.settings.learning.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
-    async def _redis(self, stack: contextlib.AsyncExitStack, op_timeout_ms: float) -> Redis:
+    async def _redis(self, stack: contextlib.AsyncExitStack, op_timeout_ms: float) -> RedisClient:
         redis = self.settings.redis
         assert redis.url is not None
         client = redis_client(redis.url, redis.connect_timeout_ms, op_timeout_ms)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from .._errors import ApiError
 from ..core._decision import RouteRequest
+from ..state._cache import redis_topology
 from ._http import authorize, call_headers, json_response, read_call, running
 from ._schemas import (
     CompleteRequest,
@@ -171,6 +172,7 @@ async def ready(request: Request) -> Response:
             "redis_configured": redis_configured,
             "redis_up": bool(getattr(state.cache, "redis_up", False)) if redis_configured else None,
         },
+        "redis": await redis_topology(state.cache),  # single, sentinel or cluster; None: memory only
         "breakers": pipeline.breakers.snapshot(),
         "policy": service.router.policy.name,
     }

@@ -3,6 +3,15 @@ and daily budgets."""
 
 from __future__ import annotations
 
+from .._topology import (
+    REDIS_FAULTS,
+    RedisClient,
+    RedisTarget,
+    describe,
+    parse_redis_url,
+    prepare,
+    redis_client,
+)
 from ._budget import Budget, BudgetSnapshot, Spend, Verdict, key_hash, price_mask
 from ._cache import (
     ANSWER_NEUTRAL_FIELDS,
@@ -12,10 +21,10 @@ from ._cache import (
     RedisCache,
     build_cache,
     is_cacheable,
-    redis_client,
+    redis_topology,
     request_cache_key,
 )
-from ._redis import REDIS_FAULTS, redis_call
+from ._redis import redis_call
 from ._shared import (
     WIRE_VERSION,
     Periodic,
@@ -41,6 +50,8 @@ __all__ = [
     "Periodic",
     "Published",
     "RedisCache",
+    "RedisClient",
+    "RedisTarget",
     "SharedState",
     "Spend",
     "SyncStats",
@@ -48,13 +59,17 @@ __all__ = [
     "WireEvent",
     "build_cache",
     "decode_state",
+    "describe",
     "encode_state",
     "hash_tag",
     "is_cacheable",
     "key_hash",
+    "parse_redis_url",
+    "prepare",
     "price_mask",
     "redis_call",
     "redis_client",
+    "redis_topology",
     "request_cache_key",
     "run_script",
 ]

@@ -16,7 +16,9 @@ reads the totals (the sum of the fields) in one Lua call. Writing absolute value
 increments, is what makes the count exact across faults: a reply lost after Redis applied the
 write, a retry, or a Redis that restarted empty are all repaired by writing the same cumulative
 value again, and nothing is counted twice. While Redis is away, spend accumulates in memory and
-``check`` adds it to the last known totals.
+``check`` adds it to the last known totals. The others' share is never lowered within a day:
+after a Redis node restarts empty, a replica keeps reporting what it knew was spent until the
+others have written theirs again.
 
 Keys (one hash slot, for Redis Cluster): ``{prefix}:budget:v1:<YYYY-MM-DD>:global`` and
 ``{prefix}:budget:v1:<YYYY-MM-DD>:key:<sha256(api key), 16 hex>``, each expiring two days after
@@ -39,9 +41,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-from redis.asyncio import Redis
 
 from .._errors import BudgetExceeded, ConfigError, RedisUnavailable
+from .._topology import RedisClient
 from ._redis import redis_call
 from ._shared import hash_tag, run_script
 
@@ -154,7 +156,7 @@ class Budget:
 
     def __init__(
         self,
-        client: Redis | None,
+        client: RedisClient | None,
         prefix: str,
         global_daily_usd: float | None,
         per_key_daily_usd: float | None,
@@ -184,7 +186,10 @@ class Budget:
         self._retry_after_s = retry_after_s
         self._mine: dict[Scope, int] = {}  # this process's cumulative spend
         self._acked: dict[Scope, int] = {}  # ... as last written to Redis
-        self._total: dict[Scope, int] = {}  # all processes, as last read
+        # The other processes' spend, as last read and never lowered: their fields only grow
+        # within a day, so a smaller sum means Redis lost data (a node back empty, a flush),
+        # not that less was spent.
+        self._others: dict[Scope, int] = {}
         self._heal = False  # rewrite every scope of ours: Redis lost some of them
         self._lock = asyncio.Lock()
         self.redis_up = client is not None
@@ -216,8 +221,7 @@ class Budget:
         return time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
 
     def _spent(self, scope: Scope) -> float:
-        mine = self._mine.get(scope, 0)
-        nano = self._total.get(scope, 0) + mine - self._acked.get(scope, 0)
+        nano = self._others.get(scope, 0) + self._mine.get(scope, 0)
         return nano / NANO_PER_USD
 
     # --- counting ------------------------------------------------------------------------
@@ -292,7 +296,8 @@ class Budget:
         for scope, (before, total) in zip(scopes, reply, strict=True):
             if int(before) < self._acked.get(scope, 0):
                 self._heal = True  # Redis restarted or was flushed: write everything again
-            self._total[scope] = int(total)
+            stored = max(int(before), writes.get(scope, 0))  # what the script left in our field
+            self._others[scope] = max(self._others.get(scope, 0), int(total) - stored)
             self._acked[scope] = writes.get(scope, int(before))
         self._up()
         return True
@@ -317,7 +322,7 @@ class Budget:
         keep = {self.day(), time.strftime("%Y-%m-%d", time.gmtime(self._clock() - 86_400))}
         done = [s for s in self._mine if self._client is None or self._mine[s] == self._acked.get(s)]
         for scope in [s for s in done if s[0] not in keep]:
-            for table in (self._mine, self._acked, self._total):
+            for table in (self._mine, self._acked, self._others):
                 table.pop(scope, None)
 
 

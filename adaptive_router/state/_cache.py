@@ -32,12 +32,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from .._errors import CacheUnavailable, ConfigError
 from .._settings import CacheSettings, RedisSettings
+from .._topology import RedisClient, describe, prepare, redis_client
 from ._redis import redis_call
 
 __all__ = [
@@ -47,8 +44,10 @@ __all__ = [
     "MemoryCache",
     "RedisCache",
     "build_cache",
+    "cache_prefix",
     "is_cacheable",
     "redis_client",
+    "redis_topology",
     "request_cache_key",
 ]
 
@@ -137,28 +136,6 @@ class MemoryCache:
 # Redis
 
 
-def redis_client(
-    url: str, connect_timeout_ms: float, op_timeout_ms: float, *, max_connections: int = 256
-) -> Redis:
-    """An asyncio Redis client that fails fast: bounded connect and read, and no retries.
-
-    redis-py's ``Redis(...)`` constructor retries ConnectionError and TimeoutError 10 times
-    with exponential backoff by default (redis-py >= 8), which would stretch a 5 ms budget into
-    seconds; the failover wrapper, not the client, decides when to try again.
-    """
-    try:
-        return Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout_ms / 1000.0,
-            socket_timeout=op_timeout_ms / 1000.0,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            max_connections=max_connections,
-        )
-    except ValueError as exc:
-        raise ConfigError("redis.url", str(exc)) from exc
-
-
 def hard_timeout_s(connect_timeout_ms: float, op_timeout_ms: float) -> float:
     """The bound on one cache call: a fresh connection costs a connect, one pipelined
     handshake round trip, then the command itself, each bounded by its own socket timeout."""
@@ -170,9 +147,11 @@ class RedisCache:
     the client's socket timeouts bound it). Any Redis fault raises :class:`CacheUnavailable`.
 
         cache = RedisCache(redis_client("redis://127.0.0.1:6380/0", 50, 5), "adaptive-router:cache")
+
+    ``client`` may be a plain, Sentinel-managed or cluster client (:func:`redis_client`).
     """
 
-    def __init__(self, client: Redis, prefix: str, *, timeout_s: float | None = None) -> None:
+    def __init__(self, client: RedisClient, prefix: str, *, timeout_s: float | None = None) -> None:
         self._client = client
         self._prefix = prefix
         self._timeout_s = timeout_s
@@ -209,6 +188,10 @@ class RedisCache:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", self._client.delete(self._key(key)))
+
+    async def topology(self, timeout_s: float = 0.5) -> dict[str, Any]:
+        """Which Redis this cache uses (single, sentinel, cluster), for ``/ready``; never raises."""
+        return await describe(self._client, timeout_s)
 
     async def close(self) -> None:
         await redis_call("close", self._client.aclose(), None, CacheUnavailable)
@@ -287,6 +270,10 @@ class FailoverCache:
             self._probing = False
         return self._redis_up
 
+    async def topology(self, timeout_s: float = 0.5) -> dict[str, Any]:
+        """The Redis topology behind the cache, for ``/ready`` (one bounded call; never raises)."""
+        return await self._primary.topology(timeout_s)
+
     async def close(self) -> None:
         try:
             await self._primary.close()
@@ -363,7 +350,9 @@ async def build_cache(
     """Memory only when ``redis.url`` is unset; otherwise Redis with a memory fallback.
 
     Starts fine when Redis is down: one bounded ping decides the initial backend.
-    Keys live under ``<redis.prefix>:cache:``, apart from the shared learning state.
+    Keys live under ``<redis.prefix>:cache:``, apart from the shared learning state, with any
+    ``{...}`` hash tag of the prefix taken out: on a Redis Cluster, cache entries spread over
+    every slot (the learning state and the budgets, whose scripts need one slot, keep it).
     """
     memory = MemoryCache(cache.memory_max_entries)
     if redis.url is None:
@@ -371,12 +360,25 @@ async def build_cache(
     client = redis_client(redis.url, redis.connect_timeout_ms, redis.op_timeout_ms)
     primary = RedisCache(
         client,
-        f"{redis.prefix}:cache",
+        f"{cache_prefix(redis.prefix)}:cache",
         timeout_s=hard_timeout_s(redis.connect_timeout_ms, redis.op_timeout_ms),
     )
     failover = FailoverCache(primary, memory, redis.retry_after_s, on_state_change=on_state_change)
+    await prepare(client, max(1.0, 10 * hard_timeout_s(redis.connect_timeout_ms, redis.op_timeout_ms)))
     await failover.probe()
     return failover
+
+
+async def redis_topology(cache: Cache | None, timeout_s: float = 0.5) -> dict[str, Any] | None:
+    """For ``/ready``: the Redis topology behind ``cache`` (None without Redis); never raises."""
+    if isinstance(cache, FailoverCache | RedisCache):
+        return await cache.topology(timeout_s)
+    return None
+
+
+def cache_prefix(prefix: str) -> str:
+    """``prefix`` without braces, so that no cache key carries a Redis Cluster hash tag."""
+    return prefix.replace("{", "").replace("}", "")
 
 
 # --------------------------------------------------------------------------------------------

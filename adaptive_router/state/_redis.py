@@ -15,15 +15,12 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import redis.exceptions
-
 from .._errors import RedisUnavailable
+from .._topology import REDIS_FAULTS
 
 __all__ = ["REDIS_FAULTS", "redis_call"]
 
 T = TypeVar("T")
-
-REDIS_FAULTS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)  # OSError: timeouts
 
 
 async def redis_call(

@@ -13,7 +13,7 @@ whole local state again when Redis answers.
     ...                       # decisions read learner arrays only; the sync runs on its own task
     await shared.stop()       # one last push
 
-Keys (one hash slot, so it works on Redis Cluster; ``{prefix}`` is a hash tag)::
+Keys (one hash slot, so the script runs on a Redis Cluster too; ``{prefix}`` is a hash tag)::
 
     {prefix}:learn:v1:states    hash  replica id -> serialized local state
     {prefix}:learn:v1:etags     hash  replica id -> etag of that state (readers skip unchanged ones)
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import redis.exceptions as redis_errors
-from redis.asyncio import Redis
 
 from .._errors import RedisUnavailable
+from .._topology import RedisClient
 from ..core._learning import FIT_SUMS, LATENCY_SUMS, SUM_NAMES, DecayedSums, Learner, LearnerState, sum_shapes
 from ._redis import redis_call
 
@@ -267,7 +267,9 @@ return {previous, live, changed}
 SYNC_SCRIPT_SHA = hashlib.sha1(SYNC_SCRIPT.encode()).hexdigest()
 
 
-async def run_script(client: Redis, script: str, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+async def run_script(
+    client: RedisClient, script: str, sha: str, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
     """EVALSHA, and EVAL when the server does not know the script (restarted, flushed): one
     round trip either way; EVAL also caches it for the next EVALSHA."""
     try:
@@ -309,7 +311,7 @@ class SharedState:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         prefix: str,
         replica_id: str,
         learner: Learner,
