@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .hierarchy import CellLevels, shrunk_quality
+
 __all__ = ["LATENCY_SUMS", "SUM_NAMES", "DecayedSums", "Estimates", "Learner", "LearnerState", "Surprise"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -195,6 +197,8 @@ class Learner:
         surprise_forget: float = 0.5,
         t0: float = 0.0,
         latency_z: float = 1.2815515655446004,
+        cell_levels: CellLevels | None = None,
+        cell_prior_strength: float | None = None,
     ) -> None:
         self.ids = tuple(ids)
         self.tasks = tuple(tasks)
@@ -206,6 +210,9 @@ class Learner:
         self.surprise_z = surprise_z
         self.surprise_forget = surprise_forget
         self.latency_z = latency_z
+        # Fine cells under task classes: quality borrows strength from the coarser levels.
+        self.cell_levels = cell_levels
+        self.k_cell = cell_prior_strength
         self.prior_log_ttft = np.log(np.asarray(ttft_prior, dtype=np.float64))
         self.prior_log_tpot = np.log(np.asarray(tpot_prior, dtype=np.float64))
         self.prior_quality = np.broadcast_to(np.asarray(quality_prior, dtype=np.float64), (k, m)).copy()
@@ -307,7 +314,14 @@ class Learner:
         fs, fq = self.success.factor(t), self.quality.factor(t)
         n = self.success.w[:, models] * fs
         qn = self.quality.w[:, models] * fq
-        quality = (k * self.prior_quality[:, models] + self.quality.s1[:, models] * fq) / (k + qn)
+        if self.cell_levels is None:
+            quality = (k * self.prior_quality[:, models] + self.quality.s1[:, models] * fq) / (k + qn)
+            quality_var = quality * (1.0 - quality) / (k + qn)
+        else:
+            prior = self.prior_quality[0, models]
+            quality, quality_var = shrunk_quality(
+                self.quality.s1[:, models] * fq, qn, prior, self.cell_levels, k, self.k_cell
+            )
         # An outage is the model's, whatever the task: success is pooled over task classes.
         pooled_n = n.sum(axis=0)
         success = (k * self.success0 + self.success.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
@@ -315,7 +329,6 @@ class Learner:
         feedback_rate = np.minimum(
             (self.quality.w.sum(axis=1) * fq) / np.maximum(self.success.w.sum(axis=1) * fs, 1.0), 1.0
         )
-        quality_var = quality * (1.0 - quality) / (k + qn)
         return Estimates(
             ttft=np.exp(ttft_mu),
             tpot=np.exp(tpot_mu),

@@ -12,6 +12,7 @@ A decision reads arrays held in memory and touches no network and no lock.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -28,7 +29,7 @@ from .catalogue import CAPABILITIES, Catalogue, capability_bits, load_catalogue
 from .decision import Candidate, Decision, Outcome, RouteRequest, _Ranking
 from .errors import NoEligibleModel, RequestError
 from .learning import Estimates, Learner
-from .profile import Profile, Profiler, TaskRules
+from .profile import FastRoute, Profile, Profiler, TaskRules
 from .scoring import Greedy, LogScale, Policy, make_policy, normal_quantile
 from .settings import Settings
 
@@ -119,12 +120,7 @@ class Router:
             catalogue = load_catalogue(
                 settings.catalogue.source, settings.catalogue.overlay, settings.openrouter_key()
             )
-        routing, learning, exploration, prof = (
-            settings.routing,
-            settings.learning,
-            settings.exploration,
-            settings.profile,
-        )
+        routing, learning, exploration = settings.routing, settings.learning, settings.exploration
         config = RouterConfig(
             modes={name: w.normalised() for name, w in routing.modes.items()},
             default_weights=routing.default_weights.normalised(),
@@ -136,15 +132,7 @@ class Router:
             feedback_memory=learning.feedback_memory,
             decision_ttl_s=settings.cache.decision_ttl_seconds if settings.cache.enabled else 0.0,
         )
-        rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
-        profiler = Profiler(
-            rules,
-            prof.default_task,
-            prof.length_buckets,
-            prof.expected_output_tokens,
-            prof.scan_chars,
-            prof.cells,
-        )
+        profiler = _profiler(settings)
         learner = Learner(
             catalogue.ids,
             profiler.cells,
@@ -161,6 +149,8 @@ class Router:
             surprise_z=learning.surprise_z,
             surprise_forget=learning.surprise_forget,
             latency_z=normal_quantile(routing.latency_quantile),
+            cell_levels=profiler.levels,
+            cell_prior_strength=learning.cell_prior_strength,
         )
         policy = make_policy(
             exploration.policy, exploration.ucb_c, exploration.temperature, config.latency_scale.inv_range
@@ -201,6 +191,7 @@ class Router:
         if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
             return self._decide(request, self.policy, self.config.top_k)
         profile = self.profile(request)  # the key needs it; the miss below reuses it
+        request = _fast_route(request, profile)
         key = _decision_key(request, profile, self._available_version)
         now = self.clock()
         hit = self._decisions.get(key)
@@ -220,9 +211,10 @@ class Router:
         self, request: RouteRequest, policy: Policy, top_k: int, profile: Profile | None = None
     ) -> Decision:
         started = time.perf_counter()
-        mode, weights = self.weights_for(request.mode, request.weights)
         if profile is None:
             profile = self.profile(request)
+        request = _fast_route(request, profile)
+        mode, weights = self.weights_for(request.mode, request.weights)
         est = self.learner.estimates(self.clock())
         out_tokens = float(profile.expected_output_tokens)
         score = self._score(est, profile, weights, out_tokens)
@@ -532,6 +524,46 @@ class Router:
         if self.available[row] != available:
             self.available[row] = available
             self._available_version += 1  # cached decisions made before no longer hold
+
+
+def _profiler(settings: Settings) -> Profiler:
+    prof = settings.profile
+    rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
+    fast = [
+        FastRoute(r.name or f"rule {i}", TaskRules(r.keywords, r.patterns), r.mode, tuple(r.allow), r.model)
+        for i, r in enumerate(prof.fast_path)
+    ]
+    semantic = None
+    if prof.cells == "task_and_semantic":
+        from .semantic import SemanticCells, StaticEmbedder  # numpy only; the table ships as data
+
+        embedder = StaticEmbedder.load(prof.semantic_table)
+        semantic = (embedder, SemanticCells(embedder.dims, prof.semantic_bits, embedder.centre))
+    return Profiler(
+        rules,
+        prof.default_task,
+        prof.length_buckets,
+        prof.expected_output_tokens,
+        prof.scan_chars,
+        prof.cells,
+        semantic=semantic,
+        fast_path=fast,
+    )
+
+
+def _fast_route(request: RouteRequest, profile: Profile) -> RouteRequest:
+    """A matching fast-path rule fills what the client left unset: mode, allow-list, model."""
+    route = profile.route
+    if route is None:
+        return request
+    changes: dict[str, Any] = {}
+    if route.mode is not None and request.mode in (None, "default") and request.weights is None:
+        changes["mode"] = route.mode
+    if route.allow and not request.allow:
+        changes["allow"] = route.allow
+    if route.model is not None and request.model is None:
+        changes["model"] = route.model
+    return dataclasses.replace(request, **changes) if changes else request
 
 
 def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:

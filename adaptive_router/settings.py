@@ -169,6 +169,9 @@ class LearningSettings(_Section):
     latency_half_life_s: float = Field(default=300.0, gt=0, description="latency moves fast")
     quality_half_life_s: float = Field(default=86_400.0, gt=0, description="quality moves slowly")
     prior_strength: float = Field(default=5.0, gt=0, description="pseudo-observations behind a prior")
+    # With semantic cells: what the task class's quality estimate is worth in one of its cells,
+    # in observations (null: prior_strength). Larger: cells of a class are believed to differ less.
+    cell_prior_strength: float | None = Field(default=None, gt=0)
     latency_log_sd_prior: float = Field(default=0.5, gt=0)
     success_prior: float = Field(default=0.98, gt=0, lt=1)
     refresh_interval_s: float = Field(default=1.0, gt=0, description="full re-estimate at most this often")
@@ -217,6 +220,25 @@ class TaskRule(_Section):
     @classmethod
     def _keywords_lower(cls, keywords: list[str]) -> list[str]:
         return [k.strip().lower() for k in keywords if k.strip()]
+
+
+class FastPathRule(TaskRule):
+    """A keyword fast-path rule (seed B's first layer): a prompt matching ``keywords`` or
+    ``patterns`` goes straight to ``mode``, ``allow`` and/or ``model``, before any scoring.
+    Fields the client set itself (its own mode, weights, allow-list or model) win."""
+
+    name: str = ""
+    mode: str | None = None
+    allow: list[str] = Field(default_factory=list)
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _routes_somewhere(self) -> FastPathRule:
+        if not (self.keywords or self.patterns):
+            raise ValueError("a fast-path rule needs keywords or patterns")
+        if self.mode is None and not self.allow and self.model is None:
+            raise ValueError("a fast-path rule needs a mode, an allow list or a model")
+        return self
 
 
 def _default_tasks() -> dict[str, TaskRule]:
@@ -313,8 +335,19 @@ class ProfileSettings(_Section):
     length_buckets: list[int] = Field(default_factory=lambda: [256, 2048])
     # "task" by default: on RouterBench (benchmarks/learning.py) length cells gained nothing beyond
     # seed noise at matched cost, and every extra cell learns every model again from its prior.
-    cells: Literal["task", "task_and_length"] = Field(
-        default="task", description="the learner's rows: task classes, or (task class, length bucket) pairs"
+    cells: Literal["task", "task_and_length", "task_and_semantic"] = Field(
+        default="task",
+        description="the learner's rows: task classes, (task class, length bucket) or (task class, "
+        "semantic cell) pairs",
+    )
+    # task_and_semantic: 2**semantic_bits cells of the static MiniLM embedding per task class.
+    semantic_bits: int = Field(default=3, ge=0, le=8)
+    semantic_table: str | None = Field(
+        default=None, description="the distilled embedding table (.npz); default: the bundled one"
+    )
+    fast_path: list[FastPathRule] = Field(
+        default_factory=list,
+        description="keyword rules checked first: a match picks a mode, an allow list or a model",
     )
     expected_output_tokens: dict[str, int] = Field(
         default_factory=lambda: {

@@ -31,6 +31,7 @@ Writes benchmarks/results/learning.json and prints one table per part.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -225,6 +226,94 @@ def dataset_ceiling(table: OutcomeTable, cost_cap: float = GOAL_COST) -> dict[st
     result = cell_ceiling(table, cells.astype(np.intp), cost_cap)
     result["pure_assignment"] = {str(labels[c]): model for c, model in result["pure_assignment"].items()}
     return result
+
+
+# --- 4. the curve against the two-fixed-model hull ---------------------------------------------
+
+SWEEP = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)  # quality weight; the rest split 1:2 latency:cost
+# Public list prices (USD per million tokens, input/output) for tables without costs (routellm):
+# OpenAI's for gpt-4-1106-preview, a typical hosted price for Mixtral-8x7B-Instruct.
+LIST_PRICES = {
+    "gpt-4-1106-preview": (10.0, 30.0),
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": (0.6, 0.6),
+}
+
+
+def hull_quality(cost: FloatArray, quality: FloatArray, at: float) -> float:
+    """The best quality a random mix of two fixed models reaches at cost ``at`` (the upper
+    concave envelope of the single models' (cost, quality) points, flat past the best one)."""
+    order = np.lexsort((-quality, cost))
+    pts: list[tuple[float, float]] = []
+    for c, q in zip(cost[order].tolist(), quality[order].tolist(), strict=True):
+        if pts and q <= pts[-1][1]:
+            continue  # dominated: costs more, no better
+        while len(pts) >= 2 and _cross(pts[-2], pts[-1], (c, q)) >= 0:
+            pts.pop()
+        pts.append((c, q))
+    if at <= pts[0][0]:
+        return pts[0][1]
+    for (c0, q0), (c1, q1) in itertools.pairwise(pts):
+        if at <= c1:
+            return q0 + (q1 - q0) * (at - c0) / (c1 - c0)
+    return pts[-1][1]
+
+
+def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def impute_costs(table: OutcomeTable) -> OutcomeTable:
+    """Costs from list prices where the table has none: prompt tokens (4 characters each) at the
+    input price and the table's output tokens (300 where unknown) at the output price."""
+    if table.cost.any():
+        return table
+    tokens = np.array([max(1.0, len(t) / 4.0) for t in table.texts])
+    for j, model in enumerate(table.models):
+        price_in, price_out = LIST_PRICES.get(model, (1.0, 1.0))
+        table.cost[:, j] = (tokens * price_in + table.output_tokens[:, j] * price_out) / 1e6
+    return table
+
+
+def curve(
+    table: OutcomeTable,
+    latency: LatencyGroups | None,
+    policy: str,
+    seeds: list[int],
+    limit: int | None,
+    settings: Settings,
+    sweep: tuple[float, ...] = SWEEP,
+) -> list[dict[str, Any]]:
+    """Per weight: the router's quality and cost (vs the reference), the hull at its cost, and
+    the points (of accuracy, x100) gained over it; mean and worst of the seeds."""
+    rows = []
+    for qw in sweep:
+        gains, qs, cs = [], [], []
+        for seed in seeds:
+            r = replay_outcomes(
+                table, None, settings, policy, None, seed, True, limit, latency, weights=curve_weights(qw)
+            )
+            fixed_c = np.array([a.cost_usd for a in r.fixed])
+            fixed_q = np.array([a.quality for a in r.fixed])
+            ref = next(a for a in r.fixed if a.name == REFERENCE)
+            gains.append(100.0 * (r.router.quality - hull_quality(fixed_c, fixed_q, r.router.cost_usd)))
+            qs.append(r.router.quality / ref.quality)
+            cs.append(r.router.cost_usd / ref.cost_usd)
+        rows.append(
+            {
+                "policy": policy,
+                "quality_weight": qw,
+                "weights": [round(w, 4) for w in curve_weights(qw)],
+                "quality_vs_ref": float(np.mean(qs)),
+                "quality_vs_ref_worst": float(np.min(qs)),
+                "cost_vs_ref": float(np.mean(cs)),
+                "cost_vs_ref_worst": float(np.max(cs)),
+                "points_over_hull": float(np.mean(gains)),
+                "points_over_hull_worst": float(np.min(gains)),
+                "per_seed": {"quality": np.round(qs, 4).tolist(), "cost": np.round(cs, 4).tolist(),
+                             "points_over_hull": np.round(gains, 2).tolist()},
+            }
+        )
+    return rows
 
 
 # --- running and printing ---------------------------------------------------------------------
