@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping
 from functools import lru_cache
@@ -172,16 +173,17 @@ class StaticEmbedder:
             chunks = wordpiece_basic_tokens(text)
         if cut:
             chunks = chunks[:-1]
-        cache, ids = self._cache, list[int]()
+        cache, get, ids = self._cache, self._cache.get, list[int]()
+        stop = sys.maxsize if limit is None else limit
         for chunk in chunks:
-            pieces = cache.get(chunk)
+            pieces = get(chunk)
             if pieces is None:
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()  # bounded; the common words come back at once
                 pieces = cache[chunk] = self._pieces(chunk)
             ids += pieces
-            if limit is not None and len(ids) >= limit:
-                return ids[:limit]
+            if len(ids) >= stop:
+                return ids[:stop]
         return ids
 
     def _pieces(self, chunk: str) -> tuple[int, ...]:

@@ -152,7 +152,6 @@ def test_shrunk_quality_stays_a_probability_with_positive_variance(
     assert np.all(var > 0)
     # Between the cell's own mean and what it borrows: never outside both.
     own = np.where(w > 0, s1 / np.maximum(w, 1e-300), q)
-    q_parent, _ = shrunk_quality(np.zeros_like(s1), np.zeros_like(w), np.full(2, prior), LEVELS, k)
     assert np.all(q <= np.maximum(own, 1.0) + 1e-9)
 
 
