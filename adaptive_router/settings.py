@@ -170,7 +170,7 @@ class LearningSettings(_Section):
     quality_half_life_s: float = Field(default=86_400.0, gt=0, description="quality moves slowly")
     prior_strength: float = Field(default=5.0, gt=0, description="pseudo-observations behind a prior")
     # With semantic cells: what the task class's quality estimate is worth in one of its cells,
-    # in observations (null: prior_strength). Larger: cells of a class are believed to differ less.
+    # in observations (null: read off the data, per model: how far cells stray from their class).
     cell_prior_strength: float | None = Field(default=None, gt=0)
     latency_log_sd_prior: float = Field(default=0.5, gt=0)
     success_prior: float = Field(default=0.98, gt=0, lt=1)
