@@ -150,7 +150,7 @@ class Router:
             surprise_forget=learning.surprise_forget,
             latency_z=normal_quantile(routing.latency_quantile),
             cell_levels=profiler.levels,
-            cell_prior_strength=learning.cell_prior_strength,
+            cell_prior_strength=_cell_strength(learning.cell_prior_strength),
         )
         policy = make_policy(
             exploration.policy, exploration.ucb_c, exploration.temperature, config.latency_scale.inv_range
@@ -549,6 +549,10 @@ def _profiler(settings: Settings) -> Profiler:
         semantic=semantic,
         fast_path=fast,
     )
+
+
+def _cell_strength(value: float | str) -> float | None:
+    return None if value == "auto" else float(value)
 
 
 def _fast_route(request: RouteRequest, profile: Profile) -> RouteRequest:

@@ -169,9 +169,18 @@ class LearningSettings(_Section):
     latency_half_life_s: float = Field(default=300.0, gt=0, description="latency moves fast")
     quality_half_life_s: float = Field(default=86_400.0, gt=0, description="quality moves slowly")
     prior_strength: float = Field(default=5.0, gt=0, description="pseudo-observations behind a prior")
-    # With semantic cells: what the task class's quality estimate is worth in one of its cells,
-    # in observations (null: read off the data, per model: how far cells stray from their class).
-    cell_prior_strength: float | None = Field(default=None, gt=0)
+    # With semantic cells: what the task class's quality estimate is worth in one of its cells, in
+    # observations (20: cells of a class differ by ~0.1 in accuracy; "auto": read off the data
+    # per model, from how far cells stray from their class).
+    cell_prior_strength: float | Literal["auto"] = Field(default=20.0)
+
+    @field_validator("cell_prior_strength")
+    @classmethod
+    def _strength_positive(cls, value: float | str) -> float | str:
+        if value != "auto" and not float(value) > 0:
+            raise ValueError("must be > 0 or 'auto'")
+        return value
+
     latency_log_sd_prior: float = Field(default=0.5, gt=0)
     success_prior: float = Field(default=0.98, gt=0, lt=1)
     refresh_interval_s: float = Field(default=1.0, gt=0, description="full re-estimate at most this often")

@@ -539,6 +539,7 @@ def main() -> int:
     )
     parser.add_argument("--length-buckets", help="comma-separated token edges, e.g. 128,512,2048")
     parser.add_argument("--semantic-bits", type=int, help="with --cells task_and_semantic")
+    parser.add_argument("--ucb-c", type=float, help="exploration.ucb_c (default: the settings default)")
     parser.add_argument("--curves-only", action="store_true", help="only part 4, the curves against the hull")
     parser.add_argument("--policies", default=",".join(POLICIES), help="part 4: comma-separated policies")
     parser.add_argument(
@@ -547,9 +548,15 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
     settings = _settings(args.cells, args.length_buckets, args.semantic_bits)
+    if args.ucb_c is not None:
+        settings = settings.model_copy(
+            update={"exploration": settings.exploration.model_copy(update={"ucb_c": args.ucb_c})}
+        )
     if args.curves_only:
         result: dict[str, Any] = {"benchmark": "learning", "quick": args.quick, "machine": machine()}
         result["profile"] = settings.profile.model_dump(include={"cells", "semantic_bits"})
+        result["exploration"] = settings.exploration.model_dump(include={"policy", "ucb_c"})
+        result["cell_prior_strength"] = settings.learning.cell_prior_strength
     else:
         result = run_all(args.quick, args.data, settings)
     result["curves"] = run_curves(
