@@ -179,7 +179,7 @@ class Profiler:
         """``text`` is scanned for the task (the last user turn); ``chars`` counts the whole prompt."""
         scanned = self._scanned(text)
         lowered = scanned.lower()
-        route = next((r for r in self.fast_path if r.matches(lowered)), None)
+        route = next((r for r in self.fast_path if r.matches(lowered)), None) if self.fast_path else None
         task = self._classify(lowered)
         tokens = estimate_tokens(len(text) if chars is None else chars)
         expected = self._expected_out[task]

@@ -217,7 +217,9 @@ def test_fast_path_sends_a_match_to_its_model_and_mode_unless_the_client_chose()
     ]
     settings_ = load_settings(profile={"fast_path": rules}, exploration={"policy": "greedy"})
     router = Router.from_settings(settings_, Catalogue(_models()), clock=SimClock())
-    assert router.decide(RouteRequest(prompt="Review this contract clause")).model == "p/m3"
+    legal = router.decide(RouteRequest(prompt="Review this contract clause"))
+    assert legal.model == "p/m3" and legal.to_dict()["profile"]["fast_path"] == "legal"
+    assert "fast_path" not in router.decide(RouteRequest(prompt="Tell me a story")).to_dict()["profile"]
     assert router.decide(RouteRequest(prompt="Review this contract", model="p/m1")).model == "p/m1"
     chat = router.decide(RouteRequest(prompt="hi there"))
     assert chat.mode == "speed" and chat.model in ("p/m0", "p/m1")
