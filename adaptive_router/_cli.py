@@ -402,7 +402,7 @@ def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
     rows += [
         {
             "target": e.target,
-            "ips": _ci(e.ips),
+            "ips": _ci(e.ips) if e.ips_in_range else "out of range (see below)",
             "snips": _ci(e.snips),
             "dr": _ci(e.dr),
             "ess": round(e.ess, 1),
@@ -413,6 +413,10 @@ def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
     ]
     title = f"off-policy estimates of mean reward, 95% normal intervals ({len(log.files)} file(s))"
     _print_table(title, ["target", "ips", "snips", "dr", "ess", "agreement", "n"], rows)
+    print(f"reward: {estimates[0].reward}")
+    for e in estimates:
+        for warning in e.warnings:
+            print(f"warning: {e.target}: {warning}")
     skipped = {k: v for k, v in estimates[0].skipped.items() if v}
     if skipped:
         print("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))

@@ -10,16 +10,12 @@ raises :class:`ConfigError` naming the key, e.g. ``routing.default_weights.laten
 
 from __future__ import annotations
 
-import itertools
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -33,6 +29,7 @@ from pydantic_settings import (
 )
 
 from ._errors import ConfigError
+from ._profile_settings import ProfileSettings, Section, TaskRule
 
 __all__ = [
     "BudgetSettings",
@@ -56,8 +53,7 @@ __all__ = [
 SETTINGS_FILE_ENV = "ROUTER_SETTINGS_FILE"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section  # every section forbids unknown keys and is read-only
 
 
 class Weights(_Section):
@@ -222,6 +218,18 @@ class LearningSettings(_Section):
     latency_half_life_s: float = Field(default=300.0, gt=0, description="latency moves fast")
     quality_half_life_s: float = Field(default=86_400.0, gt=0, description="quality moves slowly")
     prior_strength: float = Field(default=5.0, gt=0, description="pseudo-observations behind a prior")
+    # With semantic cells: what the task class's quality estimate is worth in one of its cells, in
+    # observations (20: cells of a class differ by ~0.1 in accuracy; "auto": read off the data
+    # per model, from how far cells stray from their class).
+    cell_prior_strength: float | Literal["auto"] = Field(default=20.0)
+
+    @field_validator("cell_prior_strength")
+    @classmethod
+    def _strength_positive(cls, value: float | str) -> float | str:
+        if value != "auto" and not float(value) > 0:
+            raise ValueError("must be > 0 or 'auto'")
+        return value
+
     latency_log_sd_prior: float = Field(
         default=0.3, gt=0, description="log spread of one answer's latency before evidence"
     )
@@ -264,157 +272,6 @@ class ExplorationSettings(_Section):
         default=100.0, gt=0, description="requests elsewhere after which a slowed-down model is tried again"
     )
     seed: int | None = None
-
-
-class TaskRule(_Section):
-    """How a task class is recognised: whole words (lower case) and, sparingly, regexes.
-
-    Words are matched as a set against the words of the prompt, which costs the same for 40
-    keywords as for 4; each regex is another pass over the text, so keep them few and anchored
-    on a literal. Both are matched against the lower-cased prompt.
-    """
-
-    keywords: list[str] = Field(default_factory=list)
-    patterns: list[str] = Field(default_factory=list)
-
-    @field_validator("patterns")
-    @classmethod
-    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad pattern {pattern!r}: {exc}") from exc
-        return patterns
-
-    @field_validator("keywords")
-    @classmethod
-    def _keywords_lower(cls, keywords: list[str]) -> list[str]:
-        return [k.strip().lower() for k in keywords if k.strip()]
-
-
-def _default_tasks() -> dict[str, TaskRule]:
-    return {
-        "code": TaskRule(
-            keywords=[
-                "code",
-                "python",
-                "javascript",
-                "typescript",
-                "java",
-                "rust",
-                "golang",
-                "c++",
-                "sql",
-                "regex",
-                "function",
-                "def",
-                "class",
-                "bug",
-                "debug",
-                "compile",
-                "compiler",
-                "refactor",
-                "api",
-                "json",
-                "stack trace",
-                "traceback",
-                "exception",
-                "script",
-                "program",
-                "algorithm",
-                "html",
-                "css",
-            ],
-            patterns=[r"```"],
-        ),
-        "math": TaskRule(
-            keywords=[
-                "math",
-                "equation",
-                "integral",
-                "derivative",
-                "solve",
-                "prove",
-                "proof",
-                "probability",
-                "calculate",
-                "compute",
-                "arithmetic",
-                "algebra",
-                "geometry",
-                "theorem",
-                "how many",
-            ],
-            # "2 + 3", "x^2 = 4", "7 - 2" (spaced minus only: "2024-01-05" is a date, not a sum)
-            patterns=[r"\d\s*[+*/^=×÷]\s*\d", r"\d\s+-\s+\d"],
-        ),
-        "translation": TaskRule(
-            keywords=[
-                "translate",
-                "translation",
-                "translated",
-                "into french",
-                "into english",
-                "into german",
-                "into spanish",
-                "into chinese",
-                "into japanese",
-            ],
-        ),
-        "summarisation": TaskRule(
-            keywords=[
-                "summarise",
-                "summarize",
-                "summary",
-                "summarisation",
-                "summarization",
-                "tldr",
-                "tl;dr",
-                "key points",
-                "in one sentence",
-            ],
-        ),
-    }
-
-
-class ProfileSettings(_Section):
-    """Task classes by keyword (most hits wins, ties in settings order; none: ``default_task``)."""
-
-    tasks: dict[str, TaskRule] = Field(default_factory=_default_tasks)
-    default_task: str = "general"
-    scan_chars: int = Field(default=2000, ge=64, description="head and tail of the last user turn scanned")
-    length_buckets: list[int] = Field(default_factory=lambda: [256, 2048])
-    # "task" by default: on RouterBench (benchmarks/learning.py) length cells gained nothing beyond
-    # seed noise at matched cost, and every extra cell learns every model again from its prior.
-    cells: Literal["task", "task_and_length"] = Field(
-        default="task", description="the learner's rows: task classes, or (task class, length bucket) pairs"
-    )
-    expected_output_tokens: dict[str, int] = Field(
-        default_factory=lambda: {
-            "general": 300,
-            "code": 500,
-            "math": 400,
-            "translation": 200,
-            "summarisation": 200,
-        }
-    )
-
-    @field_validator("length_buckets")
-    @classmethod
-    def _buckets_increasing(cls, buckets: list[int]) -> list[int]:
-        if any(b <= a for a, b in itertools.pairwise(buckets)) or any(b <= 0 for b in buckets):
-            raise ValueError("length_buckets must be positive and strictly increasing")
-        return buckets
-
-    @model_validator(mode="after")
-    def _default_not_a_rule(self) -> ProfileSettings:
-        if self.default_task in self.tasks:
-            raise ValueError(f"default_task {self.default_task!r} must not also have rules")
-        return self
-
-    def task_names(self) -> list[str]:
-        return [*self.tasks, self.default_task]
 
 
 class DeclaredModel(_Section):

@@ -31,6 +31,7 @@ Writes benchmarks/results/learning.json and prints one table per part.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -235,6 +236,105 @@ def dataset_ceiling(table: OutcomeTable, cost_cap: float = GOAL_COST) -> dict[st
     return result
 
 
+# --- 4. the curve against the two-fixed-model hull ---------------------------------------------
+
+# Quality weight q, cost weight 1 - q, latency weight 0: the hull is drawn in cost and quality
+# only, and a latency term would pull the router off it on purpose (cheap models are fast here).
+SWEEP = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def sweep_weights(quality_weight: float) -> tuple[float, float, float]:
+    return (0.0, 1.0 - quality_weight, quality_weight)
+
+
+# Public list prices (USD per million tokens, input/output) for tables without costs (routellm):
+# OpenAI's for gpt-4-1106-preview, a typical hosted price for Mixtral-8x7B-Instruct.
+LIST_PRICES = {
+    "gpt-4-1106-preview": (10.0, 30.0),
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": (0.6, 0.6),
+}
+
+
+def hull_quality(cost: FloatArray, quality: FloatArray, at: float) -> float:
+    """The best quality a random mix of two fixed models reaches at cost ``at`` (the upper
+    concave envelope of the single models' (cost, quality) points, flat past the best one)."""
+    order = np.lexsort((-quality, cost))
+    pts: list[tuple[float, float]] = []
+    for c, q in zip(cost[order].tolist(), quality[order].tolist(), strict=True):
+        if pts and q <= pts[-1][1]:
+            continue  # dominated: costs more, no better
+        while len(pts) >= 2 and _cross(pts[-2], pts[-1], (c, q)) >= 0:
+            pts.pop()
+        pts.append((c, q))
+    if at <= pts[0][0]:
+        return pts[0][1]
+    for (c0, q0), (c1, q1) in itertools.pairwise(pts):
+        if at <= c1:
+            return q0 + (q1 - q0) * (at - c0) / (c1 - c0)
+    return pts[-1][1]
+
+
+def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def impute_costs(table: OutcomeTable) -> OutcomeTable:
+    """Costs from list prices where the table has none: prompt tokens (4 characters each) at the
+    input price and the table's output tokens (300 where unknown) at the output price."""
+    if table.cost.any():
+        return table
+    tokens = np.array([max(1.0, len(t) / 4.0) for t in table.texts])
+    for j, model in enumerate(table.models):
+        price_in, price_out = LIST_PRICES.get(model, (1.0, 1.0))
+        table.cost[:, j] = (tokens * price_in + table.output_tokens[:, j] * price_out) / 1e6
+    return table
+
+
+def curve(
+    table: OutcomeTable,
+    latency: LatencyGroups | None,
+    policy: str,
+    seeds: list[int],
+    limit: int | None,
+    settings: Settings,
+    sweep: tuple[float, ...] = SWEEP,
+) -> list[dict[str, Any]]:
+    """Per weight: the router's quality and cost (vs the reference), the hull at its cost, and
+    the points (of accuracy, x100) gained over it; mean and worst of the seeds."""
+    rows = []
+    for qw in sweep:
+        gains, qs, cs = [], [], []
+        for seed in seeds:
+            r = replay_outcomes(
+                table, None, settings, policy, None, seed, True, limit, latency, weights=sweep_weights(qw)
+            )
+            fixed_c = np.array([a.cost_usd for a in r.fixed])
+            fixed_q = np.array([a.quality for a in r.fixed])
+            ref = next(a for a in r.fixed if a.name == REFERENCE)
+            gains.append(100.0 * (r.router.quality - hull_quality(fixed_c, fixed_q, r.router.cost_usd)))
+            qs.append(r.router.quality / ref.quality)
+            cs.append(r.router.cost_usd / ref.cost_usd)
+        rows.append(
+            {
+                "policy": policy,
+                "quality_weight": qw,
+                "weights": [round(w, 4) for w in sweep_weights(qw)],
+                "quality_vs_ref": float(np.mean(qs)),
+                "quality_vs_ref_worst": float(np.min(qs)),
+                "cost_vs_ref": float(np.mean(cs)),
+                "cost_vs_ref_worst": float(np.max(cs)),
+                "points_over_hull": float(np.mean(gains)),
+                "points_over_hull_worst": float(np.min(gains)),
+                "per_seed": {
+                    "quality": np.round(qs, 4).tolist(),
+                    "cost": np.round(cs, 4).tolist(),
+                    "points_over_hull": np.round(gains, 2).tolist(),
+                },
+            }
+        )
+    return rows
+
+
 # --- running and printing ---------------------------------------------------------------------
 
 
@@ -280,6 +380,70 @@ def run_all(quick: bool, data: Path, settings: Settings) -> dict[str, Any]:
         "rows": rows,
     }
     return result
+
+
+def run_curves(
+    quick: bool, data: Path, settings: Settings, policies: list[str], routellm_limit: int
+) -> dict[str, Any]:
+    """Section 4: per table and policy, the curve over the sweep against the two-model hull."""
+    seeds = [1] if quick else [1, 2, 3]
+    table_path = data / "outcomes" / "outcomes.csv"
+    latency_path = data / "latency" / "llmperf_requests.csv"
+    latency = load_latency(latency_path) if latency_path.is_file() else None
+    out: dict[str, Any] = {"seeds": seeds, "sweep": list(SWEEP), "tables": []}
+    for source, limit, names in (
+        ("routerbench", 1_200 if quick else None, policies),
+        ("routellm", min(routellm_limit, 1_200) if quick else routellm_limit, policies[:1]),
+    ):
+        table = impute_costs(load_outcomes(table_path, source=source))
+        entry: dict[str, Any] = {
+            "source": source,
+            "prompts": min(limit or len(table), len(table)),
+            "models": len(table.models),
+            "costs": "list prices (LIST_PRICES)" if source == "routellm" else "the table's own",
+            "rows": [],
+        }
+        for policy in names:
+            entry["rows"] += curve(table, latency, policy, seeds, limit, settings)
+            print(f"  {source} {policy}: curve done", file=sys.stderr)
+        out["tables"].append(entry)
+    return out
+
+
+def print_curves(result: dict[str, Any]) -> None:
+    cv = result["curves"]
+    print(
+        f"\n4. the router's curve against the best mix of two fixed models at the same cost (weights: "
+        f"latency 0, cost 1-q, quality q); mean of seeds {cv['seeds']} (worst)"
+    )
+    print(
+        f"{'table':<12} {'policy':<9} {'q':>5} {'quality vs ref':>18} {'cost vs ref':>16} "
+        f"{'points over hull':>20}"
+    )
+    for table in cv["tables"]:
+        for r in table["rows"]:
+            print(
+                f"{table['source']:<12} {r['policy']:<9} {r['quality_weight']:>5.2f} "
+                f"{r['quality_vs_ref']:>9.1%} ({r['quality_vs_ref_worst']:.1%}) "
+                f"{r['cost_vs_ref']:>7.1%} ({r['cost_vs_ref_worst']:.1%}) "
+                f"{r['points_over_hull']:>+10.2f} ({r['points_over_hull_worst']:+.2f})"
+            )
+        for policy in dict.fromkeys(r["policy"] for r in table["rows"]):
+            rows = [r for r in table["rows"] if r["policy"] == policy]
+            met = [
+                r["quality_weight"]
+                for r in rows
+                if r["quality_vs_ref"] >= GOAL_QUALITY
+                and r["quality_vs_ref_worst"] >= 0.93
+                and r["cost_vs_ref"] <= GOAL_COST
+            ]
+            mean_gain = np.mean([r["points_over_hull"] for r in rows])
+            lowest = min(r["points_over_hull"] for r in rows)
+            goal = f"at q={met}" if met else "not met"
+            print(
+                f"{table['source']} {policy}: {mean_gain:+.2f} points over the hull on average over the "
+                f"sweep, lowest point {lowest:+.2f}; >= 95% quality at <= 40% cost: {goal}"
+            )
 
 
 def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -358,9 +522,11 @@ def print_tables(result: dict[str, Any]) -> None:
     )
 
 
-def _settings(cells: str | None, buckets: str | None) -> Settings:
-    """``Settings()`` with the profile's cells and length buckets replaced when given."""
+def _settings(cells: str | None, buckets: str | None, bits: int | None = None) -> Settings:
+    """``Settings()`` with the profile's cells, length buckets and semantic bits replaced when given."""
     changes: dict[str, Any] = {}
+    if bits is not None:
+        changes["semantic_bits"] = bits
     if cells is not None:
         changes["cells"] = cells
     if buckets is not None:
@@ -374,15 +540,42 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and seeds (a smoke run)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--cells", choices=["task", "task_and_length"], help="default: the settings default")
+    parser.add_argument(
+        "--cells",
+        choices=["task", "task_and_length", "task_and_semantic"],
+        help="default: the settings default",
+    )
     parser.add_argument("--length-buckets", help="comma-separated token edges, e.g. 128,512,2048")
+    parser.add_argument("--semantic-bits", type=int, help="with --cells task_and_semantic")
+    parser.add_argument("--ucb-c", type=float, help="exploration.ucb_c (default: the settings default)")
+    parser.add_argument("--curves-only", action="store_true", help="only part 4, the curves against the hull")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="part 4: comma-separated policies")
+    parser.add_argument(
+        "--routellm-limit", type=int, default=5_000, help="part 4: prompts of the routellm table"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    result = run_all(args.quick, args.data, _settings(args.cells, args.length_buckets))
+    settings = _settings(args.cells, args.length_buckets, args.semantic_bits)
+    if args.ucb_c is not None:
+        settings = settings.model_copy(
+            update={"exploration": settings.exploration.model_copy(update={"ucb_c": args.ucb_c})}
+        )
+    if args.curves_only:
+        result: dict[str, Any] = {"benchmark": "learning", "quick": args.quick, "machine": machine()}
+        result["profile"] = settings.profile.model_dump(include={"cells", "semantic_bits"})
+        result["exploration"] = settings.exploration.model_dump(include={"policy", "ucb_c"})
+        result["cell_prior_strength"] = settings.learning.cell_prior_strength
+    else:
+        result = run_all(args.quick, args.data, settings)
+    result["curves"] = run_curves(
+        args.quick, args.data, settings, args.policies.split(","), args.routellm_limit
+    )
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_tables(result)
+    if not args.curves_only:
+        print_tables(result)
+    print_curves(result)
     print(f"\nwritten to {args.output} in {result['seconds']} s")
     return 0
 

@@ -411,3 +411,43 @@ def test_cli_bad_input_exits_2_with_a_message(
     code, out, err = run_cli(capsys, str(path), *argv)
     assert code == 2
     assert message in err and "Traceback" not in err and out == ""
+
+
+# --- honesty: what the reward is, small samples, impossible figures ----------------------------------
+
+
+def test_estimates_say_what_the_reward_is_and_warn_on_a_small_effective_sample() -> None:
+    data = synthetic(400, seed=3, temperature=0.02)  # sharp logging: a far-off target rarely agrees
+    far = evaluate(data, TargetPolicy("greedy", weights=(0.0, 0.0, 1.0)))
+    near = evaluate(data, TargetPolicy("softmax", temperature=0.02))
+    assert "feedback score" in far.reward and far.reward_range == (0.0, 1.0)
+    assert near.warnings == [] or all("effective sample size" not in w for w in near.warnings)
+    if far.ess < 30:
+        assert any("effective sample size" in w for w in far.warnings)
+
+
+def test_an_ips_figure_outside_the_reward_range_is_flagged(tmp_path: Path) -> None:
+    data = synthetic(50, seed=4)
+    for record in data.decisions:
+        record["propensity"] = record["propensity"] / 50  # wrong, too small propensities inflate IPS
+    estimate = evaluate(data, TargetPolicy("softmax", weights=(0.2, 0.3, 0.5), temperature=0.1))
+    assert not estimate.ips_in_range
+    assert any("outside the reward range" in w for w in estimate.warnings)
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "_terms"}) + "\n" for r in data.decisions)
+        + "".join(
+            json.dumps({"v": 1, "type": "feedback", "request_id": rid, "score": s}) + "\n"
+            for rid, s in data.feedback.items()
+        )
+    )
+    assert main(["replay", str(log), "--policy", "softmax", "--temperature", "0.1"]) == 0
+
+
+def test_the_cli_prints_the_reward_and_flags_instead_of_a_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test_an_ips_figure_outside_the_reward_range_is_flagged(tmp_path)
+    out = capsys.readouterr().out
+    assert "reward: the feedback score" in out
+    assert "out of range" in out and "warning:" in out

@@ -13,6 +13,7 @@ from ._catalogue import (
     load_openrouter,
 )
 from ._decision import Candidate, Decision, Outcome, RouteRequest
+from ._hierarchy import CellLevels, between_cell_strength, shrunk_quality
 from ._learning import (
     FIT_SUMS,
     LATENCY_SUMS,
@@ -25,7 +26,7 @@ from ._learning import (
     Surprise,
     sum_shapes,
 )
-from ._profile import CellMode, Profile, Profiler, TaskRules, estimate_tokens
+from ._profile import CellMode, FastRoute, Profile, Profiler, TaskRules, estimate_tokens
 from ._router import Router, catalogue_from_settings, provider_groups
 from ._scoring import (
     POLICIES,
@@ -40,20 +41,25 @@ from ._scoring import (
     normal_quantile,
     score_sd,
 )
+from ._semantic import DEFAULT_TABLE, MAX_TOKENS, SemanticCells, StaticEmbedder, wordpiece_basic_tokens
 
 __all__ = [
     "CAPABILITIES",
+    "DEFAULT_TABLE",
     "FIT_SUMS",
     "LATENCY_SUMS",
+    "MAX_TOKENS",
     "POLICIES",
     "SUM_NAMES",
     "Candidate",
     "Catalogue",
+    "CellLevels",
     "CellMode",
     "Choice",
     "DecayedSums",
     "Decision",
     "Estimates",
+    "FastRoute",
     "Greedy",
     "Learner",
     "LearnerConfig",
@@ -66,12 +72,15 @@ __all__ = [
     "Profiler",
     "RouteRequest",
     "Router",
+    "SemanticCells",
     "Softmax",
+    "StaticEmbedder",
     "Surprise",
     "TaskRules",
     "Thompson",
     "Ucb",
     "apply_overlay",
+    "between_cell_strength",
     "catalogue_from_settings",
     "estimate_tokens",
     "fetch_openrouter",
@@ -82,5 +91,7 @@ __all__ = [
     "normal_quantile",
     "provider_groups",
     "score_sd",
+    "shrunk_quality",
     "sum_shapes",
+    "wordpiece_basic_tokens",
 ]

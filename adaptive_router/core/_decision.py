@@ -216,6 +216,7 @@ class Decision:
                 "bucket": self.profile.bucket,
                 "cell": self.profile.cell_name,
                 "expected_output_tokens": self.profile.expected_output_tokens,
+                **({"fast_path": self.profile.route.name} if self.profile.route is not None else {}),
             },
             "mode": self.mode,
             "weights": dict(zip(("latency", "cost", "quality"), self.weights, strict=True)),

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ._hierarchy import CellLevels, shrunk_quality
 from ._sums import (
     FIT_SUMS,
     LATENCY_SUMS,
@@ -168,6 +169,8 @@ class Learner:
         groups: Sequence[int] | IntArray | None = None,
         t0: float = 0.0,
         config: LearnerConfig | None = None,
+        cell_levels: CellLevels | None = None,
+        cell_prior_strength: float | None = None,
         **options: float,
     ) -> None:
         cfg = config or LearnerConfig()
@@ -184,6 +187,9 @@ class Learner:
         self.surprise_z = cfg.surprise_z
         self.surprise_forget = cfg.surprise_forget
         self.latency_z = cfg.latency_z
+        # Fine cells under task classes: quality borrows strength from the coarser levels.
+        self.cell_levels = cell_levels
+        self.k_cell = cell_prior_strength
         self.prior_ttft = np.asarray(ttft_prior, dtype=np.float64).copy()
         self.prior_tpot = np.asarray(tpot_prior, dtype=np.float64).copy()
         self.prior_quality = np.broadcast_to(np.asarray(quality_prior, dtype=np.float64), (k, m)).copy()
@@ -447,7 +453,14 @@ class Learner:
         fs, fq, ft = success_s.factor(t), quality_s.factor(t), tokens_s.factor(t)
         n = success_s.w[:, models] * fs
         qn = quality_s.w[:, models] * fq
-        quality = (k * self.prior_quality[:, models] + quality_s.s1[:, models] * fq) / (k + qn)
+        if self.cell_levels is None:
+            quality = (k * self.prior_quality[:, models] + quality_s.s1[:, models] * fq) / (k + qn)
+            quality_var = quality * (1.0 - quality) / (k + qn)
+        else:
+            prior = self.prior_quality[0, models]
+            quality, quality_var = shrunk_quality(
+                quality_s.s1[:, models] * fq, qn, prior, self.cell_levels, k, self.k_cell
+            )
         # An outage is the model's, whatever the cell: success is pooled over cells.
         pooled_n = n.sum(axis=0)
         success = (k * self.success0 + success_s.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
@@ -469,7 +482,7 @@ class Learner:
             provider_factor=factor,
             success=success,
             quality=quality,
-            quality_var=quality * (1.0 - quality) / (k + qn),
+            quality_var=quality_var,
             feedback_rate=feedback_rate,
             value=quality * success,
             evidence=n,

@@ -8,7 +8,12 @@ in settings (``profile.tasks``).
 The learner keeps one row of estimates per *cell*: the task class (``cells="task"``), or the task
 class and the length bucket together (``cells="task_and_length"``: prompts of one class but of
 very different lengths, such as a one-line request and a long document with a question, often
-suit different models).
+suit different models), or the task class and a cell of the prompt's semantic embedding
+(``cells="task_and_semantic"``, see :mod:`adaptive_router.semantic`): then ``levels`` says which
+task class each cell belongs to, and quality estimates borrow strength from it.
+
+*Fast-path rules* (seed B's keyword layer) are checked first, in order: the first whose keywords
+or patterns match names a mode, an allow-list or a model for the request (``Profile.route``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-__all__ = ["CellMode", "Profile", "Profiler", "TaskRules", "estimate_tokens"]
+from ._hierarchy import CellLevels
 
-CellMode = Literal["task", "task_and_length"]
+if TYPE_CHECKING:
+    from ._semantic import SemanticCells, StaticEmbedder
+
+__all__ = ["CellMode", "FastRoute", "Profile", "Profiler", "TaskRules", "estimate_tokens"]
+
+CellMode = Literal["task", "task_and_length", "task_and_semantic"]
 
 CHARS_PER_TOKEN = 4.0
 _WORD = re.compile(r"[a-z0-9+#]+(?:[;'][a-z]+)?")
@@ -47,6 +57,26 @@ class TaskRules:
         object.__setattr__(self, "regexes", tuple(re.compile(p) for p in self.patterns))
 
 
+@dataclass(frozen=True)
+class FastRoute:
+    """A fast-path rule: text matching ``rules`` goes to ``mode``, ``allow`` and/or ``model``."""
+
+    name: str
+    rules: TaskRules
+    mode: str | None = None
+    allow: tuple[str, ...] = ()
+    model: str | None = None
+
+    def matches(self, text: str) -> bool:
+        """``text`` is already lower-cased and cut to the scanned head and tail."""
+        r = self.rules
+        return (
+            (bool(r.words) and not r.words.isdisjoint(_WORD.findall(text)))
+            or any(phrase in text for phrase in r.phrases)
+            or any(regex.search(text) for regex in r.regexes)
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """``task``/``task_index``: the task class; ``cell``/``cell_name``: the learner's row."""
@@ -58,6 +88,7 @@ class Profile:
     expected_output_tokens: int
     cell: int
     cell_name: str
+    route: FastRoute | None = None  # the fast-path rule that matched, if any
 
     @property
     def key(self) -> str:
@@ -79,9 +110,16 @@ class Profiler:
         expected_output_tokens: Mapping[str, int] | None = None,
         scan_chars: int = 2000,
         cells: CellMode = "task",
+        *,
+        semantic: tuple[StaticEmbedder, SemanticCells] | None = None,
+        fast_path: Sequence[FastRoute] = (),
     ) -> None:
         if cells not in get_args(CellMode):
             raise ValueError(f"cells must be one of {get_args(CellMode)}, not {cells!r}")
+        if (cells == "task_and_semantic") != (semantic is not None):
+            raise ValueError("cells='task_and_semantic' needs a semantic embedder, and only it uses one")
+        self.fast_path = tuple(fast_path)
+        self.semantic = semantic
         self.tasks: tuple[str, ...] = (*tasks, default_task)
         rules = list(tasks.values())
         # Flattened once, so classifying is a set intersection and a few substring checks.
@@ -99,18 +137,31 @@ class Profiler:
         fallback = out.get(default_task, 300)
         self._expected_out = [int(out.get(task, fallback)) for task in self.tasks]
         self._half = scan_chars // 2
-        # Cells per task: 1, or one per length bucket; cell = task * per_task + bucket.
-        self._per_task = len(self._buckets) + 1 if cells == "task_and_length" else 1
-        self.cells: tuple[str, ...] = (
-            tuple(f"{task}/{b}" for task in self.tasks for b in range(self._per_task))
-            if cells == "task_and_length"
-            else self.tasks
-        )
+        # Cells per task: 1, one per length bucket or one per semantic cell; task-major.
+        self._cell_mode = cells
+        self._per_task = 1
+        self.levels: CellLevels | None = None
+        self.cells: tuple[str, ...] = self.tasks
+        if cells == "task_and_length":
+            self._per_task = len(self._buckets) + 1
+        elif semantic is not None:
+            self._per_task = semantic[1].count
+        if cells != "task":
+            tag = "s" if semantic is not None else ""  # "code/s3": semantic cell 3 of code
+            self.cells = tuple(f"{task}/{tag}{b}" for task in self.tasks for b in range(self._per_task))
+        if semantic is not None:
+            per = self._per_task
+            self.levels = CellLevels([i // per for i in range(len(self.cells))], len(self.tasks))
+
+    def _scanned(self, text: str) -> str:
+        if len(text) > 2 * self._half:
+            return f"{text[: self._half]} {text[-self._half :]}"
+        return text
 
     def classify(self, text: str) -> int:
-        if len(text) > 2 * self._half:
-            text = f"{text[: self._half]} {text[-self._half :]}"
-        text = text.lower()
+        return self._classify(self._scanned(text).lower())
+
+    def _classify(self, text: str) -> int:
         hits = [0] * self._n_rules
         for word in self._keywords.intersection(_WORD.findall(text)):
             for index in self._word_tasks[word]:
@@ -126,11 +177,19 @@ class Profiler:
 
     def profile(self, text: str, chars: int | None = None, max_tokens: int | None = None) -> Profile:
         """``text`` is scanned for the task (the last user turn); ``chars`` counts the whole prompt."""
-        task = self.classify(text)
+        scanned = self._scanned(text)
+        lowered = scanned.lower()
+        route = next((r for r in self.fast_path if r.matches(lowered)), None) if self.fast_path else None
+        task = self._classify(lowered)
         tokens = estimate_tokens(len(text) if chars is None else chars)
         expected = self._expected_out[task]
         if max_tokens is not None:
             expected = min(expected, max_tokens)
         bucket = bisect_right(self._buckets, tokens)
-        cell = task * self._per_task + (bucket if self._per_task > 1 else 0)
-        return Profile(self.tasks[task], task, tokens, bucket, expected, cell, self.cells[cell])
+        cell = task * self._per_task
+        if self.semantic is not None:
+            embedder, cells = self.semantic
+            cell += cells.cell(embedder.embed(scanned))
+        elif self._cell_mode == "task_and_length":
+            cell += bucket
+        return Profile(self.tasks[task], task, tokens, bucket, expected, cell, self.cells[cell], route)

@@ -12,6 +12,7 @@ A decision reads arrays held in memory and touches no network and no lock.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -26,12 +27,13 @@ import numpy.typing as npt
 
 from .._errors import ConfigError, RequestError
 from .._settings import Settings
-from ._catalogue import Catalogue, load_catalogue, provider_groups
+from ._catalogue import Catalogue, provider_groups
 from ._constraints import required_bits, why_none
 from ._decision import Decision, Outcome, Ranking, RouteRequest
 from ._learning import Estimates, Learner, LearnerConfig
-from ._profile import Profile, Profiler, TaskRules
+from ._profile import Profile, Profiler
 from ._scoring import Greedy, LogScale, Policy, make_policy, normal_quantile
+from ._setup import catalogue_from_settings, cell_strength, profiler_from_settings
 
 __all__ = ["Router", "catalogue_from_settings", "provider_groups"]
 
@@ -136,12 +138,7 @@ class Router:
         ranked; a ``routing.fallback_models`` id that cannot be routed is a ``ConfigError``."""
         if catalogue is None:
             catalogue = catalogue_from_settings(settings)
-        routing, learning, exploration, prof = (
-            settings.routing,
-            settings.learning,
-            settings.exploration,
-            settings.profile,
-        )
+        routing, learning, exploration = settings.routing, settings.learning, settings.exploration
         config = RouterConfig(
             modes={name: w.normalised() for name, w in routing.modes.items()},
             default_weights=routing.default_weights.normalised(),
@@ -156,15 +153,7 @@ class Router:
             deny=tuple(routing.deny),
             token_prior_strength=learning.prior_strength,
         )
-        rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
-        profiler = Profiler(
-            rules,
-            prof.default_task,
-            prof.length_buckets,
-            prof.expected_output_tokens,
-            prof.scan_chars,
-            prof.cells,
-        )
+        profiler = profiler_from_settings(settings)
         groups = provider_groups(catalogue, settings.routes())
         learner = Learner(
             catalogue.ids,
@@ -189,6 +178,8 @@ class Router:
                 latency_z=normal_quantile(routing.latency_quantile),
                 stale_after=learning.stale_after,
             ),
+            cell_levels=profiler.levels,
+            cell_prior_strength=cell_strength(learning.cell_prior_strength),
         )
         policy = make_policy(
             exploration.policy,
@@ -248,6 +239,7 @@ class Router:
         if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
             return self._decide(request, self.policy, self.config.top_k)
         profile = self.profile(request)  # the key needs it; the miss below reuses it
+        request = _fast_route(request, profile)
         key = _decision_key(request, profile, self._available_version)
         now = self.clock()
         hit = self._decisions.get(key)
@@ -267,9 +259,10 @@ class Router:
         self, request: RouteRequest, policy: Policy, top_k: int, profile: Profile | None = None
     ) -> Decision:
         started = time.perf_counter()
-        mode, weights = self.weights_for(request.mode, request.weights)
         if profile is None:
             profile = self.profile(request)
+        request = _fast_route(request, profile)
+        mode, weights = self.weights_for(request.mode, request.weights)
         est = self.learner.estimates(self.clock())
         out_tokens = self.expected_tokens(est, profile, request.max_tokens)
         score = self._score(est, profile, weights, out_tokens)
@@ -536,11 +529,19 @@ class Router:
             self._available_version += 1  # cached decisions made before no longer hold
 
 
-def catalogue_from_settings(settings: Settings) -> Catalogue:
-    """The catalogue ``settings.catalogue`` names, with its declared models and overlay."""
-    spec = settings.catalogue
-    declared = [m.model_dump() for m in spec.models]
-    return load_catalogue(spec.source, spec.overlay, settings.openrouter_key(), declared)
+def _fast_route(request: RouteRequest, profile: Profile) -> RouteRequest:
+    """A matching fast-path rule fills what the client left unset: mode, allow-list, model."""
+    route = profile.route
+    if route is None:
+        return request
+    changes: dict[str, Any] = {}
+    if route.mode is not None and request.mode in (None, "default") and request.weights is None:
+        changes["mode"] = route.mode
+    if route.allow and not request.allow:
+        changes["allow"] = route.allow
+    if route.model is not None and request.model is None:
+        changes["model"] = route.model
+    return dataclasses.replace(request, **changes) if changes else request
 
 
 def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:

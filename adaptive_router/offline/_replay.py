@@ -135,6 +135,25 @@ class RewardSpec:
     cost_per_usd: float = 0.0
     latency_per_s: float = 0.0
 
+    def describe(self) -> str:
+        """What the reward is, in words: printed beside every estimate."""
+        base = (
+            "the feedback score in [0, 1] where a request got one, else 1 if a model answered and 0 if none"
+            if self.use_feedback
+            else "1 if a model answered, 0 if none did"
+        )
+        penalties = [
+            f"{value:g} per {unit}"
+            for value, unit in ((self.cost_per_usd, "USD spent"), (self.latency_per_s, "second waited"))
+            if value
+        ]
+        return base + (f", less {' and '.join(penalties)}" if penalties else "")
+
+    def bounds(self) -> tuple[float, float] | None:
+        """The range every reward lies in, when it is known without the log ([0, 1] without
+        penalties); None: use the range of the rewards observed."""
+        return None if self.cost_per_usd or self.latency_per_s else (0.0, 1.0)
+
     def __call__(self, record: Mapping[str, Any], feedback: Mapping[str, float]) -> float:
         score = feedback.get(record["request_id"]) if self.use_feedback else None
         value = score if score is not None else float(record.get("answered_by") is not None)
@@ -202,9 +221,38 @@ class PolicyEstimate:
     ess: float  # effective sample size of the importance weights, (sum w)^2 / sum w^2
     agreement: float  # mean target probability of the logged choice
     skipped: dict[str, int] = field(default_factory=dict)
+    reward: str = ""  # what the reward is (RewardSpec.describe)
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ips_in_range(self) -> bool:
+        """An IPS mean outside the reward range cannot be a mean reward: its weights are off."""
+        low, high = self.reward_range
+        return low - 1e-9 <= self.ips.value <= high + 1e-9
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MIN_ESS = 30.0  # below this many effective samples an estimate is a guess
+MIN_ESS_SHARE = 0.05  # or below this share of the records
+
+
+def _honesty(estimate: PolicyEstimate) -> PolicyEstimate:
+    """Warn of a small effective sample size and of an IPS figure outside the reward range."""
+    if estimate.ess < max(MIN_ESS, MIN_ESS_SHARE * estimate.n):
+        estimate.warnings.append(
+            f"effective sample size {estimate.ess:.1f} of {estimate.n} records: the target rarely "
+            "agrees with what was logged, so these estimates rest on few requests"
+        )
+    if not estimate.ips_in_range:
+        low, high = estimate.reward_range
+        estimate.warnings.append(
+            f"IPS {estimate.ips.value:.4g} lies outside the reward range [{low:g}, {high:g}]: not a "
+            "usable figure (propensities too small or wrong); read SNIPS or DR instead"
+        )
+    return estimate
 
 
 # --- the log as arrays ----------------------------------------------------------------------
@@ -397,7 +445,7 @@ def evaluate_many(
         raise ReplayError("no decision in the log can be replayed (all cached or without a propensity)")
     modes = modes if modes is not None else _default_modes()
     dm = _direct_model(arrays)
-    return [_estimate(arrays, dm, t, modes, z) for t in targets]
+    return [_estimate(arrays, dm, t, modes, z, reward) for t in targets]
 
 
 def target_distribution(
@@ -426,7 +474,12 @@ def logged_value(log: LogData, reward: RewardSpec | None = None, z: float = 1.96
 
 
 def _estimate(
-    a: _Logged, dm: FloatArray, target: TargetPolicy, modes: Mapping[str, Weights3], z: float
+    a: _Logged,
+    dm: FloatArray,
+    target: TargetPolicy,
+    modes: Mapping[str, Weights3],
+    z: float,
+    reward: RewardSpec | None = None,
 ) -> PolicyEstimate:
     n = a.reward.shape[0]
     rows = np.arange(n)
@@ -439,7 +492,9 @@ def _estimate(
     total_w = float(w.sum())
     snips = float(ips_terms.sum() / total_w) if total_w > 0 else math.nan
     snips_se = float(math.sqrt(float(((w * (r - snips)) ** 2).sum())) / total_w) if total_w > 0 else math.inf
-    return PolicyEstimate(
+    spec = reward or RewardSpec()
+    bounds = spec.bounds() or ((float(r.min()), float(r.max())) if n else (0.0, 0.0))
+    estimate = PolicyEstimate(
         target=target.label,
         ips=Interval.normal(float(ips_terms.mean()), _se(ips_terms), z),
         snips=Interval.normal(snips, snips_se, z),
@@ -448,7 +503,10 @@ def _estimate(
         ess=total_w**2 / float((w * w).sum()) if total_w > 0 else 0.0,
         agreement=float(probs[rows, a.chosen].mean()),
         skipped=dict(a.skipped),
+        reward=spec.describe(),
+        reward_range=bounds,
     )
+    return _honesty(estimate)
 
 
 def _se(x: FloatArray) -> float:

@@ -17,8 +17,9 @@ Line schema, version 1 (every line has ``"v": 1`` and a ``"type"``):
      "time": 1732200000.123,              # epoch seconds when the request was logged
      "request_id": "req-...",
      "profile": {"task": "code", "prompt_tokens": 120, "bucket": 0,
-                 "cell": "code",              # the learner's row: "code/0" when cells are task_and_length
-                 "expected_output_tokens": 500},
+                 "cell": "code",              # the learner's row: "code/0" when cells are task_and_length,
+                                              # "code/s5" (semantic cell 5) when task_and_semantic
+                 "expected_output_tokens": 500},  # + "fast_path": rule name, when one matched
      "mode": "quality",                   # or "default", "custom" (the request's own weights)
      "weights": {"latency": 0.1, "cost": 0.2, "quality": 0.7},
      "constraints": {"max_latency_ms": null, "max_cost_usd": null, "max_tokens": 256,
@@ -207,6 +208,7 @@ def decision_record(
             "bucket": profile.bucket,
             "cell": profile.cell_name,
             "expected_output_tokens": profile.expected_output_tokens,
+            **({"fast_path": profile.route.name} if profile.route is not None else {}),
         },
         "mode": decision.mode,
         "weights": dict(

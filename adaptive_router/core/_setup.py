@@ -1,0 +1,47 @@
+"""Building the router's parts from ``Settings``: the catalogue and the profiler (start-up only)."""
+
+from __future__ import annotations
+
+from .._settings import Settings
+from ._catalogue import Catalogue, load_catalogue
+from ._profile import FastRoute, Profiler, TaskRules
+
+__all__ = ["catalogue_from_settings", "cell_strength", "profiler_from_settings"]
+
+
+def catalogue_from_settings(settings: Settings) -> Catalogue:
+    """The catalogue ``settings.catalogue`` names, with its declared models and overlay."""
+    spec = settings.catalogue
+    declared = [m.model_dump() for m in spec.models]
+    return load_catalogue(spec.source, spec.overlay, settings.openrouter_key(), declared)
+
+
+def profiler_from_settings(settings: Settings) -> Profiler:
+    """The profiler ``settings.profile`` describes (with the semantic table when its cells need it)."""
+    prof = settings.profile
+    rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
+    fast = [
+        FastRoute(r.name or f"rule {i}", TaskRules(r.keywords, r.patterns), r.mode, tuple(r.allow), r.model)
+        for i, r in enumerate(prof.fast_path)
+    ]
+    semantic = None
+    if prof.cells == "task_and_semantic":
+        from ._semantic import SemanticCells, StaticEmbedder  # numpy only; the table ships as data
+
+        embedder = StaticEmbedder.load(prof.semantic_table)
+        semantic = (embedder, SemanticCells(embedder.dims, prof.semantic_bits, embedder.centre))
+    return Profiler(
+        rules,
+        prof.default_task,
+        prof.length_buckets,
+        prof.expected_output_tokens,
+        prof.scan_chars,
+        prof.cells,
+        semantic=semantic,
+        fast_path=fast,
+    )
+
+
+def cell_strength(value: float | str) -> float | None:
+    """``learning.cell_prior_strength``: a number, or ``None`` for "auto" (read off the data)."""
+    return None if value == "auto" else float(value)
