@@ -13,7 +13,7 @@ at ``RECOVER_AT``. Reported per policy and endpoint speed:
   half the share it had before;
 - ``explored_share``: requests marked ``explored`` after the first 100 of the stationary stretch.
 
-    python3 benchmarks/learning.py --service-only
+    python3 benchmarks/learning.py --service-only [--quick]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TRUTH = {
     "edge/d": (0.020, 0.0008),
 }
 SPEEDS = {"10x faster than the priors": 10.0, "as the priors": 1.0, "10x slower than the priors": 0.1}
-SLOW_AT, RECOVER_AT, END = 200, 400, 800
+SLOW_AT, RECOVER_AT, END = 200, 400, 750
 WINDOW = 20
 
 
