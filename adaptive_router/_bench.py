@@ -17,7 +17,7 @@ import numpy as np
 
 from ._settings import Settings
 from .core._catalogue import Catalogue, Model, load_bundled
-from .core._decision import RouteRequest
+from .core._decision import Outcome, RouteRequest
 from .core._router import Router
 
 __all__ = [
@@ -95,8 +95,14 @@ class Timing:
         return asdict(self)
 
 
-def time_decisions(router: Router, requests: Sequence[RouteRequest], iterations: int) -> Timing:
-    """Time ``iterations`` decisions end to end (profile, mask, score, explore, rank)."""
+def time_decisions(
+    router: Router, requests: Sequence[RouteRequest], iterations: int, *, record: bool = True
+) -> Timing:
+    """Time ``iterations`` decisions end to end (profile, mask, score, explore, rank), each
+    followed, as in the service, by ``record`` of its answer (a seeded latency and length): the
+    next decision then reads estimates that an outcome just changed. ``record=False`` times
+    ``decide`` alone."""
+    outcomes = _outcomes(router, iterations)
     for request in requests[: min(len(requests), 200)]:
         router.decide(request)  # warm caches and code paths
     samples = np.empty(iterations)
@@ -108,12 +114,54 @@ def time_decisions(router: Router, requests: Sequence[RouteRequest], iterations:
         started = clock()
         for i in range(iterations):
             t = clock()
-            router.decide(requests[i % n])
+            decision = router.decide(requests[i % n])
+            if record:
+                latency, tokens = outcomes[i]
+                router.record(
+                    decision,
+                    Outcome(model=decision.model, success=True, latency_s=latency, completion_tokens=tokens),
+                )
             samples[i] = clock() - t
         total = clock() - started
     finally:
         if gc_was_enabled:
             gc.enable()
+    p50, p95, p99 = np.percentile(samples, [50, 95, 99]) * 1e6
+    return Timing(
+        float(p50), float(p95), float(p99), float(samples.mean() * 1e6), iterations / total, iterations
+    )
+
+
+def _outcomes(router: Router, iterations: int) -> list[tuple[float, int]]:
+    """Seeded answer latencies and lengths, drawn before timing starts."""
+    rng = np.random.default_rng(7)
+    latency = np.exp(rng.normal(0.0, 0.3, iterations))
+    tokens = rng.integers(20, 400, iterations)
+    return [(float(a), int(b)) for a, b in zip(latency, tokens, strict=True)]
+
+
+def time_floor(models: int, iterations: int, seed: int = 0) -> Timing:
+    """The published design's score in NumPy over ``models`` models, nothing more: latency and
+    cost min-max normalised, a weighted sum with quality, argmax (no profile, constraints,
+    learning or exploration). What every policy's decide + record is compared with."""
+    rng = np.random.default_rng(seed)
+    latency, cost, quality = (
+        rng.uniform(0.2, 5.0, models),
+        rng.uniform(1e-6, 1e-2, models),
+        rng.uniform(0, 1, models),
+    )
+    w_latency, w_cost, w_quality = 0.4, 0.3, 0.3
+    samples = np.empty(iterations)
+    clock = time.perf_counter
+    started = clock()
+    for i in range(iterations):
+        t = clock()
+        lat = (latency - latency.min()) / (latency.max() - latency.min())
+        cst = (cost - cost.min()) / (cost.max() - cost.min())
+        score = w_latency * (1 - lat) + w_cost * (1 - cst) + w_quality * quality
+        int(score.argmax())
+        samples[i] = clock() - t
+    total = clock() - started
     p50, p95, p99 = np.percentile(samples, [50, 95, 99]) * 1e6
     return Timing(
         float(p50), float(p95), float(p99), float(samples.mean() * 1e6), iterations / total, iterations

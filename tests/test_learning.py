@@ -235,3 +235,17 @@ def test_learner_estimates_stay_in_range(stream: list[tuple]) -> None:  # type: 
     assert np.all(est.ttft > 0) and np.all(est.tpot > 0)
     assert np.all(est.ttft_q >= est.ttft)
     assert np.all(est.latency_var > 0) and np.all(est.quality_var >= 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events)
+def test_learner_one_model_line_is_the_estimates_arithmetic(stream: list[tuple]) -> None:  # type: ignore[type-arg]
+    """The per-answer fit a surprise is judged against (pure Python) equals the vectorised one."""
+    learner = exact_learner()
+    _feed(learner, sorted(stream, key=lambda e: e[0]))
+    est = learner.refresh(600.0)
+    for model in range(len(IDS)):
+        ttft, tpot, sd = learner._model_line(model, 600.0)
+        assert ttft == pytest.approx(est.ttft[model], rel=1e-9)
+        assert tpot == pytest.approx(est.tpot[model], rel=1e-9)
+        assert sd == pytest.approx(est.latency_log_sd[model], rel=1e-9)

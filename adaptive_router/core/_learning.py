@@ -298,12 +298,42 @@ class Learner:
         self._seen_at[model] = self._count
 
     def _model_line(self, model: int, t: float) -> tuple[float, float, float]:
-        """One model's fitted ttft, tpot and log-residual spread now (the same arithmetic as the
-        columns of ``estimates``, for one row: what a surprise is judged against)."""
-        rows = np.array([model], dtype=np.intp)
-        factor = self._calibration(t, rows, pooled=False)
-        ttft, tpot, _, _, sd = self._fit(t, rows, factor)
-        return float(ttft[0]), float(tpot[0]), float(sd[0])
+        """One model's fitted ttft, tpot and log spread now (what a surprise is judged against)."""
+        ttft, tpot, sd, _, _, _ = self._line_one(model, t)
+        return ttft, tpot, sd
+
+    def _line_one(self, model: int, t: float) -> tuple[float, float, float, float, float, float]:
+        """The arithmetic of ``_calibration`` and ``_fit`` for one row, in Python floats (run on
+        every answer: a NumPy call on a one-element array costs more than this whole function).
+        Returns ttft, tpot, log spread, evidence weight, mean x and the prior's scale."""
+        calib, kf = self._view["calib"], self.config.calibration_strength
+        fc = calib.factor(t)
+        group_log = float(self._group_log[self.groups[model]]) if self._group_log is not None else 0.0
+        factor = math.exp((kf * group_log + float(calib.s1[model]) * fc) / (kf + float(calib.w[model]) * fc))
+        n, y, c = (self._view[name] for name in FIT_SUMS)
+        f = n.factor(t)
+        w, sx, sxx = float(n.w[model]) * f, float(n.s1[model]) * f, float(n.s2[model]) * f
+        sy, syy = float(y.s1[model]) * f, float(y.s2[model]) * f
+        sxy = 0.5 * (float(c.s2[model]) * f - sxx - syy)
+        k = self.config.latency_prior_strength
+        half, xr = 0.5 * k, _REF_TOKENS / _TOKEN_SCALE
+        p0 = float(self.prior_ttft[model]) * factor
+        p1 = p0 + float(self.prior_tpot[model]) * factor * _REF_TOKENS
+        big_w, big_sx, big_sxx = w + k, sx + half * xr, sxx + half * xr * xr
+        big_sy, big_sxy = sy + half * (p0 + p1), sxy + half * xr * p1
+        b = max(
+            (big_w * big_sxy - big_sx * big_sy) / (big_w * big_sxx - big_sx * big_sx),
+            _MIN_TPOT_S * _TOKEN_SCALE,
+        )
+        a = (big_sy - b * big_sx) / big_w
+        if a < _MIN_TTFT_S:
+            a = _MIN_TTFT_S
+            b = max((big_sxy - a * big_sx) / big_sxx, _MIN_TPOT_S * _TOKEN_SCALE)
+        rss = syy - 2 * a * sy - 2 * b * sxy + a * a * w + 2 * a * b * sx + b * b * sxx
+        rel2 = max(rss, 0.0) / max(syy, 1e-300)
+        second = (k * self.sd0 * self.sd0 + w * rel2) / (k + w)
+        sd = math.sqrt(max(second, _MIN_LOG_SD**2))
+        return a, b / _TOKEN_SCALE, sd, w, sx / max(w, 1e-12), factor
 
     def _discount(self, model: int, t: float, factor: float) -> None:
         if factor < 0.99:
@@ -496,8 +526,54 @@ class Learner:
         {"task_evidence", "feedback_rate", "observations", "tokens_sum", "tokens_weight"}
     )
 
+    def _refresh_one(self, est: Estimates, m: int, t: float) -> None:
+        """``_compute``'s arithmetic for one model's columns, written into ``est`` in place: the
+        usual case between full refreshes (one answer recorded since the last decision)."""
+        k = self.k
+        ttft, tpot, sd, w, mean_x, factor = self._line_one(m, t)
+        est.ttft[m], est.tpot[m], est.latency_log_sd[m] = ttft, tpot, sd
+        quantile = math.exp(self.latency_z * sd)
+        est.ttft_q[m], est.tpot_q[m] = ttft * quantile, tpot * quantile
+        est.latency_evidence[m], est.latency_var[m], est.provider_factor[m] = w, sd * sd / (k + w), factor
+        tokens_at = mean_x * _TOKEN_SCALE
+        prior_line = (self.prior_ttft[m] + self.prior_tpot[m] * tokens_at) * factor
+        moved = math.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED if w > 0 else 0.0
+        est.displacement[m] = max(moved, 0.0)
+        est.seen_at[m] = self._seen_at[m]
+        success_s, quality_s, tokens_s = self._view["success"], self._view["quality"], self._view["tokens"]
+        fs, fq, ft = success_s.factor(t), quality_s.factor(t), tokens_s.factor(t)
+        n = success_s.w[:, m] * fs
+        qn = quality_s.w[:, m] * fq
+        if self.cell_levels is None:
+            quality = (k * self.prior_quality[:, m] + quality_s.s1[:, m] * fq) / (k + qn)
+            quality_var = quality * (1.0 - quality) / (k + qn)
+        else:
+            column = np.array([m])
+            q2, v2 = shrunk_quality(
+                quality_s.s1[:, column] * fq,
+                qn[:, None],
+                self.prior_quality[0, column],
+                self.cell_levels,
+                k,
+                self.k_cell,
+            )
+            quality, quality_var = q2[:, 0], v2[:, 0]
+        success = (k * self.success0 + float(success_s.s1[:, m].sum()) * fs) / (k + float(n.sum()))
+        est.success[m] = success
+        est.quality[:, m], est.quality_var[:, m], est.value[:, m] = quality, quality_var, quality * success
+        est.evidence[:, m], est.quality_evidence[:, m] = n, qn
+        est.task_evidence[...] = success_s.w.sum(axis=1) * fs
+        est.feedback_rate[...] = np.minimum(
+            (quality_s.w.sum(axis=1) * fq) / np.maximum(est.task_evidence, 1.0), 1.0
+        )
+        est.tokens_sum[...] = tokens_s.s1.sum(axis=1) * ft
+        est.tokens_weight[...] = tokens_s.w.sum(axis=1) * ft
+
     def _refresh_columns(self, est: Estimates, t: float) -> None:
         """Recompute the columns of the models observed since the last refresh (same arithmetic)."""
+        if len(self._dirty) == 1:
+            self._refresh_one(est, self._dirty.pop(), t)
+            return
         columns = np.fromiter(self._dirty, dtype=np.intp, count=len(self._dirty))
         self._dirty.clear()
         fresh = self._compute(t, columns)
