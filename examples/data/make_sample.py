@@ -29,7 +29,9 @@ def sample_outcomes(full: Path) -> set[str]:
         if row["prompt_id"] not in by_family[family]:
             by_family[family].append(row["prompt_id"])
     rng = random.Random(0)
-    keep = {p for family, ids in by_family.items() for p in rng.sample(ids, min(len(ids), PER_DATASET[family]))}
+    keep = set()
+    for family, ids in by_family.items():
+        keep.update(rng.sample(ids, min(len(ids), PER_DATASET[family])))
     out = HERE / "outcomes"
     out.mkdir(exist_ok=True)
     with (out / "outcomes.csv").open("w", newline="") as handle:
