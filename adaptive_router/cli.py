@@ -1,7 +1,7 @@
 """``adaptive-router``: the command line. Flags become settings; settings build the parts.
 
     adaptive-router models --mode speed          # also: explore --mode speed (the published spelling)
-    adaptive-router route "Write a haiku" --dry-run --priority cost --max-latency 2000 --max-tokens 60
+    adaptive-router route "Write a haiku" --dry-run --priority cost --max-latency 3000 --max-tokens 100
     adaptive-router benchmark --iterations 20000 --models 300   # --requests is the same flag
     adaptive-router serve --port 8000
     adaptive-router simulate-upstream --port 9000
