@@ -160,3 +160,182 @@ def test_executor_retries_other_statuses(status: int) -> None:
     result, upstream = run_chain({"p/a": UpstreamStatusError("p/a", status, b"no")})
     assert upstream.calls == ["p/a", "p/b"]
     assert result.model == "p/b"
+
+
+# --- streams: falling back before the first event, and recording how the stream ended -------------
+
+
+class FakeStream:
+    def __init__(self, model: str, error: UpstreamError | None) -> None:
+        self.model_id = model
+        self.error = error
+        self.closed = False
+
+    async def start(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def result(self) -> Completion:
+        return Completion(self.model_id, "fake", 200, {}, 0.8, 0.1, 10, 40, None, {})
+
+
+class StreamingUpstream:
+    def __init__(self, script: dict[str, UpstreamError | None]) -> None:
+        self.script = script
+        self.opened: list[FakeStream] = []
+
+    def stream(self, model: str, body: dict[str, Any], timeout_s: float) -> FakeStream:
+        handle = FakeStream(model, self.script.get(model))
+        self.opened.append(handle)
+        return handle
+
+
+def open_stream(
+    script: dict[str, UpstreamError | None], threshold: int = 3
+) -> tuple[Any, StreamingUpstream, Executor, Any, Breakers]:
+    router = make_router()
+    b = Breakers(router, threshold, 10.0, clock=Clock())
+    upstream = StreamingUpstream(script)
+    executor = Executor(router, upstream, b, attempt_timeout_s=5.0, max_attempts=3)  # type: ignore[arg-type]
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    result = asyncio.run(executor.open_stream(decision, {"messages": []}, 5.0))
+    return result, upstream, executor, decision, b
+
+
+def evidence(router: Router, model: str) -> float:
+    return float(router.learner.success.w[:, router.catalogue.index[model]].sum())
+
+
+def test_stream_falls_back_before_its_first_event_and_closes_the_failed_one() -> None:
+    result, upstream, *_ = open_stream({"p/a": UpstreamStatusError("p/a", 503, b"busy")})
+    assert result.model == "p/b"
+    assert [h.model_id for h in upstream.opened] == ["p/a", "p/b"]
+    assert upstream.opened[0].closed and not upstream.opened[1].closed
+    assert [a.outcome for a in result.attempts] == ["status_error"]
+
+
+def test_stream_client_fault_is_not_retried() -> None:
+    result, upstream, *_ = open_stream({"p/a": UpstreamStatusError("p/a", 422, b"bad")})
+    assert result.stream is None and result.client_fault is not None
+    assert [h.model_id for h in upstream.opened] == ["p/a"]
+
+
+def test_finished_stream_is_learned_and_closes_a_half_open_breaker() -> None:
+    result, _, executor, decision, b = open_stream({})
+    before = evidence(executor.router, "p/a")
+    executor.finish_stream(decision, result.stream, None, False, result)
+    assert [(a.model, a.outcome) for a in result.attempts] == [("p/a", "ok")]
+    assert result.attempts[0].latency_ms == pytest.approx(800.0)
+    assert evidence(executor.router, "p/a") > before
+    assert b.state("p/a") == "closed"
+
+
+def test_stream_cut_short_counts_against_the_model() -> None:
+    result, _, executor, decision, b = open_stream({}, threshold=1)
+    executor.finish_stream(decision, result.stream, UpstreamTimeout("p/a", "stalled"), False, result)
+    assert [(a.model, a.outcome) for a in result.attempts] == [("p/a", "timeout")]
+    assert b.state("p/a") == "open"
+
+
+def test_stream_the_client_left_frees_the_probe_and_teaches_nothing() -> None:
+    result, _, executor, decision, b = open_stream({}, threshold=1)
+    b.failure("p/a")  # open, then half-open after the cool-down: this stream is the probe
+    b.clock.now = 10.0  # type: ignore[attr-defined]
+    b.refresh()
+    assert b.allow("p/a")
+    before = evidence(executor.router, "p/a")
+    executor.finish_stream(decision, result.stream, None, True, result)
+    assert [(a.model, a.outcome) for a in result.attempts] == [("p/a", "cancelled")]
+    assert result.attempts[0].latency_ms == pytest.approx(800.0)
+    assert evidence(executor.router, "p/a") == before
+    assert b.state("p/a") == "half_open" and b.allow("p/a")
+
+
+# --- what the chain reports: skipped models, the attempt cap, timeouts, observers ------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def attempt(self, model: str, outcome: str, latency_s: float) -> None:
+        self.events.append(("attempt", model, outcome))
+
+    def fallback(self, from_model: str, to_model: str) -> None:
+        self.events.append(("fallback", from_model, to_model))
+
+    def breaker(self, model: str, state: str) -> None:
+        self.events.append(("breaker", model, state))
+
+
+def test_chain_skips_open_breakers_and_respects_max_attempts() -> None:
+    router = make_router()
+    recorder = Recorder()
+    b = Breakers(router, 1, 10.0, clock=Clock(), observer=recorder)
+    upstream = FakeUpstream({m: UpstreamStatusError(m, 500, b"") for m in IDS})
+    executor = Executor(
+        router,
+        upstream,
+        b,
+        attempt_timeout_s=5.0,
+        max_attempts=2,
+        observer=recorder,  # type: ignore[arg-type]
+    )
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    b.failure("p/a")  # p/a's breaker is open: skipped, listed, and not counted as an attempt
+    result = asyncio.run(executor.complete(decision, {}, 5.0))
+    assert [(a.model, a.outcome) for a in result.attempts] == [
+        ("p/a", "breaker_open"),
+        ("p/b", "status_error"),
+        ("p/c", "status_error"),
+    ]
+    assert result.model is None and not result.all_timed_out
+    assert upstream.calls == ["p/b", "p/c"]
+    assert ("breaker", "p/a", "open") in recorder.events
+    assert ("attempt", "p/b", "status_error") in recorder.events
+    assert ("fallback", "p/b", "p/c") in recorder.events
+    assert b.snapshot() == {"p/a": "open", "p/b": "open", "p/c": "open"}
+
+
+def test_all_timed_out_only_when_every_attempt_timed_out() -> None:
+    result, _ = run_chain({m: UpstreamTimeout(m, "slow") for m in IDS})
+    assert result.all_timed_out and result.model is None
+    result, _ = run_chain(
+        {"p/a": UpstreamTimeout("p/a", "slow"), "p/b": UpstreamStatusError("p/b", 500, b"")}
+    )
+    assert not result.all_timed_out
+
+
+def test_attempt_timeout_is_the_tighter_of_setting_and_request() -> None:
+    router = make_router()
+    executor = Executor(
+        router, FakeUpstream({}), Breakers(router, 3, 1.0), attempt_timeout_s=30.0, max_attempts=3
+    )  # type: ignore[arg-type]
+    assert executor.timeout_for(None) == 30.0
+    assert executor.timeout_for(2500.0) == 2.5
+    assert executor.timeout_for(60_000.0) == 30.0
+
+
+def test_attempt_as_dict() -> None:
+    result, _ = run_chain({"p/a": UpstreamStatusError("p/a", 503, b"busy")})
+    first = result.attempts[0].as_dict()
+    assert first == {
+        "model": "p/a",
+        "outcome": "status_error",
+        "latency_ms": first["latency_ms"],
+        "status": 503,
+        "error": first["error"],
+    }
+    assert "HTTP 503" in first["error"]
+    assert result.attempts[1].as_dict()["status"] is None and result.attempts[1].as_dict()["error"] is None
+
+
+def test_breaker_state_of_an_unknown_model_is_closed() -> None:
+    b, _, _ = breakers()
+    assert b.state("never/seen") == "closed" and b.allow("never/seen")
+    b.success("never/seen")
+    b.release("never/seen")
+    assert b.snapshot() == {}
