@@ -11,7 +11,9 @@ import math
 import pytest
 
 from adaptive_router.budget import Budget, Verdict, key_hash
+from adaptive_router.cache import redis_client
 from adaptive_router.errors import BudgetExceeded, ConfigError
+from tests.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 
 PREFIX = "edge-router"
 NOON = float(calendar.timegm((2025, 3, 14, 12, 0, 0)))
@@ -58,7 +60,7 @@ def test_budget_settings_errors_name_the_key(kwargs: dict[str, object], key: str
     with pytest.raises(ConfigError) as info:
         Budget(None, PREFIX, **options)  # type: ignore[arg-type]
     assert info.value.key == key
-    assert message in str(info.value)
+    assert str(info.value) == f"setting {key!r}: {message}"
 
 
 @pytest.mark.parametrize(
@@ -181,3 +183,79 @@ def test_budget_field_names_the_replica() -> None:
     budget = Budget(None, PREFIX, 1.0, None, replica_id="pod-7")
     assert budget.field.startswith("pod-7:") and len(budget.field) == len("pod-7:") + 8
     assert Budget(None, PREFIX, 1.0, None, replica_id="pod-7").field != budget.field
+
+
+def test_budget_without_caps_reports_the_spend_and_is_never_near() -> None:
+    budget = Budget(None, PREFIX, None, None, clock=Clock())
+    charge(budget, "k", 3.0)
+    verdict = budget.check("k")
+    assert verdict == Verdict(True, False, None, pytest.approx(3.0), None)
+    assert verdict.near is False
+
+
+def test_budget_caps_under_one_dollar_pick_the_key_when_it_is_nearest() -> None:
+    budget = Budget(None, PREFIX, 0.9, 0.2, near_fraction=0.5, price_ceiling_per_mtok=1.0, clock=Clock())
+    charge(budget, "k", 0.15)  # key: 75% of $0.20; global: 17% of $0.90
+    verdict = budget.check("k")
+    assert verdict.scope == "key" and verdict.cap == 0.2 and verdict.near
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_budget_without_a_reachable_redis_counts_in_memory_and_backs_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        client = redis_client(f"redis://127.0.0.1:{_unused_port()}/0", 100.0, 100.0)
+        budget = Budget(client, PREFIX, 10.0, None, clock=Clock(), retry_after_s=60.0)
+        try:
+            spend = await budget.charge(None, 1.0)
+            assert spend.global_usd == pytest.approx(1.0)
+            assert budget.redis_up is False and budget.failures == 1 and budget.flushes == 0
+            await budget.charge(None, 1.0)  # within retry_after_s: Redis is not asked again
+            assert budget.failures == 1
+            assert budget.check(None).spent == pytest.approx(2.0)
+            assert budget.snapshot().unsynced_usd == pytest.approx(2.0)
+            assert await budget.refresh() is False
+        finally:
+            await client.aclose()
+
+    with caplog.at_level("WARNING", logger="adaptive_router.budget"):
+        asyncio.run(main())
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, "one warning per outage, not one per charge"
+    assert warnings[0].startswith("budget: Redis unavailable (") and "counting spend in memory" in warnings[0]
+
+
+def test_budget_counts_flushes_and_logs_recovery(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        client = redis_client(redis_server.url, 200.0, 500.0)
+        budget = Budget(client, PREFIX, 10.0, None, clock=Clock(), retry_after_s=0.0)
+        try:
+            assert await budget.refresh() is True
+            await budget.charge(None, 0.5)
+            assert budget.redis_up is True and budget.flushes == 2 and budget.failures == 0
+            redis_server.kill()
+            await budget.charge(None, 0.5)
+            await budget.charge(None, 0.5)
+            assert budget.redis_up is False and budget.failures == 2
+            redis_server.start()
+            assert await budget.refresh() is True
+            assert budget.redis_up is True
+            assert budget.snapshot().unsynced_usd == 0.0
+            assert budget.check(None).spent == pytest.approx(1.5)
+        finally:
+            await client.aclose()
+
+    with caplog.at_level("WARNING", logger="adaptive_router.budget"):
+        asyncio.run(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[-1] == "budget: Redis answers again; spend counted meanwhile written"
