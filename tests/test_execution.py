@@ -339,3 +339,70 @@ def test_breaker_state_of_an_unknown_model_is_closed() -> None:
     b.success("never/seen")
     b.release("never/seen")
     assert b.snapshot() == {}
+
+
+def test_client_fault_is_listed_and_frees_a_probe() -> None:
+    router = make_router()
+    b = Breakers(router, 1, 1.0, clock=Clock())
+    b.failure("p/a")
+    b.clock.now = 1.0  # type: ignore[attr-defined]
+    b.refresh()  # half-open: the next request is the probe
+    upstream = FakeUpstream({"p/a": UpstreamStatusError("p/a", 400, b"bad")})
+    ticks = iter([10.0, 10.25])
+    executor = Executor(
+        router,
+        upstream,
+        b,
+        attempt_timeout_s=5.0,
+        max_attempts=3,
+        clock=lambda: next(ticks),  # type: ignore[arg-type]
+    )
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    result = asyncio.run(executor.complete(decision, {}, 5.0))
+    attempt = result.attempts[0]
+    assert (attempt.model, attempt.outcome, attempt.status) == ("p/a", "client_error", 400)
+    assert attempt.latency_ms == pytest.approx(250.0) and "400" in (attempt.error or "")
+    assert b.state("p/a") == "half_open" and b.allow("p/a"), "the client's fault says nothing of the model"
+
+
+def test_breaker_opens_once_however_many_late_failures_arrive() -> None:
+    router = make_router()
+    recorder = Recorder()
+    b = Breakers(router, 1, 10.0, clock=Clock(), observer=recorder)
+    for _ in range(3):  # requests admitted before it opened fail afterwards
+        b.failure("p/a")
+    assert recorder.events == [("breaker", "p/a", "open")]
+
+
+def test_stream_skips_an_open_breaker_and_times_its_failures() -> None:
+    router = make_router()
+    b = Breakers(router, 1, 10.0, clock=Clock())
+    upstream = StreamingUpstream({"p/b": UpstreamStatusError("p/b", 502, b"")})
+    ticks = iter([5.0, 5.5, 6.0])
+    executor = Executor(
+        router,
+        upstream,
+        b,
+        attempt_timeout_s=5.0,
+        max_attempts=3,
+        clock=lambda: next(ticks),  # type: ignore[arg-type]
+    )
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    b.failure("p/a")  # opened by another request after this one was decided
+    result = asyncio.run(executor.open_stream(decision, {}, 4.0))
+    assert [(a.model, a.outcome) for a in result.attempts] == [
+        ("p/a", "breaker_open"),
+        ("p/b", "status_error"),
+    ]
+    assert result.attempts[1].latency_ms == pytest.approx(500.0)
+    assert result.model == "p/c"
+
+
+def test_finished_stream_teaches_time_to_first_token_and_per_token_time() -> None:
+    result, _, executor, decision, _ = open_stream({})
+    row = executor.router.catalogue.index["p/a"]
+    ttft_before = float(executor.router.learner.ttft.w[row])
+    tpot_before = float(executor.router.learner.tpot.w[row])
+    executor.finish_stream(decision, result.stream, None, False, result)
+    assert float(executor.router.learner.ttft.w[row]) > ttft_before
+    assert float(executor.router.learner.tpot.w[row]) > tpot_before
