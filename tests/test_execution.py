@@ -406,3 +406,77 @@ def test_finished_stream_teaches_time_to_first_token_and_per_token_time() -> Non
     executor.finish_stream(decision, result.stream, None, False, result)
     assert float(executor.router.learner.ttft.w[row]) > ttft_before
     assert float(executor.router.learner.tpot.w[row]) > tpot_before
+
+
+class RecordingUpstream(FakeUpstream):
+    def __init__(self, script: dict[str, UpstreamError | None]) -> None:
+        super().__init__(script)
+        self.seen: list[tuple[dict[str, Any], float]] = []
+
+    async def complete(self, model: str, body: dict[str, Any], timeout_s: float) -> Completion:
+        self.seen.append((body, timeout_s))
+        return await super().complete(model, body, timeout_s)
+
+
+def test_chain_passes_the_body_and_timeout_and_reports_every_step() -> None:
+    router = make_router()
+    recorder = Recorder()
+    b = Breakers(router, 3, 10.0, clock=Clock(), observer=recorder)
+    upstream = RecordingUpstream({"p/a": UpstreamStatusError("p/a", 500, b"")})
+    executor = Executor(
+        router,
+        upstream,
+        b,
+        attempt_timeout_s=5.0,
+        max_attempts=3,
+        observer=recorder,  # type: ignore[arg-type]
+    )
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    row = router.catalogue.index["p/a"]
+    success_before = float(router.learner.estimates(router.clock()).success[..., row].mean())
+    body = {"messages": [{"role": "user", "content": "hello"}]}
+    result = asyncio.run(executor.complete(decision, body, 2.5))
+    assert upstream.seen == [(body, 2.5), (body, 2.5)]
+    assert recorder.events == [
+        ("attempt", "p/a", "status_error"),
+        ("fallback", "p/a", "p/b"),
+        ("attempt", "p/b", "ok"),
+    ]
+    assert result.model == "p/b" and result.completion is not None
+    assert float(router.learner.estimates(router.clock()).success[..., row].mean()) < success_before
+
+
+def test_chain_stops_at_max_attempts() -> None:
+    router = make_router()
+    upstream = FakeUpstream({m: UpstreamStatusError(m, 500, b"") for m in IDS})
+    executor = Executor(router, upstream, Breakers(router, 9, 1.0), attempt_timeout_s=5.0, max_attempts=2)  # type: ignore[arg-type]
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    result = asyncio.run(executor.complete(decision, {}, 5.0))
+    assert upstream.calls == ["p/a", "p/b"] and len(result.attempts) == 2
+
+
+def test_skipped_attempt_takes_no_time_and_attempts_round_to_hundredths() -> None:
+    from adaptive_router.execution import Attempt
+
+    assert Attempt("m", "ok", 123.456789).as_dict()["latency_ms"] == 123.46
+    result, _ = run_chain({})
+    assert result.attempts[0].outcome == "ok"
+    router = make_router()
+    b = Breakers(router, 1, 10.0, clock=Clock())
+    executor = Executor(router, FakeUpstream({}), b, attempt_timeout_s=5.0, max_attempts=3)  # type: ignore[arg-type]
+    decision = router.decide(RouteRequest(prompt="hello", model="p/a"))
+    b.failure("p/a")
+    skipped = asyncio.run(executor.complete(decision, {}, 5.0)).attempts[0]
+    assert (skipped.outcome, skipped.latency_ms) == ("breaker_open", 0.0)
+
+
+def test_breaker_goes_half_open_once_per_cool_down() -> None:
+    router = make_router()
+    recorder = Recorder()
+    clock = Clock()
+    b = Breakers(router, 1, 1.0, clock=clock, observer=recorder)
+    b.failure("p/a")
+    clock.now = 2.0
+    b.refresh()
+    b.refresh()
+    assert recorder.events == [("breaker", "p/a", "open"), ("breaker", "p/a", "half_open")]
