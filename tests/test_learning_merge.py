@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,13 @@ def test_learners_started_at_different_times_merge_to_the_whole(
     merged, expected = target.estimates(at), whole.estimates(at)
     for name, value in vars(expected).items():
         np.testing.assert_allclose(getattr(merged, name), value, rtol=1e-7, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [DecayedSums((3,), HALF_LIFE_S), DecayedSums((2,), 2 * HALF_LIFE_S), DecayedSums((3,), 2 * HALF_LIFE_S)],
+    ids=["shape", "half-life", "both"],
+)
+def test_decayed_sums_refuse_to_merge_another_shape_or_half_life(other: DecayedSums) -> None:
+    with pytest.raises(ValueError, match="can only merge sums of the same shape and half-life"):
+        DecayedSums((2,), HALF_LIFE_S).merge(other)
