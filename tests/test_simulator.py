@@ -32,7 +32,8 @@ from adaptive_router.simulator import (
 from tests.servers import running_server
 
 CHAT = "/v1/chat/completions"
-DATA_DIR = Path(os.environ.get("ADAPTIVE_ROUTER_DATA", "/work/shared/data"))
+# ../shared/data beside the repository, or wherever $ADAPTIVE_ROUTER_DATA says (README, "Data")
+DATA_DIR = Path(os.environ.get("ADAPTIVE_ROUTER_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
 
 def _exact(model_id: str, ttft_s: float = 0.2, tpot_s: float = 0.01) -> SimModel:

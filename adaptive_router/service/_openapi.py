@@ -2,6 +2,13 @@
 
 The Swagger UI assets come from the ``swagger-ui-bundle`` package (the ``docs`` extra) and
 are served by the app itself; without the extra ``/docs`` says how to get it.
+
+The spec is OpenAPI 3.0.3, not 3.1: the newest ``swagger-ui-bundle`` (1.1.0) ships Swagger UI
+4.15.5, which renders 3.1 documents as "Unable to render this definition" (3.1 needs Swagger UI
+5). pydantic writes JSON Schema 2020-12, so :func:`_to_openapi_30` rewrites the few constructs
+3.0 spells differently (``null`` in a type or ``anyOf``, numeric ``exclusiveMinimum``, ``const``,
+siblings of ``$ref``). ``tests/test_openapi.py`` checks the version against the bundled UI and
+renders ``/docs`` in a headless Chromium.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from .. import __version__
 from ._http import json_response
 from ._schemas import ChatCompletionRequest, CompleteRequest, FeedbackRequest, RouteQuery
 
-__all__ = ["docs_routes", "openapi_spec"]
+__all__ = ["OPENAPI_VERSION", "REQUEST_EXAMPLES", "docs_routes", "openapi_spec"]
+
+OPENAPI_VERSION = "3.0.3"  # what Swagger UI 4 (swagger-ui-bundle 1.1.0) renders; see the docstring
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _ERROR_SCHEMA = {
@@ -30,8 +39,8 @@ _ERROR_SCHEMA = {
             "properties": {
                 "message": {"type": "string"},
                 "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
             },
             "required": ["message", "type"],
         }
@@ -78,6 +87,36 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, str]] = [
 ]
 
 
+_CHAT_MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in two sentences."}]
+
+# One request example per operation: a body for POSTs, the query parameters for GETs. Each
+# body validates against its model (a test checks it), so "Try it out" works as it is.
+REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {
+        "model": "auto:speed",
+        "messages": _CHAT_MESSAGES,
+        "max_tokens": 200,
+        "temperature": 0,
+        "route": {"max_latency_ms": 4000, "max_cost_usd": 0.002, "deny": ["*:free"]},
+    },
+    "/route": {"prompt": "Write a regex for emails", "priority": "cost", "max_latency_ms": 3000},
+    "/complete": {"prompt": "Write a regex for emails", "priority": "balanced", "max_tokens": 200},
+    "/feedback": {"request_id": "3f2b9c4e5d6a4b7c8d9e0f1a2b3c4d5e", "score": 0.9},
+}
+_QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
+    "/models": [
+        {
+            "name": "mode",
+            "in": "query",
+            "required": False,
+            "description": "rank by one priority mode: speed, cost, quality, balanced or one from settings",
+            "schema": {"type": "string"},
+            "example": "speed",
+        }
+    ],
+}
+
+
 @lru_cache(maxsize=1)
 def openapi_spec() -> dict[str, Any]:
     models = [m for *_, m, _ in _OPERATIONS if m is not None]
@@ -98,10 +137,15 @@ def openapi_spec() -> dict[str, Any]:
             operation["requestBody"] = {
                 "required": True,
                 "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
+                        "example": REQUEST_EXAMPLES[path],
+                    }
                 },
             }
             operation["responses"]["413"] = {"description": "body too large"}
+        if path in _QUERY_PARAMETERS:
+            operation["parameters"] = _QUERY_PARAMETERS[path]
         if path in ("/v1/chat/completions", "/complete", "/route"):
             operation["responses"]["429"] = {
                 "description": "a daily budget is spent (budget.*)",
@@ -120,9 +164,10 @@ def openapi_spec() -> dict[str, Any]:
                 "content": {"application/json": {"schema": _ERROR}},
             }
         paths.setdefault(path, {})[method] = operation
-    components = {**schemas.get("$defs", {}), "Error": _ERROR_SCHEMA}
+    components = {name: _to_openapi_30(s) for name, s in schemas.get("$defs", {}).items()}
+    components["Error"] = _ERROR_SCHEMA
     return {
-        "openapi": "3.1.0",
+        "openapi": OPENAPI_VERSION,
         "info": {
             "title": "adaptive-router",
             "version": __version__,
@@ -135,6 +180,62 @@ def openapi_spec() -> dict[str, Any]:
         },
         "security": [{"bearer": []}, {}],
     }
+
+
+def _to_openapi_30(schema: Any) -> Any:
+    """A JSON Schema 2020-12 fragment (pydantic's) spelled the OpenAPI 3.0 way."""
+    if isinstance(schema, list):
+        return [_to_openapi_30(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _to_openapi_30(value) for key, value in schema.items()}
+    for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+        if isinstance(out.get(bound), int | float) and not isinstance(out[bound], bool):
+            out[bound.replace("exclusiveM", "m")] = out[bound]
+            out[bound] = True
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if isinstance(out.get("examples"), list):
+        examples = out.pop("examples")
+        if examples:
+            out["example"] = examples[0]
+    out = _nullable_type(_nullable_variants(out))
+    if "$ref" in out and len(out) > 1:  # 3.0 ignores a $ref's siblings: wrap it
+        ref = out.pop("$ref")
+        out = {"allOf": [{"$ref": ref}], **out}
+    return out
+
+
+def _nullable_type(out: dict[str, Any]) -> dict[str, Any]:
+    """``type: [X, "null"]`` becomes ``type: X, nullable: true``."""
+    if not isinstance(out.get("type"), list):
+        return out
+    listed = out.pop("type")
+    types = [t for t in listed if t != "null"]
+    if len(types) < len(listed):
+        out["nullable"] = True
+    if len(types) == 1:
+        out["type"] = types[0]
+    elif types:
+        out["anyOf"] = [{"type": t} for t in types]
+    return out
+
+
+def _nullable_variants(out: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf: [X, {type: null}]`` becomes X (or ``allOf: [X]`` for a reference), nullable."""
+    for key in ("anyOf", "oneOf"):
+        if key not in out:
+            continue
+        variants = [v for v in out[key] if v != {"type": "null"}]
+        if len(variants) == len(out[key]):
+            continue
+        out["nullable"] = True
+        if len(variants) == 1:
+            del out[key]
+            out = {"allOf": variants, **out} if "$ref" in variants[0] else {**variants[0], **out}
+        else:
+            out[key] = variants
+    return out
 
 
 async def openapi_json(request: Request) -> Response:
