@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from ._cli_output import print_table, progress, waiting
 from ._errors import ConfigError, NoEligibleModel, RequestError, RouterError
 from ._settings import Settings, load_settings
 
@@ -193,7 +194,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     catalogue = router.catalogue
     source = catalogue.source or "in memory"
     title = f"{len(catalogue)} models ({source}) ranked for mode {args.mode or 'default'}"
-    _print_table(title, columns, rows)
+    print_table(title, columns, rows)
     return EXIT_OK
 
 
@@ -241,7 +242,7 @@ def cmd_route(args: argparse.Namespace, settings: Settings) -> int:
         "latency_s",
         "cost_usd",
     ]
-    _print_table("ranking", columns, [_candidate_row(c) for c in decision.candidates])
+    print_table("ranking", columns, [_candidate_row(c) for c in decision.candidates])
     return EXIT_OK
 
 
@@ -258,40 +259,10 @@ def _route_live(settings: Settings, request: Any, args: argparse.Namespace) -> i
     from .pipeline._runtime import complete_once
 
     answer = io.StringIO()  # printed once the spinner is gone, so the two never interleave
-    with _waiting("routing and waiting for the answer"), contextlib.redirect_stdout(answer):
+    with waiting("routing and waiting for the answer"), contextlib.redirect_stdout(answer):
         code = complete_once(settings, request, args.prompt, args.max_tokens, args.json)
     sys.stdout.write(answer.getvalue())
     return code
-
-
-class _waiting:
-    """A spinner on stderr while a live call runs, when stderr is a terminal (rich, the cli extra)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self.live: Any = None
-
-    def __enter__(self) -> None:
-        if not sys.stderr.isatty():
-            return
-        try:
-            from rich.console import Console
-            from rich.live import Live
-            from rich.spinner import Spinner
-        except ImportError:
-            print(f"{self.message} ...", file=sys.stderr)
-            return
-        spinner = Spinner("dots", text=self.message)
-        console = Console(file=sys.stderr)
-        self.live = Live(spinner, console=console, transient=True, redirect_stdout=False)
-        self.live.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.stop()
-
-
-# --- benchmark ---------------------------------------------------------------------------
 
 
 def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
@@ -308,7 +279,7 @@ def cmd_benchmark(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(result, indent=2))
         return EXIT_OK
     columns = ["models", "policy", "p50_us", "p95_us", "p99_us", "mean_us", "per_second", "iterations"]
-    _print_table(
+    print_table(
         "decision time (in-process, profile + masks + score + exploration + ranking)",
         columns,
         [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in result.items()}],
@@ -455,7 +426,7 @@ def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
         for e in estimates
     ]
     title = f"off-policy estimates of mean reward, 95% normal intervals ({len(log.files)} file(s))"
-    _print_table(title, ["target", "ips", "snips", "dr", "ess", "agreement", "n"], rows)
+    print_table(title, ["target", "ips", "snips", "dr", "ess", "agreement", "n"], rows)
     print(f"reward: {estimates[0].reward}")
     for e in estimates:
         for warning in e.warnings:
@@ -497,7 +468,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     policy = args.policy or settings.exploration.policy
     n = min(args.limit or len(table), len(table))
     runs = 1 + (8 if args.curve else 0)
-    with _progress(n * runs, enabled=n * runs > 2_000) as advance:
+    with progress(n * runs, enabled=n * runs > 2_000) as advance:
         report = replay_outcomes(
             table,
             None,
@@ -534,7 +505,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
         f"policy {s['policy']}, mode {s['mode']}; reference {s['reference']}"
     )
     columns = ["name", "quality", "cost_usd", "latency_s", "utility", "quality_vs_ref", "cost_vs_ref"]
-    _print_table(title, columns, report.rows())
+    print_table(title, columns, report.rows())
     print(
         f"router: {s['quality_ratio']:.1%} of {s['reference']}'s quality "
         f"at {s['cost_ratio']:.1%} of its cost; "
@@ -553,79 +524,8 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
             }
             for p in curve
         ]
-        _print_table("cost-quality curve (latency:cost weights 1:2)", list(rows[0]), rows)
+        print_table("cost-quality curve (latency:cost weights 1:2)", list(rows[0]), rows)
     return EXIT_OK
-
-
-class _progress:
-    """A rich progress bar on stderr for long runs; a no-op when short or rich is absent."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self.enabled:
-            try:
-                from rich.console import Console
-                from rich.progress import Progress
-            except ImportError:
-                return lambda done: None
-            self.bar = Progress(console=Console(stderr=True), transient=True)
-            self.bar.start()
-            task = self.bar.add_task("replaying", total=self.total)
-            return lambda done: self.bar.update(task, completed=done)
-        return lambda done: None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-# --- output --------------------------------------------------------------------------------
-
-
-def _print_table(title: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    """A table as wide as the terminal (``COLUMNS`` when not a terminal; 80 by default): the
-    columns that do not fit, rightmost first, are left out and named below it (``--json`` has all)."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # the 'cli' extra is absent: say so, and still answer in JSON
-        print("(install adaptive-router[cli] for tables; printing JSON)", file=sys.stderr)
-        print(json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2))
-        return
-    console = Console()
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    shown = _fitting_columns(columns, cells, console.width)
-    table = Table(title=title)
-    for i in shown:
-        left = columns[i] in ("model", "name", "target")
-        table.add_column(columns[i], justify="left" if left else "right", no_wrap=True, overflow="ellipsis")
-    for row_cells in cells:
-        table.add_row(*(row_cells[i] for i in shown))
-    console.print(table)
-    hidden = [c for i, c in enumerate(columns) if i not in shown]
-    if hidden:
-        console.print(
-            f"(not shown at {console.width} columns: {', '.join(hidden)}; "
-            "a wider terminal or --json has them)"
-        )
-
-
-def _fitting_columns(columns: Sequence[str], cells: Sequence[Sequence[str]], width: int) -> list[int]:
-    """Indexes of the columns to show: the first two always, then the next ones, in order of
-    importance (left to right), up to the first that does not fit.
-
-    A rich table with borders takes one character, plus the cell and three more per column."""
-    shown, used = [], 1
-    for i, column in enumerate(columns):
-        need = max([len(column)] + [len(row[i]) for row in cells]) + 3
-        if i >= 2 and used + need > width:
-            break
-        shown.append(i)
-        used += need
-    return shown
 
 
 if __name__ == "__main__":  # pragma: no cover

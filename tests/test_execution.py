@@ -406,11 +406,15 @@ def test_stream_skips_an_open_breaker_and_times_its_failures() -> None:
 def test_finished_stream_teaches_time_to_first_token_and_per_token_time() -> None:
     result, _, executor, decision, _ = open_stream({})
     row = executor.router.catalogue.index["p/a"]
-    ttft_before = float(executor.router.learner.ttft.w[row])
-    tpot_before = float(executor.router.learner.tpot.w[row])
+    learner = executor.router.learner
+    points, tokens = learner.sums("lat_n"), learner.sums("tokens")
+    weight, x_sum, answers = float(points.w[row]), float(points.s1[row]), float(tokens.w[:, row].sum())
     executor.finish_stream(decision, result.stream, None, False, result)
-    assert float(executor.router.learner.ttft.w[row]) > ttft_before
-    assert float(executor.router.learner.tpot.w[row]) > tpot_before
+    # Two points of the latency fit (the first token at x = 0, the whole answer at its length)
+    # worth one answer together, and the answer's length.
+    assert float(points.w[row]) == pytest.approx(weight + 1.0, rel=1e-6)
+    assert float(points.s1[row]) > x_sum
+    assert float(tokens.w[:, row].sum()) > answers
 
 
 class RecordingUpstream(FakeUpstream):

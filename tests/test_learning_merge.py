@@ -31,6 +31,7 @@ def make_learner(t0: float) -> Learner:
         latency_half_life_s=HALF_LIFE_S,
         quality_half_life_s=600.0,
         surprise_forget=1.0,  # no forgetting: the whole stream and its halves stay comparable
+        stale_after=0.0,
         t0=t0,
     )
 
@@ -115,8 +116,10 @@ def test_learners_started_at_different_times_merge_to_the_whole(
     target, source = (early, late) if merge_into_early else (late, early)
     target.merge(source.state())
     at = later_start + 600.0
-    merged, expected = target.estimates(at), whole.estimates(at)
+    merged, expected = target.refresh(at), whole.refresh(at)  # full rebuilds: exact functions of the sums
     for name, value in vars(expected).items():
+        if name in ("seen_at", "observations"):  # each process's own exploration clock
+            continue
         np.testing.assert_allclose(getattr(merged, name), value, rtol=1e-7, atol=1e-10, err_msg=name)
 
 

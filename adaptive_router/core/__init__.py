@@ -14,18 +14,7 @@ from ._catalogue import (
 )
 from ._decision import Candidate, Decision, Outcome, RouteRequest
 from ._hierarchy import CellLevels, between_cell_strength, shrunk_quality
-from ._learning import (
-    FIT_SUMS,
-    LATENCY_SUMS,
-    SUM_NAMES,
-    DecayedSums,
-    Estimates,
-    Learner,
-    LearnerConfig,
-    LearnerState,
-    Surprise,
-    sum_shapes,
-)
+from ._learning import Learner
 from ._profile import CellMode, FastRoute, Profile, Profiler, TaskRules, estimate_tokens
 from ._router import Router, catalogue_from_settings, provider_groups
 from ._scoring import (
@@ -42,6 +31,17 @@ from ._scoring import (
     score_sd,
 )
 from ._semantic import DEFAULT_TABLE, MAX_TOKENS, SemanticCells, StaticEmbedder, wordpiece_basic_tokens
+from ._sums import (
+    FIT_SUMS,
+    LATENCY_SUMS,
+    SUM_NAMES,
+    DecayedSums,
+    Estimates,
+    LearnerConfig,
+    LearnerState,
+    Surprise,
+    sum_shapes,
+)
 
 __all__ = [
     "CAPABILITIES",

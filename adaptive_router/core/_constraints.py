@@ -16,8 +16,8 @@ import numpy.typing as npt
 from .._errors import NoEligibleModel, RequestError
 from ._catalogue import CAPABILITIES, Catalogue, capability_bits
 from ._decision import RouteRequest
-from ._learning import Estimates
 from ._profile import Profile
+from ._sums import Estimates
 
 __all__ = ["required_bits", "why_none"]
 

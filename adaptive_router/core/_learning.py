@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +54,8 @@ from ._sums import (
     LATENCY_SUMS,
     SUM_NAMES,
     DecayedSums,
+    Estimates,
+    LearnerConfig,
     LearnerState,
     Surprise,
     index_map,
@@ -64,17 +65,7 @@ from ._sums import (
     write_state,
 )
 
-__all__ = [
-    "FIT_SUMS",
-    "LATENCY_SUMS",
-    "SUM_NAMES",
-    "DecayedSums",
-    "Estimates",
-    "Learner",
-    "LearnerState",
-    "Surprise",
-    "sum_shapes",
-]
+__all__ = ["Learner"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -86,62 +77,6 @@ _MIN_TPOT_S = 1e-7
 _DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
 _CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
 _SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
-
-
-@dataclass
-class Estimates:
-    """Current beliefs, as arrays aligned with the catalogue (and cells for 2-D ones).
-
-    ``ttft`` and ``tpot`` are each model's fitted line (seconds, seconds per output token);
-    ``*_q`` the same line raised to the ``latency_z`` quantile of its log residuals (what
-    ``max_latency_ms`` and ``max_ttft_ms`` are held against). ``value`` is expected quality times
-    success. The ``*_var`` arrays say what exploration can still learn: the variance of the mean
-    log-latency and of the mean quality (the latter only matters as often as feedback arrives).
-    ``displacement`` is how far (log units) a model's recent latency sits above its long-run
-    level; ``seen_at`` the learner's observation count when its latency was last measured
-    (``+inf``: never) and ``observations`` (one element) the count now.
-    """
-
-    ttft: FloatArray
-    tpot: FloatArray
-    ttft_q: FloatArray
-    tpot_q: FloatArray
-    latency_log_sd: FloatArray
-    latency_evidence: FloatArray
-    latency_var: FloatArray
-    displacement: FloatArray
-    seen_at: FloatArray
-    observations: FloatArray
-    provider_factor: FloatArray  # the calibration each model's prior is scaled by
-    success: FloatArray
-    quality: FloatArray  # (cells, models)
-    quality_var: FloatArray  # (cells, models): variance of the mean quality
-    feedback_rate: FloatArray  # (cells,): answers that got a quality score, per answer
-    value: FloatArray  # (cells, models): quality times the model's success rate
-    evidence: FloatArray  # (cells, models): decayed count of outcomes
-    task_evidence: FloatArray  # (cells,)
-    quality_evidence: FloatArray  # (cells, models)
-    tokens_sum: FloatArray  # (cells,): decayed sum of output tokens, all models
-    tokens_weight: FloatArray  # (cells,): their decayed count
-
-
-@dataclass(frozen=True)
-class LearnerConfig:
-    """How fast a learner believes and forgets (``Settings.learning`` holds the defaults)."""
-
-    latency_half_life_s: float = 300.0
-    quality_half_life_s: float = 86_400.0
-    calibration_half_life_s: float = 3_600.0
-    prior_strength: float = 5.0
-    latency_prior_strength: float = 1.0  # answers' worth of the (calibrated) prior line in a model's fit
-    calibration_strength: float = 1.0
-    latency_log_sd_prior: float = 0.3
-    success_prior: float = 0.98
-    refresh_interval_s: float = 1.0
-    surprise_z: float = 2.5
-    surprise_forget: float = 0.5
-    stale_after: float = 100.0  # latency observations elsewhere after which a model's fit counts half
-    latency_z: float = 1.2815515655446004
 
 
 class Learner:

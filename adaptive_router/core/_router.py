@@ -30,10 +30,11 @@ from .._settings import Settings
 from ._catalogue import Catalogue, provider_groups
 from ._constraints import required_bits, why_none
 from ._decision import Decision, Outcome, Ranking, RouteRequest
-from ._learning import Estimates, Learner, LearnerConfig
+from ._learning import Learner
 from ._profile import Profile, Profiler
 from ._scoring import Greedy, LogScale, Policy, make_policy, normal_quantile
 from ._setup import catalogue_from_settings, cell_strength, profiler_from_settings
+from ._sums import Estimates, LearnerConfig
 
 __all__ = ["Router", "catalogue_from_settings", "provider_groups"]
 

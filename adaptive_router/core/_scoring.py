@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ._learning import Estimates
+from ._sums import Estimates
 
 __all__ = [
     "POLICIES",

@@ -1,4 +1,5 @@
-"""Decayed sufficient statistics: the sums a learner keeps, shares and saves.
+"""Decayed sufficient statistics (the sums a learner keeps, shares and saves), how fast a
+learner believes and forgets (``LearnerConfig``), and what it believes (``Estimates``).
 
 A ``DecayedSums`` keeps, per cell, a decayed weight, sum and sum of squares in the units of one
 reference time ``t0`` (see ``_learning``): adding is O(1), reading multiplies by one factor,
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "CELL_SUMS",
@@ -23,6 +25,8 @@ __all__ = [
     "STATE_VERSION",
     "SUM_NAMES",
     "DecayedSums",
+    "Estimates",
+    "LearnerConfig",
     "LearnerState",
     "Surprise",
     "index_map",
@@ -32,6 +36,7 @@ __all__ = [
     "write_state",
 ]
 
+FloatArray = npt.NDArray[np.float64]
 _REBASE_EXPONENT = 200.0  # exp(200) ~ 7e86: far from overflow, even squared sums
 STATE_VERSION = 2
 # Per model: the latency fit's sums, the provider calibration.
@@ -133,6 +138,62 @@ class Surprise:
     model: int
     t: float
     factor: float
+
+
+@dataclass
+class Estimates:
+    """Current beliefs, as arrays aligned with the catalogue (and cells for 2-D ones).
+
+    ``ttft`` and ``tpot`` are each model's fitted line (seconds, seconds per output token);
+    ``*_q`` the same line raised to the ``latency_z`` quantile of its log residuals (what
+    ``max_latency_ms`` and ``max_ttft_ms`` are held against). ``value`` is expected quality times
+    success. The ``*_var`` arrays say what exploration can still learn: the variance of the mean
+    log-latency and of the mean quality (the latter only matters as often as feedback arrives).
+    ``displacement`` is how far (log units) a model's recent latency sits above its long-run
+    level; ``seen_at`` the learner's observation count when its latency was last measured
+    (``+inf``: never) and ``observations`` (one element) the count now.
+    """
+
+    ttft: FloatArray
+    tpot: FloatArray
+    ttft_q: FloatArray
+    tpot_q: FloatArray
+    latency_log_sd: FloatArray
+    latency_evidence: FloatArray
+    latency_var: FloatArray
+    displacement: FloatArray
+    seen_at: FloatArray
+    observations: FloatArray
+    provider_factor: FloatArray  # the calibration each model's prior is scaled by
+    success: FloatArray
+    quality: FloatArray  # (cells, models)
+    quality_var: FloatArray  # (cells, models): variance of the mean quality
+    feedback_rate: FloatArray  # (cells,): answers that got a quality score, per answer
+    value: FloatArray  # (cells, models): quality times the model's success rate
+    evidence: FloatArray  # (cells, models): decayed count of outcomes
+    task_evidence: FloatArray  # (cells,)
+    quality_evidence: FloatArray  # (cells, models)
+    tokens_sum: FloatArray  # (cells,): decayed sum of output tokens, all models
+    tokens_weight: FloatArray  # (cells,): their decayed count
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How fast a learner believes and forgets (``Settings.learning`` holds the defaults)."""
+
+    latency_half_life_s: float = 300.0
+    quality_half_life_s: float = 86_400.0
+    calibration_half_life_s: float = 3_600.0
+    prior_strength: float = 5.0
+    latency_prior_strength: float = 1.0  # answers' worth of the (calibrated) prior line in a model's fit
+    calibration_strength: float = 1.0
+    latency_log_sd_prior: float = 0.3
+    success_prior: float = 0.98
+    refresh_interval_s: float = 1.0
+    surprise_z: float = 2.5
+    surprise_forget: float = 0.5
+    stale_after: float = 100.0  # latency observations elsewhere after which a model's fit counts half
+    latency_z: float = 1.2815515655446004
 
 
 def write_state(path: str | Path, state: LearnerState) -> None:

@@ -45,7 +45,8 @@ import redis.exceptions as redis_errors
 
 from .._errors import RedisUnavailable
 from .._topology import RedisClient
-from ..core._learning import FIT_SUMS, LATENCY_SUMS, SUM_NAMES, DecayedSums, Learner, LearnerState, sum_shapes
+from ..core._learning import Learner
+from ..core._sums import FIT_SUMS, LATENCY_SUMS, SUM_NAMES, DecayedSums, LearnerState, sum_shapes
 from ._redis import redis_call
 
 __all__ = [
