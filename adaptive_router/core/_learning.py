@@ -251,10 +251,13 @@ class Learner:
         sy, syy = float(y.s1[model]) * f, float(y.s2[model]) * f
         sxy = 0.5 * (float(c.s2[model]) * f - sxx - syy)
         k = self.config.latency_prior_strength
-        half, xr = 0.5 * k, _REF_TOKENS / _TOKEN_SCALE
+        # The prior line's weight shrinks as the model's own long-run record grows: once it has a
+        # history, a few answers after a surprise decide its level, not the prior.
+        k_line = k / (1.0 + float(calib.w[model]) * fc)
+        half, xr = 0.5 * k_line, _REF_TOKENS / _TOKEN_SCALE
         p0 = float(self.prior_ttft[model]) * factor
         p1 = p0 + float(self.prior_tpot[model]) * factor * _REF_TOKENS
-        big_w, big_sx, big_sxx = w + k, sx + half * xr, sxx + half * xr * xr
+        big_w, big_sx, big_sxx = w + k_line, sx + half * xr, sxx + half * xr * xr
         big_sy, big_sxy = sy + half * (p0 + p1), sxy + half * xr * p1
         b = max(
             (big_w * big_sxy - big_sx * big_sy) / (big_w * big_sxx - big_sx * big_sx),
@@ -370,7 +373,8 @@ class Learner:
 
         Returns ttft, tpot, the evidence weight, the mean x (hundreds of tokens) of the points,
         and the log spread of one answer: the points' relative residual about the line, blended
-        with ``latency_log_sd_prior`` worth as many points as the prior line. Everything comes
+        with ``latency_log_sd_prior`` worth ``latency_prior_strength`` points. The prior line
+        itself weighs ``latency_prior_strength / (1 + the model's calibration evidence)``. Everything comes
         from the sums, so learners that merged their evidence agree exactly, whatever the order
         it arrived in."""
         n, y, c = (self._view[name] for name in FIT_SUMS)
@@ -380,10 +384,12 @@ class Learner:
         sy, syy = y.s1[models] * f, y.s2[models] * f
         sxy = 0.5 * (c.s2[models] * f - sxx - syy)
         k = self.config.latency_prior_strength
-        half, xr = 0.5 * k, _REF_TOKENS / _TOKEN_SCALE
+        calib = self._view["calib"]
+        k_line = k / (1.0 + calib.w[models] * calib.factor(t))  # see _line_one
+        half, xr = 0.5 * k_line, _REF_TOKENS / _TOKEN_SCALE
         p0 = self.prior_ttft[models] * factor
         p1 = p0 + self.prior_tpot[models] * factor * _REF_TOKENS
-        W = w + k
+        W = w + k_line
         SX = sx + half * xr
         SXX = sxx + half * xr * xr
         SY = sy + half * (p0 + p1)
