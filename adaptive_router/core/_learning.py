@@ -1,11 +1,7 @@
 """What the router has learned: time-decayed sufficient statistics and the estimates they give.
 
-Each cell holds exponentially decayed sums (weight, sum, sum of squares). Instead of a clock per
-cell, every sum is kept in the units of one reference time ``t0``: an observation at time
-``t`` adds ``exp(rate * (t - t0))``, and a read at ``t`` multiplies by ``exp(-rate * (t - t0))``.
-That is the same as decaying every cell to ``t`` (what DESIGN.md describes with a last-update
-time per cell), costs O(1) per observation, and makes merging two learners a plain addition once
-one is brought to the other's ``t0``: replicas share state that way without a coordinator.
+Every statistic is a set of exponentially decayed sums (``_sums.DecayedSums``): O(1) per
+observation, and two learners merge by plain addition, which is how replicas share state.
 
 A learner keeps two sets of sums: its *local* evidence (what this replica observed itself, and
 what it publishes) and the *view* its estimates read, the local evidence plus the other

@@ -1,9 +1,12 @@
 """Decayed sufficient statistics (the sums a learner keeps, shares and saves), how fast a
 learner believes and forgets (``LearnerConfig``), and what it believes (``Estimates``).
 
-A ``DecayedSums`` keeps, per cell, a decayed weight, sum and sum of squares in the units of one
-reference time ``t0`` (see ``_learning``): adding is O(1), reading multiplies by one factor,
-and two sets merge by addition once one is brought to the other's ``t0``.
+A ``DecayedSums`` keeps, per cell, a decayed weight, sum and sum of squares. Instead of a clock
+per cell, every sum is kept in the units of one reference time ``t0``: an observation at time
+``t`` adds ``exp(rate * (t - t0))``, and a read at ``t`` multiplies by ``exp(-rate * (t - t0))``.
+That is the same as decaying every cell to ``t`` (what DESIGN.md describes with a last-update
+time per cell), costs O(1) per observation, and makes merging two sets a plain addition once
+one is brought to the other's ``t0``: replicas share state that way without a coordinator.
 """
 
 from __future__ import annotations
