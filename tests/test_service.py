@@ -152,6 +152,27 @@ def test_openai_client_streams_with_a_mode(shared: Stack) -> None:
     assert shared.sim_stats()["streams"] == before + 1
 
 
+def test_openai_client_stream_loop_sees_a_choice_in_every_chunk(shared: Stack) -> None:
+    """The usual loop, ``chunk.choices[0]`` on every chunk, works unless the client asked for
+    the usage chunk (which has no choices, as OpenAI sends it)."""
+    with _openai(shared) as client:
+        stream = client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "Tell me a long story."}], stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert text.strip()
+        with_usage = list(
+            client.chat.completions.create(
+                model="auto",
+                messages=[{"role": "user", "content": "Tell me a long story."}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    assert with_usage[-1].choices == [] and with_usage[-1].usage is not None
+    assert with_usage[-1].usage.completion_tokens > 0
+
+
 def test_stream_over_http_ends_with_done(shared: Stack) -> None:
     body = user_body("Count to five.", stream=True)
     with shared.http.stream("POST", "/v1/chat/completions", json=body) as response:

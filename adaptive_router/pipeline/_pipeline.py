@@ -385,8 +385,13 @@ class Streamed:
     async def events(self) -> AsyncIterator[bytes]:
         error: UpstreamError | None = None
         cancelled = False
+        # The router always asks the upstream for a usage chunk (it counts tokens and spend);
+        # a client that did not ask for one would meet a chunk with no choices and break.
+        wants_usage = _wants_usage(self.call.body)
         try:
             async for payload in self.handle.events():
+                if not wants_usage and _usage_only(payload):
+                    continue
                 yield payload
         except UpstreamError as exc:
             error = exc
@@ -416,3 +421,19 @@ class Streamed:
             handle.model_id, call.outcome, elapsed, decided, len(result.attempts), False, True
         )
         pipeline._accounted(call)
+
+
+def _wants_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
+def _usage_only(payload: bytes) -> bool:
+    """An event with a usage report and no choices (parsed only when it mentions usage)."""
+    if b'"usage"' not in payload or b'"choices"' not in payload:
+        return False
+    try:
+        chunk = loads(payload)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
