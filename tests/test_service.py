@@ -352,6 +352,14 @@ def test_all_candidates_failing_is_502_listing_every_attempt(monkeypatch: pytest
         assert _attempts(response) == [(m, "status_error", 500) for m in MODELS]
         assert all(m in error["message"] for m in MODELS)
         assert response.headers["x-router-attempts"] == "3"
+        # Every candidate was tried: the official client must not try them all again.
+        assert response.headers["x-should-retry"] == "false"
+        with _openai(stack) as client, pytest.raises(openai.APIStatusError):
+            client.with_options(max_retries=2).chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "Say hello."}]
+            )
+        calls = sum(stack.sim_stats()["requests"].values())
+        assert calls == 3 + 3  # the first request's three, and one chain for the client's call
         streamed = stack.chat(user_body(stream=True))
         assert _assert_error_shape(streamed, 502, None)["code"] == "all_failed"
         assert _attempts(streamed) == [(m, "status_error", 500) for m in MODELS]
@@ -966,3 +974,14 @@ def test_traffic_log_records_each_routed_request_and_its_feedback(
     assert [a["outcome"] for a in first["attempts"]] == ["status_error", "ok"]
     assert "Tell" not in log_path.read_text()  # prompts are hashed unless server.log_prompts
     assert log.feedback[request_id] == 0.75
+
+
+def test_budget_refusal_says_when_to_come_back_and_not_to_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    with service_stack(monkeypatch, budget={"global_daily_usd": 1e-12, "mode": "reject"}) as stack:
+        responses = [stack.chat() for _ in range(3)]  # the first answer's spend reaches the cap
+        refused = [r for r in responses if r.status_code == 429]
+        assert refused, [r.status_code for r in responses]
+        error = _assert_error_shape(refused[-1], 429, None)
+        assert error["code"] == "budget_exceeded"
+        assert 0 < int(refused[-1].headers["retry-after"]) <= 86_400  # daily caps reset at 00:00 UTC
+        assert refused[-1].headers["x-should-retry"] == "false"

@@ -10,6 +10,8 @@ instances say more (their own status, the constraint that emptied the set, a tim
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -117,7 +119,17 @@ def _headers(exc: BaseException) -> dict[str, str]:
         return exc.headers
     if isinstance(exc, HTTPException):
         return dict(exc.headers or {})
+    if isinstance(exc, BudgetExceeded):  # daily caps reset at midnight UTC: retrying sooner is futile
+        return {"retry-after": str(_seconds_to_utc_midnight()), NO_RETRY: "false"}
     return {}
+
+
+NO_RETRY = "x-should-retry"  # the official OpenAI clients honour it over their own retry rules
+
+
+def _seconds_to_utc_midnight(now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return max(1, math.ceil(86_400 - now % 86_400))
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
@@ -131,7 +143,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
             return Response(exc.body, status_code=exc.status, media_type=JSON, headers=headers)
         body = error_body(str(exc), None, answer.kind, answer.code)
         body["routing"] = routing_info(exc.decision, exc.result, False, mode)
-        return json_response(body, answer.status, headers)
+        # Every candidate was tried: a client retrying the same request only tries them again.
+        return json_response(body, answer.status, {**headers, NO_RETRY: "false"})
     if answer.status == 500:
         log.error("unexpected error while serving a request", exc_info=exc)
     if answer.status != 401:
