@@ -322,10 +322,6 @@ class Learner:
         self._est = None
         return self.estimates(t)
 
-    def latest(self, t: float) -> Estimates:
-        """The estimates as last computed, without catching up on recent observations."""
-        return self._est if self._est is not None else self.estimates(t)
-
     def _calibration_moved(self, t: float) -> bool:
         """Whether a provider's pooled calibration moved more than 1% since it was last pooled:
         then every one of its models' priors moves, and the estimates are rebuilt in full (a
