@@ -45,6 +45,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "TaskRule",
+    "TracingSettings",
     "UpstreamSettings",
     "Weights",
     "load_settings",
@@ -96,6 +97,25 @@ class ServerSettings(_Section):
     traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
     traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     traffic_log_backups: int = Field(default=5, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="the process log's threshold"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line")
+    access_log: bool = Field(default=True, description="one line per routed request (never prompt text)")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces (the ``otel`` extra), exported over OTLP as the ``OTEL_*`` variables say."""
+
+    enabled: bool | Literal["auto"] = Field(
+        default="auto",
+        description="auto: on when an OTEL_EXPORTER_OTLP_*ENDPOINT or OTEL_TRACES_EXPORTER is set",
+    )
 
 
 class SentinelSettings(_Section):
@@ -375,6 +395,7 @@ class Settings(BaseSettings):
     catalogue: CatalogueSettings = CatalogueSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     budget: BudgetSettings = BudgetSettings()
+    tracing: TracingSettings = TracingSettings()
     # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
     openrouter_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False

@@ -37,7 +37,9 @@ from ..upstream._client import UpstreamClient
 from ..upstream._execution import Breakers, Executor
 from ..upstream._providers import Provider, providers_from_settings
 from ._metrics import Metrics
+from ._observe import LOG_INTERVAL_S, BreakerLog, install_observers
 from ._pipeline import Pipeline
+from ._tracing import tracer_from_settings
 
 __all__ = [
     "SIMULATOR_URL_ENV",
@@ -79,6 +81,7 @@ class RouterService:
     keys: list[bytes] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
+    tracer: Any | None = None  # OpenTelemetry's, when tracing is on
 
     @property
     def upstream_mode(self) -> str:
@@ -104,14 +107,15 @@ class RouterService:
             transport=self.transport,
         )
         stack.push_async_callback(client.aclose)
-        breakers = Breakers(self.router, up.breaker_failures, up.breaker_cooldown_s, observer=self.metrics)
+        observer = BreakerLog(self.metrics, LOG_INTERVAL_S)  # the metrics, and breaker changes logged
+        breakers = Breakers(self.router, up.breaker_failures, up.breaker_cooldown_s, observer=observer)
         executor = Executor(
             self.router,
             client,
             breakers,
             attempt_timeout_s=up.attempt_timeout_s,
             max_attempts=up.max_attempts,
-            observer=self.metrics,
+            observer=observer,
         )
         self.metrics.set_info(upstream=self.upstream_mode, cache=cache.backend)
         saved_at = self._load_state()
@@ -132,7 +136,9 @@ class RouterService:
         pipeline.traffic_log = self._traffic_log()
         if pipeline.traffic_log is not None:
             stack.callback(pipeline.traffic_log.close)
-        return Running(self, pipeline, client, shared)
+        running = Running(self, pipeline, client, shared)
+        install_observers(running, executor, self.tracer)
+        return running
 
     def _traffic_log(self) -> TrafficLog | None:
         server = self.settings.server
@@ -272,7 +278,8 @@ def build_service(
             url,
         )
     keys = [k.encode() for k in settings.server.api_keys]
-    return RouterService(settings, router, providers, simulated, transport, keys=keys)
+    tracer = tracer_from_settings(settings)
+    return RouterService(settings, router, providers, simulated, transport, keys=keys, tracer=tracer)
 
 
 def start_simulator(settings: Settings) -> str:

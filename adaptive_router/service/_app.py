@@ -20,8 +20,10 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from .._logs import configure_logging
 from .._settings import Settings
 from ..core._catalogue import Catalogue
 from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
@@ -38,6 +40,7 @@ from ._endpoints import (
 )
 from ._error_map import ERROR_MAP, handle_error
 from ._proxy import chat_completions
+from ._telemetry import TraceRequests
 
 __all__ = [
     "app_from_environment",
@@ -81,14 +84,17 @@ def create_app(
     # Every class of the error map goes through Starlette's exception handlers (answered, nothing
     # re-raised); ``Exception`` is the last resort for bugs: a JSON 500, the traceback in the log.
     handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in ERROR_MAP}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware = [Middleware(TraceRequests, tracer=service.tracer)] if service.tracer is not None else []
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
 
 
 def app_from_environment() -> Starlette:
     """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
     from .._settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.server.log_level, settings.server.log_format)  # each worker process
+    return create_app(settings)
 
 
 def serve(settings: Settings) -> None:
@@ -97,8 +103,7 @@ def serve(settings: Settings) -> None:
 
     from .._settings import SETTINGS_FILE_ENV  # noqa: F401  (documented: the factory reads it)
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
+    configure_logging(settings.server.log_level, settings.server.log_format)
     if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
         url = start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
@@ -114,10 +119,16 @@ def serve(settings: Settings) -> None:
             host=server.host,
             port=server.port,
             workers=server.workers,
-            log_level="info",
+            log_level=server.log_level,
+            log_config=None,  # our handler and format, set up above
             access_log=False,
         )
     else:
         uvicorn.run(
-            create_app(settings), host=server.host, port=server.port, log_level="info", access_log=False
+            create_app(settings),
+            host=server.host,
+            port=server.port,
+            log_level=server.log_level,
+            log_config=None,  # our handler and format, set up above
+            access_log=False,  # the router's own access line says more (adaptive_router.access)
         )

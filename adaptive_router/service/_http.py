@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("adaptive_router.service")
 
 __all__ = [
+    "COST_HEADER",
     "JSON",
     "answer_response",
     "authorize",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 JSON = "application/json"
+COST_HEADER = "x-router-cost-usd"
 
 
 def running(request: Request) -> Running:
@@ -71,7 +73,10 @@ def router_headers(
 
 
 def call_headers(call: Call, upstream_mode: str, attempts: int | None = None) -> dict[str, str]:
-    return router_headers(call.decision, call.result, upstream_mode, call.cache_state, attempts)
+    headers = router_headers(call.decision, call.result, upstream_mode, call.cache_state, attempts)
+    if call.outcome == "ok":  # an answer in hand (a stream's cost comes in its usage chunk)
+        headers[COST_HEADER] = repr(call.cost_usd)
+    return headers
 
 
 def answer_response(call: Call, routing: dict[str, Any], headers: dict[str, str]) -> Response:

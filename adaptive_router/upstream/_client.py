@@ -310,6 +310,8 @@ class UpstreamClient:
             functools.partial(pick_provider, self.providers)
         )
         self._targets: dict[tuple[str, bool], tuple[httpx.URL, dict[str, str]]] = {}
+        # Adds the current trace context (``traceparent``) to each call's headers when tracing is on.
+        self.inject: Callable[[dict[str, str]], None] | None = None
 
     def provider_for(self, model_id: str) -> Provider:
         """The provider that serves ``model_id`` (cached); ``UpstreamError`` when none does."""
@@ -323,6 +325,8 @@ class UpstreamClient:
             async with asyncio.timeout(timeout_s):
                 if self._post is not None:  # aiohttp's connections, no httpx request or response
                     url, headers = self._target(provider, stream=False)
+                    if self.inject is not None:
+                        headers = self._traced(headers)
                     payload = self._payload(provider, model_id, body, stream=False)
                     status, raw_headers, content = await self._post(
                         str(url), headers, payload, self._timeouts
@@ -377,8 +381,16 @@ class UpstreamClient:
         self, provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool
     ) -> httpx.Request:
         url, headers = self._target(provider, stream)
+        if self.inject is not None:
+            headers = self._traced(headers)
         content = self._payload(provider, model_id, body, stream=stream)
         return httpx.Request("POST", url, headers=headers, content=content, extensions=self._extensions)
+
+    def _traced(self, headers: dict[str, str]) -> dict[str, str]:
+        traced = dict(headers)  # the cached headers stay as they are
+        assert self.inject is not None
+        self.inject(traced)
+        return traced
 
     @staticmethod
     def _payload(provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool) -> bytes:
