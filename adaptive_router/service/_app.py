@@ -103,11 +103,13 @@ def serve(settings: Settings) -> None:
 
     from .._settings import SETTINGS_FILE_ENV  # noqa: F401  (documented: the factory reads it)
 
-    configure_logging(settings.server.log_level, settings.server.log_format)
+    server_log = settings.server
+    configure_logging(server_log.log_level, server_log.log_format)
     if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
         url = start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
         settings = settings.model_copy(update={"simulator_url": url})
+        configure_logging(server_log.log_level, server_log.log_format)  # uvicorn's config replaced ours
     # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully;
     # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
