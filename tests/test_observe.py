@@ -44,7 +44,10 @@ def test_answer_carries_usage_cost_and_header_equal_to_tokens_times_catalogue_pr
 
 def test_streamed_answer_carries_cost_in_its_usage_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     body = user_body(stream=True, stream_options={"include_usage": True})
-    with service_stack(monkeypatch) as stack, stack.http.stream("POST", "/v1/chat/completions", json=body) as r:
+    with (
+        service_stack(monkeypatch) as stack,
+        stack.http.stream("POST", "/v1/chat/completions", json=body) as r,
+    ):
         assert r.status_code == 200
         chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     usage = [c["usage"] for c in chunks if c.get("usage")]
@@ -145,10 +148,14 @@ def test_served_json_log_has_a_summary_an_access_line_per_request_and_no_prompt_
         body = {**CHAT_BODY, "messages": [{"role": "user", "content": SECRET_PROMPT}]}
         ids = [f"req-{i}" for i in range(3)]
         for request_id in ids:
-            answer = router.http.post("/v1/chat/completions", json=body, headers={**auth, "x-request-id": request_id})
+            answer = router.http.post(
+                "/v1/chat/completions", json=body, headers={**auth, "x-request-id": request_id}
+            )
             assert answer.status_code == 200
         assert router.http.post("/v1/chat/completions", json=body).status_code == 401
-        assert router.http.post("/v1/chat/completions", json={"model": "auto"}, headers=auth).status_code == 400
+        assert (
+            router.http.post("/v1/chat/completions", json={"model": "auto"}, headers=auth).status_code == 400
+        )
 
         def logged_all() -> bool:
             return sum('"access"' in line for line in router.log_path.read_text().splitlines()) >= 5
