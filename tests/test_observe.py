@@ -12,6 +12,7 @@ import pytest
 
 from adaptive_router import load_settings
 from adaptive_router._logs import JsonFormatter, TextFormatter, Throttle, configure_logging
+from adaptive_router.pipeline._observe import BreakerLog
 from tests.process_fixtures import CHAT_BODY, Catalogue, ProcessGroup, router_env, scenario, wait_for
 from tests.service_fixtures import FAST, MID, fail, service_stack, small_catalogue, user_body
 
@@ -179,3 +180,40 @@ def test_served_json_log_has_a_summary_an_access_line_per_request_and_no_prompt_
     assert summary["catalogue_models"] == len(catalogue.ids) and summary["auth"] == "on (1 keys)"
     assert summary["upstream"] == "simulated" and summary["policy"] == "greedy"
     assert summary["redis"] == "none" and summary["tracing"] == "off"
+
+
+class _Inner:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    def attempt(self, model: str, outcome: str, latency_s: float) -> None:
+        self.seen.append(("attempt", model, outcome))
+
+    def fallback(self, from_model: str, to_model: str) -> None:
+        self.seen.append(("fallback", from_model, to_model))
+
+    def breaker(self, model: str, state: str) -> None:
+        self.seen.append(("breaker", model, state))
+
+
+def test_breaker_log_forwards_everything_and_logs_a_model_let_back_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inner = _Inner()
+    observer = BreakerLog(inner, interval_s=60.0)
+    with caplog.at_level(logging.INFO, logger="adaptive_router.upstream"):
+        observer.attempt("m", "timeout", 0.1)
+        observer.fallback("m", "n")
+        observer.breaker("m", "open")  # the breakers log an opening themselves
+        observer.breaker("m", "half_open")
+        observer.breaker("m", "closed")
+        observer.breaker("m", "half_open")  # flapping within the interval: held back
+    assert inner.seen == [
+        ("attempt", "m", "timeout"),
+        ("fallback", "m", "n"),
+        ("breaker", "m", "open"),
+        ("breaker", "m", "half_open"),
+        ("breaker", "m", "closed"),
+        ("breaker", "m", "half_open"),
+    ]
+    assert [r.getMessage() for r in caplog.records] == ["circuit breaker half-open", "circuit breaker closed"]

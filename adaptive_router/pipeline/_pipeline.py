@@ -81,6 +81,7 @@ class Hook(Protocol):
 
     ``admitted`` and ``decided`` may raise a :class:`~adaptive_router.RouterError` to
     refuse the request; an exception from a later stage is logged and the answer still goes out.
+    ``accounted`` also runs for a response-cache hit (``call.outcome == "cache_hit"``, no decision).
     """
 
     def admitted(self, call: Call) -> None: ...
