@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,6 +138,125 @@ def run(bench: Bench, rounds: int, connections: list[int], sink_server: Server) 
     return rows
 
 
+# --- in process: the added CPU per request, without servers ------------------------------------
+
+
+class _DropSpans:
+    """An exporter that takes every batch and keeps nothing (what a fast collector costs us)."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _sample_call() -> Any:
+    """A finished call as the hooks see it: a real decision over the bundled catalogue, one attempt."""
+    from adaptive_router import load_settings
+    from adaptive_router.core._catalogue import load_bundled
+    from adaptive_router.core._decision import RouteRequest
+    from adaptive_router.core._router import Router
+    from adaptive_router.pipeline._pipeline import Call
+    from adaptive_router.upstream._client import Completion
+    from adaptive_router.upstream._execution import Attempt, Result
+
+    router = Router.from_settings(load_settings(), load_bundled())
+    route = RouteRequest(
+        messages=[{"role": "user", "content": "Write a haiku about the sea."}], max_tokens=16
+    )
+    decision = router.decide(route)
+    usage = {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25}
+    data = {
+        "id": "chatcmpl-1",
+        "model": decision.model,
+        "choices": [{"finish_reason": "stop"}],
+        "usage": usage,
+    }
+    completion = Completion(decision.model, "simulated", 200, data, 0.01, None, 9, 16, None, {}, "stop")
+    call = Call(route, {"messages": route.messages}, None, "auto", False)
+    call.decision, call.completion, call.outcome, call.cost_usd = decision, completion, "ok", 1.2e-5
+    call.result = Result(attempts=[Attempt(decision.model, "ok", 10.0)], completion=completion)
+    return call
+
+
+def _per_call_us(step: Any, count: int) -> float:
+    for _ in range(min(count, 500)):  # warm up
+        step()
+    started = time.process_time()
+    for _ in range(count):
+        step()
+    return (time.process_time() - started) / count * 1e6
+
+
+def _logged(fmt: str, path: Path, count: int) -> float:
+    from adaptive_router._logs import JsonFormatter, TextFormatter
+    from adaptive_router.pipeline._observe import AccessLog
+
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        call, hook = _sample_call(), AccessLog()
+        return _per_call_us(lambda: hook.accounted(call), count)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(logging.WARNING)
+
+
+def _traced(export: bool, count: int) -> float:
+    from opentelemetry import propagate
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    from adaptive_router.pipeline._tracing import AttemptTracer, TraceHook
+
+    provider = TracerProvider()
+    if export:
+        provider.add_span_processor(BatchSpanProcessor(_DropSpans()))  # type: ignore[arg-type]
+    tracer = provider.get_tracer("bench")
+    call, hook = _sample_call(), TraceHook(tracer)
+    attempts = AttemptTracer(tracer, lambda model: "simulated")
+    carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    assert call.completion is not None
+
+    def one_request() -> None:  # what the middleware, the hooks and the executor do per request
+        with tracer.start_as_current_span("POST", context=propagate.extract(carrier), kind=SpanKind.SERVER):
+            hook.admitted(call)
+            hook.decided(call)
+            with attempts.attempt(call.completion.model_id) as span:
+                propagate.inject({})
+                span.answered(call.completion)
+            hook.accounted(call)
+
+    try:
+        return _per_call_us(one_request, count)
+    finally:
+        provider.shutdown()
+
+
+def micro(work: Path, count: int) -> list[dict[str, Any]]:
+    """Microseconds of CPU each feature adds to one request, measured in this process."""
+    rows = [
+        {"feature": "access line, text, to a file", "us_per_request": _logged("text", work / "t.log", count)},
+        {"feature": "access line, JSON, to a file", "us_per_request": _logged("json", work / "j.log", count)},
+        {"feature": "traces (3 spans), not exported", "us_per_request": _traced(False, count)},
+        {"feature": "traces (3 spans), batched export", "us_per_request": _traced(True, count)},
+    ]
+    for row in rows:
+        row["us_per_request"] = round(row["us_per_request"], 1)
+    return rows
+
+
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for conns in sorted({r["connections"] for r in rows}):
@@ -178,27 +299,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one round of short runs")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process measurement")
+    parser.add_argument("--count", type=int, default=20_000, help="requests per in-process measurement")
     args = parser.parse_args(argv)
     rounds = 1 if args.quick else args.rounds
     measure_s, warmup_s = (3.0, 1.0) if args.quick else (6.0, 2.0)
     connections = [MANY] if args.quick else [1, MANY]
+    rows: list[dict[str, Any]] = []
+    generator_name = ""
     with tempfile.TemporaryDirectory(prefix="obs-bench-") as tmp:
         work = Path(tmp)
-        generator = pick_generator(args.generator, work)
-        with simulator(work) as sim, sink(work) as sink_server:
-            bench = Bench(generator, warmup_s, measure_s, args.quick, work, sim)
-            rows = run(bench, rounds, connections, sink_server)
-    table = summary(rows)
+        in_process = micro(work, args.count)
+        if not args.micro_only:
+            generator = pick_generator(args.generator, work)
+            generator_name = generator.name
+            with simulator(work) as sim, sink(work) as sink_server:
+                bench = Bench(generator, warmup_s, measure_s, args.quick, work, sim)
+                rows = run(bench, rounds, connections, sink_server)
+    table = summary(rows) if rows else []
     result = {
         "machine": machine_info(),
-        "generator": generator.name,
+        "generator": generator_name,
         "load_average_after": load_average(),
+        "in_process": in_process,
         "summary": table,
         "rows": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
-    print_table(table)
+    print("| feature | CPU per request, in process |\n| --- | ---: |")
+    for row in in_process:
+        print(f"| {row['feature']} | {row['us_per_request']:.1f} us |")
+    if table:
+        print()
+        print_table(table)
     return 0
 
 

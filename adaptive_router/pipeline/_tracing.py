@@ -154,10 +154,13 @@ class TraceHook(NoHook):
             "router.request_id": decision.request_id,
         }
         span.set_attributes(attributes)
-        end = time.time_ns()
-        chosen = {"router.model": decision.model, "router.fallbacks": list(decision.fallbacks)}
-        chosen["router.from_decision_cache"] = bool(decision.cached)
-        _child(self.tracer, "route", end - int(decision.decision_us * 1000), end, {**attributes, **chosen})
+        end = time.time_ns()  # the decision's own span: what it chose (the rest is on the request's)
+        chosen = {
+            "router.model": decision.model,
+            "router.fallbacks": tuple(decision.fallbacks),
+            "router.from_decision_cache": bool(decision.cached),
+        }
+        _child(self.tracer, "route", end - int(decision.decision_us * 1000), end, chosen)
 
     def accounted(self, call: Call) -> None:
         span = self._current()
