@@ -12,6 +12,7 @@ log written to a file, in these configurations:
 - ``access text`` / ``access json``: the default access line per request, text or JSON
 - ``traces, no export``: OpenTelemetry spans made and dropped (``OTEL_TRACES_EXPORTER=none``)
 - ``traces, OTLP``: spans batched and exported over OTLP/HTTP to a local sink process
+- ``traces, OTLP, 10% sampled``: the same with ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``
 
 Rounds interleave the configurations (quiet, access, ..., quiet, access, ...) so that a busy
 machine's drift falls on all of them; each figure is the median over rounds. Writes
@@ -66,6 +67,13 @@ CONFIGS: dict[str, dict[str, str]] = {
     "access json": {"ROUTER_SERVER__LOG_LEVEL": "info", "ROUTER_SERVER__LOG_FORMAT": "json"},
     "traces, no export": {**QUIET, "ROUTER_TRACING__ENABLED": "true", "OTEL_TRACES_EXPORTER": "none"},
     "traces, OTLP": {**QUIET, "ROUTER_TRACING__ENABLED": "true", "OTEL_BSP_SCHEDULE_DELAY": "1000"},
+    "traces, OTLP, 10% sampled": {
+        **QUIET,
+        "ROUTER_TRACING__ENABLED": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "1000",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
 }
 
 
@@ -107,7 +115,8 @@ def router(
     )
     cmd = [sys.executable, "-m", "uvicorn", "adaptive_router.service:app_from_environment", "--factory"]
     cmd += ["--host", HOST, "--port", str(port), *VARIANT.uvicorn_args()]
-    return running(f"router-{name.replace(' ', '-').replace(',', '')}", cmd, env, port, "/ready", log_dir)
+    label = "".join(c if c.isalnum() else "-" for c in name)
+    return running(f"router-{label}", cmd, env, port, "/ready", log_dir)
 
 
 @contextlib.contextmanager
@@ -115,7 +124,7 @@ def routers(sim_url: str, sink_url: str, log_dir: Path) -> Iterator[dict[str, Se
     with contextlib.ExitStack() as stack:
         servers = {}
         for name, extra in CONFIGS.items():
-            if name == "traces, OTLP":
+            if "OTLP" in name:
                 extra = {**extra, "OTEL_EXPORTER_OTLP_ENDPOINT": sink_url}
             servers[name] = stack.enter_context(router(name, extra, sim_url, log_dir))
         yield servers
@@ -130,7 +139,7 @@ def run(bench: Bench, rounds: int, connections: list[int], sink_server: Server) 
             for conns in connections:
                 for name, server in servers.items():
                     processes = {"server": server.pid}
-                    if name == "traces, OTLP":
+                    if "OTLP" in name:
                         processes["sink"] = sink_server.pid
                     url = server.base_url + "/v1/chat/completions"
                     row = measure(bench, VARIANT, f"chat, {name}", url, body, conns, processes)
