@@ -11,6 +11,7 @@ top-level keys in JSON mode; nothing else is added, so a caller decides what may
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -67,7 +68,10 @@ class JsonFormatter(logging.Formatter):
         data.update(_fields(record))
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return dumps(data).decode()
+        try:
+            return dumps(data).decode()
+        except TypeError:  # a value the fast codec does not know (a NumPy scalar): its text
+            return json.dumps(data, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:

@@ -218,3 +218,10 @@ def test_breaker_log_forwards_everything_and_logs_a_model_let_back_in(
         ("breaker", "m", "half_open"),
     ]
     assert [r.getMessage() for r in caplog.records] == ["circuit breaker half-open", "circuit breaker closed"]
+
+
+def test_json_formatter_writes_values_its_codec_does_not_know() -> None:
+    import numpy as np
+
+    data = json.loads(JsonFormatter().format(_record("access", explored=np.bool_(True), n=np.int64(3))))
+    assert data["explored"] == "True" and data["n"] == "3"

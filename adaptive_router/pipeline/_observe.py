@@ -70,7 +70,7 @@ def access_fields(call: Call, latency_s: float) -> dict[str, Any]:
     }
     if decision is not None:
         fields["mode"] = decision.mode
-        fields["explored"] = decision.explored
+        fields["explored"] = bool(decision.explored)
     if completion is not None:
         fields["ttft_ms"] = round(completion.ttft_s * 1000, 2) if completion.ttft_s is not None else None
         fields["prompt_tokens"] = completion.prompt_tokens
