@@ -132,6 +132,8 @@ class TraceHook(NoHook):
         span = self._current()
         if not span.is_recording():
             return
+        if not call.body:  # POST /route: a decision, no chat
+            return
         span.update_name(f"{OPERATION} {call.model}")
         span.set_attribute("gen_ai.operation.name", OPERATION)
         span.set_attribute("gen_ai.request.model", call.model)
