@@ -24,7 +24,9 @@ from starlette.routing import Route
 
 from .._settings import Settings
 from ..core._catalogue import Catalogue
+from ..pipeline._operations import operations
 from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
+from ._admin import admin_reload
 from ._endpoints import (
     complete,
     feedback,
@@ -59,8 +61,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with service.open() as running:
-            yield {"running": running}  # each request's ``request.state.running``
+        async with service.open() as running, operations(running) as ops:
+            yield {"running": running, "ops": ops}  # each request's ``request.state.running``
 
     from ._openapi import docs_routes
 
@@ -76,6 +78,7 @@ def create_app(
         Route("/metrics.json", metrics_json, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
         *docs_routes(),
     ]
     # Every class of the error map goes through Starlette's exception handlers (answered, nothing

@@ -311,6 +311,14 @@ class UpstreamClient:
         )
         self._targets: dict[tuple[str, bool], tuple[httpx.URL, dict[str, str]]] = {}
 
+    def set_providers(self, providers: Sequence[Provider]) -> None:
+        """Serve with ``providers`` from the next call on (a settings reload); the pool stays."""
+        self.providers = tuple(providers)
+        self._resolve = functools.lru_cache(maxsize=_ROUTE_CACHE_SIZE)(
+            functools.partial(pick_provider, self.providers)
+        )
+        self._targets = {}
+
     def provider_for(self, model_id: str) -> Provider:
         """The provider that serves ``model_id`` (cached); ``UpstreamError`` when none does."""
         return self._resolve(model_id)
