@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
-from adaptive_router import load_settings
+from adaptive_router import load_catalogue, load_settings
 from adaptive_router.pipeline import RESTART_ONLY, changed_keys, keep_restart_only
+from adaptive_router.simulator import create_simulator_app, sim_models_from_catalogue
 from tests.process_fixtures import Catalogue, ProcessGroup, router_env, wait_for
-from tests.process_fixtures import scenario as process_scenario
 from tests.reload_fixtures import (
     ADMIN_KEY,
     CHEAP,
@@ -24,6 +25,7 @@ from tests.reload_fixtures import (
     file_stack,
     write_catalogue,
 )
+from tests.servers import running_server
 from tests.service_fixtures import user_body
 
 SPEED = {"routing": {"modes": {"speed": SPEED_HEAVY}}}
@@ -152,10 +154,12 @@ def test_sighup_reloads_the_file_and_an_invalid_one_is_refused(tmp_path: Path) -
     models, overlay = write_catalogue(tmp_path)
     path = _settings_file(tmp_path, models, overlay, SPEED)
     catalogue = Catalogue(models, overlay, (QUICK, CHEAP))
-    with ProcessGroup(tmp_path) as group:
-        sim = group.simulator(catalogue, process_scenario(models={"*": {"ttft_s": 0.01}}))
+    sim_app = create_simulator_app(sim_models_from_catalogue(load_catalogue(str(models), str(overlay))))
+    with running_server(sim_app) as sim_url, ProcessGroup(tmp_path) as group:
+        # Only the router needs to be a process of its own (to receive the signal).
+        sim = SimpleNamespace(url=sim_url)
         env = {k: v for k, v in router_env(catalogue).items() if not k.startswith("ROUTER_ROUTING")}
-        router = group.router("router", sim, {**env, "ROUTER_SETTINGS_FILE": str(path)})
+        router = group.router("router", sim, {**env, "ROUTER_SETTINGS_FILE": str(path)})  # type: ignore[arg-type]
 
         def route() -> str:
             response = router.post("/route", {"model": "auto:speed", "prompt": "Say hello."})

@@ -70,23 +70,33 @@ class Operations:
         return spec.refresh_interval_s if spec.source != "bundled" else None
 
     def health(self) -> dict[str, Any]:
-        """Each model's health: its breaker, and its last probe when it was probed."""
+        """The pool's health: counts, and each model that is not up or was probed, with its
+        breaker, the success rate the learner estimates, and its last probe."""
         pipeline = self.running.pipeline
-        router, breakers = pipeline.router, pipeline.breakers
-        states = breakers.snapshot()
+        router, states = pipeline.router, pipeline.breakers.snapshot()
         routable = [m for m, ok in zip(router.catalogue.ids, router.permitted, strict=True) if ok]
         prober, spec = self.prober, self.running.service.settings.probe
+        success = router.learner.estimates(router.clock()).success
+        models = {}
+        for model in sorted(set(states) | set(prober.last)):
+            row = router.catalogue.index.get(model)
+            probe = prober.last.get(model)
+            models[model] = {
+                "breaker": states.get(model, "closed"),
+                "success": None if row is None else round(float(success[row]), 4),
+                "last_probe": probe.as_dict() if probe else None,
+            }
         return {
-            "models": len(routable),
+            "routable": len(routable),
             "up": sum(1 for m in routable if m not in states),
             "down": sorted(m for m, s in states.items() if s == "open"),
             "half_open": sorted(m for m, s in states.items() if s == "half_open"),
+            "models": models,
             "probes": {
                 "enabled": spec.enabled,
                 "spent_today_usd": round(prober.spent_usd, 6),
                 "daily_usd": spec.daily_usd,
                 "capped": prober.capped,
-                "last": {m: r.as_dict() for m, r in sorted(prober.last.items())},
             },
         }
 
