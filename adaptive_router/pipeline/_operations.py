@@ -103,9 +103,13 @@ class Operations:
     def ready_info(self) -> dict[str, Any]:
         """What ``/ready`` adds: the last reload and catalogue refresh, and the pool's health."""
         reloader = self.reloader
+        refresh = None
+        if reloader.last_refresh is not None:
+            change = reloader.last_change
+            refresh = {**reloader.last_refresh.as_dict(), "last_change": change.as_dict() if change else None}
         return {
             "reload": reloader.last_reload.as_dict() if reloader.last_reload else None,
-            "catalogue_refresh": reloader.last_refresh.as_dict() if reloader.last_refresh else None,
+            "catalogue_refresh": refresh,
             "health": self.health(),
         }
 

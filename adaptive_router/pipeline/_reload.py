@@ -143,6 +143,7 @@ class Reloader:
         self.running = running
         self.last_reload: ReloadReport | None = None
         self.last_refresh: ReloadReport | None = None
+        self.last_change: ReloadReport | None = None  # the last refresh that changed the catalogue
         self.reloads = {"ok": 0, "error": 0}
         self._lock = asyncio.Lock()
         self._budget: Budget | None = running.pipeline.budget  # kept while a reload turns caps off
@@ -191,6 +192,8 @@ class Reloader:
                 unchanged = fresh.router.catalogue.models == self.running.service.router.catalogue.models
                 added, removed = ((), ()) if unchanged else self._swap(fresh)
                 report = ReloadReport("catalogue", time.time(), True, added=added, removed=removed)
+                if not unchanged:
+                    self.last_change = report
             self.last_refresh = report
         if not report.ok:
             log.error("catalogue refresh failed, the running catalogue stays: %s", report.error)
