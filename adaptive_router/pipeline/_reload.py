@@ -156,7 +156,7 @@ class Reloader:
             self.last_reload = report
             self.reloads["ok" if report.ok else "error"] += 1
         if report.ok:
-            log.warning(
+            log.info(
                 "settings reloaded (%s): changed %s%s",
                 source,
                 ", ".join(report.changed) or "nothing",
@@ -183,23 +183,32 @@ class Reloader:
     async def refresh_catalogue(self) -> ReloadReport:
         """Fetch the catalogue's source again: new models join with priors, removed ones leave."""
         async with self._lock:
-            settings = self.running.service.settings
-            try:
-                fresh = await asyncio.to_thread(self._build, settings, fetch=True)
-            except (RouterError, OSError, ValueError) as exc:
-                report = _refusal("catalogue", exc)
-            else:
-                unchanged = fresh.router.catalogue.models == self.running.service.router.catalogue.models
-                added, removed = ((), ()) if unchanged else self._swap(fresh)
-                report = ReloadReport("catalogue", time.time(), True, added=added, removed=removed)
-                if not unchanged:
-                    self.last_change = report
+            report = await self._refresh()
             self.last_refresh = report
+            if report.ok and report.changed:
+                self.last_change = report
         if not report.ok:
             log.error("catalogue refresh failed, the running catalogue stays: %s", report.error)
-        elif report.added or report.removed:
-            log.warning("catalogue refreshed: added %s; removed %s", list(report.added), list(report.removed))
+        elif report.changed:
+            log.info("catalogue refreshed: added %s; removed %s", list(report.added), list(report.removed))
         return report
+
+    async def _refresh(self) -> ReloadReport:
+        service = self.running.service
+        try:
+            catalogue = await asyncio.to_thread(self._catalogue, service.settings, True)
+            if catalogue.models == service.router.catalogue.models:
+                return ReloadReport("catalogue", time.time(), True)
+            transport = service.transport
+            fresh = await asyncio.to_thread(
+                build_service, service.settings, catalogue=catalogue, transport=transport
+            )
+        except (RouterError, OSError, ValueError) as exc:
+            return _refusal("catalogue", exc)
+        added, removed = self._swap(fresh)
+        return ReloadReport(
+            "catalogue", time.time(), True, changed=("catalogue",), added=added, removed=removed
+        )
 
     # --- building (in a worker thread: a source may be fetched over the network) ---------------
 

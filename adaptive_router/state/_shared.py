@@ -395,6 +395,7 @@ class SharedState:
             if remote.state is not None:
                 remote.state = learner.align(remote.state)
         self._blob = None
+        self._rev += 1  # the new learner's versions start again: an etag never published before
         self._publish_view()
 
     def stats(self) -> SyncStats:
