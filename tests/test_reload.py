@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -188,3 +190,34 @@ def test_sighup_reloads_the_file_and_an_invalid_one_is_refused(tmp_path: Path) -
 def test_admin_key_is_secret_in_repr() -> None:
     settings = load_settings(server={"admin_keys": [ADMIN_KEY]})
     assert ADMIN_KEY not in repr(settings)
+
+
+def test_requests_in_flight_during_reloads_are_all_answered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Reloads swapping the weights back and forth under a steady stream of chats (and the
+    learner rebuilt each time: the overlay alternates too) lose no request."""
+    overlay = tmp_path / "priors-b.yaml"
+    overlay.write_text(json.dumps({CHEAP: {"ttft_s": 1.5, "tpot_s": 0.04, "quality": 0.7}}))
+    with file_stack(monkeypatch, tmp_path, SPEED) as stack:
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def chat() -> None:
+            with httpx.Client(base_url=str(stack.http.base_url), timeout=10.0) as client:
+                for _ in range(60):  # bounded in count; each request bounded by its timeout
+                    body = user_body(model="auto:speed", stream=len(statuses) % 3 == 0)
+                    statuses.append(client.post("/v1/chat/completions", json=body).status_code)
+            done.set()
+
+        worker = threading.Thread(target=chat, daemon=True)
+        worker.start()
+        reloads = 0
+        while reloads < 2 or (not done.is_set() and reloads < 10):
+            extra = SPEED_BY_COST if reloads % 2 else {**SPEED, "catalogue": {"overlay": str(overlay)}}
+            stack.write(extra)
+            assert stack.reload().status_code == 200
+            reloads += 1
+        worker.join(60.0)
+        assert not worker.is_alive()
+        assert statuses == [200] * 60
