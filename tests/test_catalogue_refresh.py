@@ -50,6 +50,7 @@ class Listing:
 class Refreshing:
     listing: Listing
     http: httpx.Client
+    sim: httpx.Client
 
     def ids(self) -> list[str]:
         return [m["id"] for m in self.http.get("/v1/models").json()["data"] if "/" in m["id"]]
@@ -82,7 +83,11 @@ def refreshing(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Iterator[Ref
         monkeypatch.setenv(SIMULATOR_URL_ENV, sim_url + "/v1")
         config = load_settings(
             catalogue={"source": "openrouter", "refresh_interval_s": 0.1},
-            upstream={"simulate": "always", "openrouter_base_url": listing_url + "/api/v1"},
+            upstream={
+                "simulate": "always",
+                "openrouter_base_url": listing_url + "/api/v1",
+                **settings.pop("upstream", {}),
+            },
             exploration={"policy": "greedy", "seed": 0},
             cache={"enabled": False},
             **settings,
@@ -90,8 +95,9 @@ def refreshing(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Iterator[Ref
         with (
             running_server(create_app(config)) as url,
             httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S) as http,
+            httpx.Client(base_url=sim_url, timeout=HTTP_TIMEOUT_S) as sim,
         ):
-            yield Refreshing(listing, http)
+            yield Refreshing(listing, http, sim)
 
 
 def test_a_refresh_adds_a_new_model_and_removes_one_that_left(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,3 +139,19 @@ def test_a_failed_fetch_keeps_the_running_catalogue(monkeypatch: pytest.MonkeyPa
         assert "pricing.prompt" in stack.refresh()["error"]  # the listing stays broken: so does each try
         assert stack.ids() == [A, B]
         assert stack.http.post("/v1/chat/completions", json=user_body()).status_code == 200
+
+
+def test_a_model_removed_while_its_breaker_is_open_is_forgotten_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    breaker = {"breaker_failures": 1, "breaker_cooldown_s": 0.05}
+    with refreshing(monkeypatch, upstream=breaker) as stack:
+        stack.sim.post("/sim/events", json={"model": B, "action": "fail"}).raise_for_status()
+        failed = stack.http.post("/v1/chat/completions", json=user_body(model=B))
+        assert failed.json()["routing"]["attempts"][0]["model"] == B  # failed, then fell back
+        assert stack.http.get("/ready").json()["breakers"] == {B: "open"}
+        stack.listing.entries = [openrouter_entry(A)]
+        assert wait_for(lambda: stack.change().get("models_removed") == [B], LIMIT_S)
+        # Its cool-down ends after it left the catalogue: requests go on as before.
+        for _ in range(3):
+            assert stack.http.post("/v1/chat/completions", json=user_body()).status_code == 200

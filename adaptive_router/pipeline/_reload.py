@@ -246,19 +246,13 @@ class Reloader:
         carry_learning(old, router, running.shared)
         up = settings.upstream
         breakers = pipeline.breakers
-        breakers.router, breakers.threshold, breakers.cooldown_s = (
-            router,
-            up.breaker_failures,
-            up.breaker_cooldown_s,
-        )
+        breakers.router = router
+        breakers.threshold, breakers.cooldown_s = up.breaker_failures, up.breaker_cooldown_s
         for model, state in breakers.snapshot().items():
             if state == "open" and model in router.catalogue:
                 router.set_available(model, False)
-        executor.router, executor.attempt_timeout_s, executor.max_attempts = (
-            router,
-            up.attempt_timeout_s,
-            up.max_attempts,
-        )
+        executor.router = router
+        executor.attempt_timeout_s, executor.max_attempts = up.attempt_timeout_s, up.max_attempts
         running.client.set_providers(fresh.providers)
         service.settings, service.router, service.providers = settings, router, fresh.providers
         service.simulated, service.keys = fresh.simulated, fresh.keys
@@ -277,11 +271,8 @@ class Reloader:
             self.running.pipeline.budget = None
             return
         budget.global_cap, budget.per_key_cap = spec.global_daily_usd, spec.per_key_daily_usd
-        budget.near_fraction, budget.price_ceiling, budget.mode = (
-            spec.near_fraction,
-            spec.price_ceiling_per_mtok,
-            spec.mode,
-        )
+        budget.near_fraction, budget.mode = spec.near_fraction, spec.mode
+        budget.price_ceiling = spec.price_ceiling_per_mtok
         self.running.pipeline.budget = budget
         self.running.pipeline.cheap_mask = price_mask(router.catalogue, spec.price_ceiling_per_mtok)
 
