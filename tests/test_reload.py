@@ -3,7 +3,9 @@ file again; a file that does not validate changes nothing; learned state survive
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -15,7 +17,14 @@ import pytest
 import yaml
 
 from adaptive_router import load_catalogue, load_settings
-from adaptive_router.pipeline import RESTART_ONLY, changed_keys, keep_restart_only
+from adaptive_router.pipeline import (
+    RESTART_ONLY,
+    SIMULATOR_URL_ENV,
+    build_service,
+    changed_keys,
+    keep_restart_only,
+    operations,
+)
 from adaptive_router.simulator import create_simulator_app, sim_models_from_catalogue
 from tests.process_fixtures import Catalogue, ProcessGroup, router_env, wait_for
 from tests.reload_fixtures import (
@@ -221,3 +230,26 @@ def test_requests_in_flight_during_reloads_are_all_answered(
         worker.join(60.0)
         assert not worker.is_alive()
         assert statuses == [200] * 60
+
+
+def test_reload_listeners_hear_each_swap_and_a_failing_one_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What settings build outside the router (evaluator hooks) rebuilds itself from a listener."""
+    for name in [n for n in os.environ if n.startswith("ROUTER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(SIMULATOR_URL_ENV, "http://127.0.0.1:9/v1")  # never called: no request is sent
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"upstream": {"simulate": "always"}}))
+
+    async def main() -> None:
+        service = build_service(load_settings(path))
+        async with service.open() as running, operations(running) as ops:
+            heard: list[int] = []
+            ops.reloader.listeners += [lambda s: heard.append(s.routing.top_k), lambda s: 1 / 0]
+            path.write_text(yaml.safe_dump({"upstream": {"simulate": "always"}, "routing": {"top_k": 2}}))
+            report = await ops.reloader.reload("test")
+            assert report.ok and heard == [2]
+            assert running.service.router.config.top_k == 2
+
+    asyncio.run(main())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,9 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._budget: Budget | None = running.pipeline.budget  # kept while a reload turns caps off
         self._base: tuple[tuple[str | None, str], Catalogue] | None = None  # the last fetched source
+        # Called on the event loop right after each swap with the new settings: parts built from
+        # settings outside the router (evaluator hooks, say) rebuild themselves here.
+        self.listeners: list[Callable[[Settings], None]] = []
 
     async def reload(self, source: str) -> ReloadReport:
         """Read the settings file again and swap it in; a file that does not validate changes nothing."""
@@ -260,6 +263,11 @@ class Reloader:
         pipeline.upstream_mode = service.upstream_mode
         self._swap_budget(settings, router)
         service.metrics.set_info(upstream=service.upstream_mode)
+        for listener in self.listeners:
+            try:
+                listener(settings)
+            except Exception:  # the swap is done: a listener's bug must not undo half of it
+                log.exception("reload listener %r failed", listener)
         before, after = set(old.catalogue.ids), set(router.catalogue.ids)
         return tuple(sorted(after - before)), tuple(sorted(before - after))
 
