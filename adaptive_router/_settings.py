@@ -37,6 +37,7 @@ __all__ = [
     "CatalogueSettings",
     "ExplorationSettings",
     "LearningSettings",
+    "ProbeSettings",
     "ProfileSettings",
     "ProviderSettings",
     "RedisSettings",
@@ -102,6 +103,9 @@ class ServerSettings(_Section):
     )
     log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line")
     access_log: bool = Field(default=True, description="one line per routed request (never prompt text)")
+    admin_keys: list[str] = Field(
+        default_factory=list, description="bearer keys of POST /admin/reload; empty: disabled", repr=False
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -314,6 +318,9 @@ class CatalogueSettings(_Section):
     models: list[DeclaredModel] = Field(
         default_factory=list, description="models to add (or replace) by id: local ones a provider serves"
     )
+    refresh_interval_s: float | None = Field(
+        default=None, gt=0, description="source 'openrouter': fetch prices and models again this often"
+    )
 
 
 class ProviderSettings(_Section):
@@ -351,6 +358,19 @@ class UpstreamSettings(_Section):
     )
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class ProbeSettings(_Section):
+    """Health probes: a tiny request to models whose breaker is half-open, and to idle fallbacks."""
+
+    enabled: bool = False
+    interval_s: float = Field(default=30.0, gt=0, description="how often the prober looks at the pool")
+    idle_after_s: float = Field(
+        default=300.0, ge=0, description="a fallback model unused this long is probed"
+    )
+    daily_usd: float = Field(default=0.05, ge=0, description="spend cap of the probes per UTC day")
+    max_tokens: int = Field(default=1, ge=1, le=16)
+    timeout_s: float = Field(default=10.0, gt=0)
 
 
 class BudgetSettings(_Section):
@@ -396,6 +416,7 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings = UpstreamSettings()
     budget: BudgetSettings = BudgetSettings()
     tracing: TracingSettings = TracingSettings()
+    probe: ProbeSettings = ProbeSettings()
     # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
     openrouter_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False
@@ -493,6 +514,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         _check_yaml(file)
         config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(file)})
         settings_cls = type("Settings", (Settings,), {"model_config": config})
+        overrides = {"settings_file": str(file.resolve()), **overrides}  # what a reload reads again
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:

@@ -390,14 +390,15 @@ def load_catalogue(
     overlay: str | None = None,
     api_key: str | None = None,
     declared: Sequence[Mapping[str, Any]] = (),
+    base_url: str = "https://openrouter.ai/api/v1",
 ) -> Catalogue:
-    """``bundled``, ``openrouter`` (fetched live), or a path to an OpenRouter models JSON file;
-    then the ``declared`` models (settings ``catalogue.models``: added, or replacing by id), then
-    the overlay."""
+    """``bundled``, ``openrouter`` (fetched live from ``base_url``), or a path to an OpenRouter
+    models JSON file; then the ``declared`` models (settings ``catalogue.models``: added, or
+    replacing by id), then the overlay."""
     if source == "bundled":
         catalogue = load_bundled()
     elif source == "openrouter":
-        catalogue = fetch_openrouter(api_key)
+        catalogue = fetch_openrouter(api_key, base_url)
     else:
         catalogue = load_openrouter(source)
     if declared:

@@ -26,7 +26,9 @@ from starlette.routing import Route
 from .._logs import configure_logging
 from .._settings import Settings
 from ..core._catalogue import Catalogue
+from ..pipeline._operations import operations
 from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
+from ._admin import admin_reload
 from ._endpoints import (
     complete,
     feedback,
@@ -62,8 +64,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with service.open() as running:
-            yield {"running": running}  # each request's ``request.state.running``
+        async with service.open() as running, operations(running) as ops:
+            yield {"running": running, "ops": ops}  # each request's ``request.state.running``
 
     from ._openapi import docs_routes
 
@@ -79,6 +81,7 @@ def create_app(
         Route("/metrics.json", metrics_json, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
         *docs_routes(),
     ]
     # Every class of the error map goes through Starlette's exception handlers (answered, nothing

@@ -195,6 +195,9 @@ async def ready(request: Request) -> Response:
             "global_cap": snap.global_cap,
             "unsynced_usd": snap.unsynced_usd,
         }
+    ops = getattr(request.state, "ops", None)  # reloads, catalogue refreshes, the pool's health
+    if ops is not None:
+        body.update(ops.ready_info())
     if service.simulated:
         body["warning"] = "answers come from the SIMULATED upstream: set OPENROUTER_API_KEY for real models"
     return json_response(body)

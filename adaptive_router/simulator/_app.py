@@ -194,6 +194,11 @@ class _Simulator:
             else:
                 self.states[mid] = _ModelState()
 
+    def apply_now(self, event: SimEvent) -> list[str]:
+        """Apply ``event`` at once, whatever its trigger; the ids of the models it touched."""
+        self._apply(event)
+        return fnmatch.filter(self.ids, event.model)
+
     def stats_json(self) -> dict[str, Any]:
         s = self.stats
         return {
@@ -450,7 +455,8 @@ async def _drop(request: Request) -> Response:
 def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None = None) -> Starlette:
     """A Starlette app serving ``models`` the OpenAI way; ``app.state.simulator`` holds its state.
 
-    Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /sim/stats``."""
+    Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /sim/stats``,
+    ``POST /sim/events`` (a scenario event applied now, e.g. ``{"model": "x", "action": "fail"}``)."""
     sim = _Simulator(models, scenario or Scenario())
     models_body = json.dumps(
         {
@@ -471,6 +477,14 @@ def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None =
     async def stats(request: Request) -> Response:
         return Response(json.dumps(sim.stats_json()), media_type="application/json")
 
+    async def event(request: Request) -> Response:
+        try:  # a scenario event, applied now: {"model": "lab/a", "action": "fail", "status": 503}
+            fields = {"at_request": 0, **json.loads(await request.body())}
+            applied = sim.apply_now(SimEvent.model_validate(fields))
+        except (ValueError, TypeError) as exc:
+            return error_response(400, f"not a scenario event: {exc}", "invalid_request_error", "body", None)
+        return Response(json.dumps({"applied": applied}), media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sim.start()
@@ -481,6 +495,7 @@ def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None =
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/sim/stats", stats, methods=["GET"]),
+        Route("/sim/events", event, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.simulator = sim

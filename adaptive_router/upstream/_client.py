@@ -313,6 +313,14 @@ class UpstreamClient:
         # Adds the current trace context (``traceparent``) to each call's headers when tracing is on.
         self.inject: Callable[[dict[str, str]], None] | None = None
 
+    def set_providers(self, providers: Sequence[Provider]) -> None:
+        """Serve with ``providers`` from the next call on (a settings reload); the pool stays."""
+        self.providers = tuple(providers)
+        self._resolve = functools.lru_cache(maxsize=_ROUTE_CACHE_SIZE)(
+            functools.partial(pick_provider, self.providers)
+        )
+        self._targets = {}
+
     def provider_for(self, model_id: str) -> Provider:
         """The provider that serves ``model_id`` (cached); ``UpstreamError`` when none does."""
         return self._resolve(model_id)

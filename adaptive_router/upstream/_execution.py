@@ -83,7 +83,8 @@ class Breakers:
         for model in [m for m in self._open if self._state[m].open_until <= now]:
             self._open.discard(model)
             self._set(model, "half_open")
-            self.router.set_available(model, True)
+            if model in self.router.catalogue:  # a catalogue refresh may have removed it
+                self.router.set_available(model, True)
 
     def allow(self, model: str) -> bool:
         """Whether this attempt may go to ``model`` now (one probe at a time when half-open)."""
