@@ -37,6 +37,7 @@ from ._endpoints import (
     route_only,
 )
 from ._error_map import ERROR_MAP, handle_error
+from ._guards import cors_middleware
 from ._proxy import chat_completions
 
 __all__ = [
@@ -81,7 +82,8 @@ def create_app(
     # Every class of the error map goes through Starlette's exception handlers (answered, nothing
     # re-raised); ``Exception`` is the last resort for bugs: a JSON 500, the traceback in the log.
     handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in ERROR_MAP}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware = cors_middleware(settings.server.cors_origins)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
 
 
 def app_from_environment() -> Starlette:

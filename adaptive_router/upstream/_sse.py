@@ -8,7 +8,11 @@ line dispatches the event. Only ``data`` matters to an OpenAI stream.
 
 from __future__ import annotations
 
-__all__ = ["SSEParser"]
+__all__ = ["EventTooLarge", "SSEParser"]
+
+
+class EventTooLarge(ValueError):
+    """A line, or an event's data, longer than the parser's ``max_bytes``."""
 
 
 class SSEParser:
@@ -24,11 +28,15 @@ class SSEParser:
         parser = SSEParser()
         parser.feed(b"data: {}\\n\\nda") == [b"{}"]
         parser.feed(b"ta: [DONE]\\r\\n\\r\\n") == [b"[DONE]"]
+
+    With ``max_bytes``, a line still open or an event's data longer than that raises
+    :class:`EventTooLarge` from ``feed``: nothing is held beyond it and one chunk.
     """
 
     _BOM = b"\xef\xbb\xbf"
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max = max_bytes
         self._line = bytearray()
         self._data = bytearray()
         self._after_cr = False
@@ -53,6 +61,8 @@ class SSEParser:
             else:
                 start = end + (2 if buffer[end : end + 2] == b"\r\n" else 1)
         del buffer[:start]
+        if self._max is not None and max(len(buffer), len(self._data)) > self._max:
+            raise EventTooLarge(f"a stream line or event exceeds the limit of {self._max} bytes")
         return events
 
     def _strip_bom(self) -> bool:

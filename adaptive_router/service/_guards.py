@@ -1,0 +1,53 @@
+"""Guards against hostile input that the handlers share: CORS only where configured, and the
+``allow``/``deny`` globs of a request matched without holding the event loop.
+
+Bodies themselves are guarded where they are read (:func:`~adaptive_router.service._http.read_json`:
+size, depth, Content-Type) and validated (:mod:`~adaptive_router.service._schemas`: at most
+``MAX_GLOBS`` globs of ``MAX_GLOB_CHARS`` each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from ..core._catalogue import Catalogue
+
+__all__ = ["cors_middleware", "prepare_globs"]
+
+_EXPOSED = [
+    "x-router-model",
+    "x-router-attempts",
+    "x-router-decision-us",
+    "x-router-cache",
+    "x-router-request-id",
+    "x-router-upstream",
+]
+
+
+def cors_middleware(origins: list[str]) -> list[Middleware]:
+    """Starlette's CORS middleware for ``origins`` (``server.cors_origins``); none when empty, so
+    no browser page on another origin can read an answer or send a JSON body."""
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=_EXPOSED,
+        )
+    ]
+
+
+async def prepare_globs(catalogue: Catalogue, patterns: Iterable[str]) -> None:
+    """Match each glob not yet cached against the catalogue, yielding to other requests between
+    them: a request with many new globs waits its turn instead of stalling everyone's."""
+    for pattern in patterns:
+        if not catalogue.knows_glob(pattern):
+            catalogue.glob_mask((pattern,))
+            await asyncio.sleep(0)
