@@ -26,7 +26,7 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
-from ._limits import AnswerTooLarge, read_capped
+from ._limits import read_capped
 
 __all__ = ["AiohttpTransport"]
 
@@ -103,7 +103,7 @@ def _decompress(content: bytes, max_bytes: int | None) -> bytes:
     decoder = zlib.decompressobj(_GZIP_OR_ZLIB)
     out = decoder.decompress(content, 0 if max_bytes is None else max_bytes + 1)
     if max_bytes is not None and len(out) > max_bytes:
-        raise AnswerTooLarge(f"answer decodes to more than the limit of {max_bytes} bytes")
+        raise httpx.DecodingError(f"answer decodes to more than the limit of {max_bytes} bytes")
     if not decoder.eof:
         raise zlib.error("incomplete or truncated stream")
     return out
@@ -208,7 +208,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """One POST read whole, without httpx's request and response objects (the proxy's hot
         path): status, headers and the decoded body. Failures are raised as httpx's errors, the
         same ones :meth:`handle_async_request` raises; a body (read or decoded) over ``max_bytes``
-        is :class:`AnswerTooLarge`, raised before more than that is held."""
+        is httpx's ``DecodingError``, raised before more than that is held."""
         session = self._session or self._open()
         in_body = False
         try:

@@ -40,9 +40,9 @@ from .._errors import (
     UpstreamTimeout,
 )
 from .._json import dumps, loads, too_deep
-from ._limits import DEFAULT_LIMITS, AnswerTooLarge, Limits, read_response
+from ._limits import DEFAULT_LIMITS, Limits, read_response
 from ._providers import APP_TITLE, Provider, pick_provider
-from ._sse import EventTooLarge, SSEParser
+from ._sse import SSEParser
 
 __all__ = ["DONE", "USER_AGENT", "Completion", "StreamHandle", "UpstreamClient"]
 
@@ -128,10 +128,9 @@ def _map_error(model_id: str, exc: BaseException) -> UpstreamError:
     Only errors about the network (whose text comes from the OS or the peer) quote their message;
     the rest name their type alone, since a local protocol error quotes the offending header.
     """
-    if isinstance(exc, AnswerTooLarge):
-        return UpstreamProtocolError(model_id, str(exc))
     detail = type(exc).__name__
-    if isinstance(exc, httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError):
+    quoted = httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError | httpx.DecodingError
+    if isinstance(exc, quoted):  # a decoder's message, or the router's size cap
         detail = f"{detail}: {str(exc)[:_MESSAGE_CHARS]}"
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamConnectError(model_id, f"could not connect ({detail})")
@@ -571,8 +570,8 @@ class StreamHandle:
                 return []
             try:
                 events = [event for event in self._parser.feed(chunk) if event]
-            except EventTooLarge as exc:
-                raise AnswerTooLarge(str(exc)) from exc
+            except ValueError as exc:  # a line or event over the size cap
+                raise httpx.DecodingError(str(exc)) from exc
             if events:
                 if self.ttft_s is None and self._started_at is not None:
                     self.ttft_s = self._clock() - self._started_at

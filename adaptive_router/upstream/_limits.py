@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["DEFAULT_LIMITS", "AnswerTooLarge", "Limits", "read_capped", "read_response"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "read_capped", "read_response"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,20 +29,17 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-class AnswerTooLarge(httpx.DecodingError):
-    """An upstream answer (or one stream event) longer than the router's cap."""
-
-
 async def read_capped(chunks: AsyncIterator[bytes], limit: int, declared: str | None = None) -> bytes:
-    """The body from ``chunks``; ``AnswerTooLarge`` as soon as it passes ``limit`` bytes (or when
-    its ``Content-Length``, ``declared``, already says it will)."""
+    """The body from ``chunks``; httpx's ``DecodingError`` (an undecodable answer, as the client
+    maps it) as soon as it passes ``limit`` bytes, or when its ``Content-Length``, ``declared``,
+    already says it will."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise AnswerTooLarge(f"answer of {declared} bytes exceeds the limit of {limit}")
+        raise httpx.DecodingError(f"answer of {declared} bytes exceeds the limit of {limit}")
     parts, size = [], 0
     async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise AnswerTooLarge(f"answer exceeds the limit of {limit} bytes")
+            raise httpx.DecodingError(f"answer exceeds the limit of {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
 

@@ -8,11 +8,7 @@ line dispatches the event. Only ``data`` matters to an OpenAI stream.
 
 from __future__ import annotations
 
-__all__ = ["EventTooLarge", "SSEParser"]
-
-
-class EventTooLarge(ValueError):
-    """A line, or an event's data, longer than the parser's ``max_bytes``."""
+__all__ = ["SSEParser"]
 
 
 class SSEParser:
@@ -30,7 +26,7 @@ class SSEParser:
         parser.feed(b"ta: [DONE]\\r\\n\\r\\n") == [b"[DONE]"]
 
     With ``max_bytes``, a line still open or an event's data longer than that raises
-    :class:`EventTooLarge` from ``feed``: nothing is held beyond it and one chunk.
+    ``ValueError`` from ``feed``: nothing is held beyond it and one chunk.
     """
 
     _BOM = b"\xef\xbb\xbf"
@@ -62,7 +58,7 @@ class SSEParser:
                 start = end + (2 if buffer[end : end + 2] == b"\r\n" else 1)
         del buffer[:start]
         if self._max is not None and max(len(buffer), len(self._data)) > self._max:
-            raise EventTooLarge(f"a stream line or event exceeds the limit of {self._max} bytes")
+            raise ValueError(f"a stream line or event exceeds the limit of {self._max} bytes")
         return events
 
     def _strip_bom(self) -> bool:
