@@ -126,8 +126,16 @@ def test_a_glob_too_long_is_a_400_naming_its_place(stack: Stack) -> None:
     openai_error(response, 400, "deny.0")
 
 
+def test_more_than_eight_wildcard_globs_in_a_list_are_a_400(stack: Stack) -> None:
+    body = user_body(route={"allow": [*(f"lab/{i}*" for i in range(9)), "lab/fast"]})
+    assert "at most 8 globs with wildcards" in openai_error(
+        post(stack, "/v1/chat/completions", body), 400, "route.allow"
+    )
+
+
 def test_globs_within_the_limits_still_route(stack: Stack) -> None:
-    body = user_body(route={"deny": ["bad/*", *(f"nothing-{i}-*" for i in range(31))]})
+    wild, exact = [f"nothing-{i}-*" for i in range(7)], [f"nothing/{i}" for i in range(24)]
+    body = user_body(route={"deny": ["bad/*", *wild, *exact]})
     response = post(stack, "/v1/chat/completions", body)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == FAST
@@ -220,7 +228,9 @@ def test_a_deep_upstream_answer_is_that_models_failure_and_the_next_answers(stac
 
 
 def test_a_deep_first_stream_event_falls_back_before_the_client_sees_a_byte(stack: Stack) -> None:
-    response = post(stack, "/v1/chat/completions", user_body(model=BAD, hostile="stream_deep_first", stream=True))
+    response = post(
+        stack, "/v1/chat/completions", user_body(model=BAD, hostile="stream_deep_first", stream=True)
+    )
     assert response.status_code == 200
     assert response.headers["x-router-model"] == FAST
     assert response.text.rstrip().endswith("data: [DONE]")
@@ -243,7 +253,9 @@ def test_a_deep_event_mid_stream_ends_it_with_an_error_counted_once_and_not_ok(
 ) -> None:
     before = metrics(stack)["requests"]
     errors = _errors_of(stack, BAD)
-    response = post(stack, "/v1/chat/completions", user_body(model=BAD, hostile="stream_deep_later", stream=True))
+    response = post(
+        stack, "/v1/chat/completions", user_body(model=BAD, hostile="stream_deep_later", stream=True)
+    )
     events = _events(response.text)
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "hi"
     error = json.loads(events[-1])["error"]
@@ -308,7 +320,9 @@ def test_the_httpx_client_caps_answers_as_well(hostile_url: str) -> None:
             upstream={"http_client": "httpx"},
         ) as running,
     ):
-        response = post(running, "/v1/chat/completions", user_body(model=BAD, hostile="huge", size=4 * ANSWER_CAP))
+        response = post(
+            running, "/v1/chat/completions", user_body(model=BAD, hostile="huge", size=4 * ANSWER_CAP)
+        )
         assert attempts(response) == [(BAD, "protocol_error"), (FAST, "ok")]
         response = post(running, "/v1/chat/completions", user_body(model=BAD, hostile="deep"))
         assert attempts(response) == [(BAD, "protocol_error"), (FAST, "ok")]

@@ -51,6 +51,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 GLOB_CACHE_SIZE = 1024  # row masks of allow/deny globs kept per catalogue
 _WILDCARDS = frozenset("*?[")
+_STAR_OR_ONE = re.compile(r"[*?]+")
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Catalogue:
         self.quality_prior = _column(models, "quality")
         self.max_context = int(self.context_length.max())
         self._globs: dict[str, BoolArray] = {}
+        self._joined_ids = "\n".join(self.ids)  # to rule a glob out with one substring search
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,7 +176,7 @@ class Catalogue:
     def _glob_row_mask(self, pattern: str) -> BoolArray:
         mask = self._globs.get(pattern)
         if mask is None:
-            mask = _glob_mask(self.ids, self.index, pattern)
+            mask = _glob_mask(self.ids, self.index, self._joined_ids, pattern)
             if len(self._globs) >= GLOB_CACHE_SIZE:
                 del self._globs[next(iter(self._globs))]  # the oldest: bounded, whatever clients send
             self._globs[pattern] = mask
@@ -184,14 +186,17 @@ class Catalogue:
         return Catalogue([*self.models, *extra], source=self.source)
 
 
-def _glob_mask(ids: tuple[str, ...], index: Mapping[str, int], pattern: str) -> BoolArray:
-    """Rows matching one glob: an exact id by lookup, else its own small regex per id (fnmatch
-    translates ``*`` so that matching cannot backtrack without bound)."""
+def _glob_mask(ids: tuple[str, ...], index: Mapping[str, int], joined: str, pattern: str) -> BoolArray:
+    """Rows matching one glob: an exact id by lookup; none when a literal part of it is in no id
+    (no regex built); else its own small regex per id (fnmatch translates ``*`` so that matching
+    cannot backtrack without bound)."""
     mask = np.zeros(len(ids), dtype=np.bool_)
     if not _WILDCARDS.intersection(pattern):
         row = index.get(pattern)
         if row is not None:
             mask[row] = True
+    elif "[" not in pattern and not all(run in joined for run in _STAR_OR_ONE.split(pattern)):
+        pass  # a literal run every match must contain is in no id
     else:
         match = re.compile(fnmatch.translate(pattern)).match
         mask[:] = np.fromiter((match(i) is not None for i in ids), dtype=np.bool_, count=len(ids))

@@ -37,6 +37,7 @@ __all__ = [
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 MAX_GLOBS = 32  # per route.allow and per route.deny
 MAX_GLOB_CHARS = 128
+MAX_WILDCARD_GLOBS = 8  # per list: each costs a regex built and run per model id; exact ids cost nothing
 MAX_TOKENS = 2**31 - 1  # larger than any context window; bigger numbers overflow downstream
 Glob = Annotated[str, StringConstraints(min_length=1, max_length=MAX_GLOB_CHARS)]
 
@@ -76,6 +77,14 @@ class RouteOptions(_Strict):
     ] = Field(default_factory=list)
     fallback: bool = Field(True, description="try the next-best model when one fails")
     cache: bool = Field(False, description="allow a cached answer even at temperature > 0")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _few_wildcards(cls, globs: list[str]) -> list[str]:
+        wild = sum(1 for glob in globs if "*" in glob or "?" in glob or "[" in glob)
+        if wild > MAX_WILDCARD_GLOBS:
+            raise ValueError(f"at most {MAX_WILDCARD_GLOBS} globs with wildcards (* ? [), got {wild}")
+        return globs
 
 
 class Message(BaseModel):
