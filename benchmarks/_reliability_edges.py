@@ -37,7 +37,7 @@ __all__ = ["print_edges", "run_edges"]
 
 GLOB_MODELS = tuple(f"lab/m{i:03d}" for i in range(400))
 NORMAL_RATE_PER_S = 20.0
-BOMB_CONCURRENCY = 4
+BOMB_CONCURRENCY = 1  # one client sending back to back
 BOMB_BODIES = 64
 HOSTILE_KINDS = {
     "deep answer (1,000 levels)": {"hostile": "deep"},

@@ -9,6 +9,7 @@ size, depth, Content-Type) and validated (:mod:`~adaptive_router.service._schema
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Iterable
 
@@ -47,15 +48,17 @@ def cors_middleware(origins: list[str]) -> list[Middleware]:
 
 async def prepare_globs(catalogue: Catalogue, patterns: Iterable[str]) -> None:
     """Match each glob not yet cached against the catalogue, one glob at a time across every
-    request of this event loop, yielding between them: requests with many new globs queue behind
-    each other, and a request without any waits at most one glob's matching (under a ms)."""
+    request of this event loop, pausing after each as long as it took: requests with many new
+    globs queue behind each other and get at most half the loop's time, and a request without
+    any waits at most one glob's matching (a few ms at worst) at each step."""
     new = [p for p in patterns if not catalogue.knows_glob(p)]
     if not new:
         return
     async with _turn():
         for pattern in new:
+            started = time.perf_counter()
             catalogue.glob_mask((pattern,))
-            await asyncio.sleep(0)
+            await asyncio.sleep(time.perf_counter() - started)
 
 
 _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
