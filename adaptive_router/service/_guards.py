@@ -48,9 +48,9 @@ def cors_middleware(origins: list[str]) -> list[Middleware]:
 
 async def prepare_globs(catalogue: Catalogue, patterns: Iterable[str]) -> None:
     """Match each glob not yet cached against the catalogue, one glob at a time across every
-    request of this event loop, pausing after each as long as it took: requests with many new
-    globs queue behind each other and get at most half the loop's time, and a request without
-    any waits at most one glob's matching (a few ms at worst) at each step."""
+    request of this event loop, pausing after each twice as long as it took: requests with many
+    new globs queue behind each other and get at most a third of the loop's time, and a request
+    without any waits at most one glob's matching (a few ms at worst) at each step."""
     new = [p for p in patterns if not catalogue.knows_glob(p)]
     if not new:
         return
@@ -58,9 +58,10 @@ async def prepare_globs(catalogue: Catalogue, patterns: Iterable[str]) -> None:
         for pattern in new:
             started = time.perf_counter()
             catalogue.glob_mask((pattern,))
-            await asyncio.sleep(time.perf_counter() - started)
+            await asyncio.sleep(_PAUSE * (time.perf_counter() - started))
 
 
+_PAUSE = 2.0  # after each glob, this many times what it took
 _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
