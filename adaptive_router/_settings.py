@@ -37,6 +37,7 @@ __all__ = [
     "CatalogueSettings",
     "ExplorationSettings",
     "LearningSettings",
+    "LimitsSettings",
     "ProbeSettings",
     "ProfileSettings",
     "ProviderSettings",
@@ -72,8 +73,10 @@ class Weights(_Section):
         return self
 
     def normalised(self) -> tuple[float, float, float]:
-        total = self.latency + self.cost + self.quality
-        return (self.latency / total, self.cost / total, self.quality / total)
+        top = max(self.latency, self.cost, self.quality)  # first: 3 x 1e308 would sum to inf
+        latency, cost, quality = self.latency / top, self.cost / top, self.quality / top
+        total = latency + cost + quality
+        return (latency / total, cost / total, quality / total)
 
 
 def _default_modes() -> dict[str, Weights]:
@@ -94,6 +97,9 @@ class ServerSettings(_Section):
         default_factory=list, description="bearer keys; empty means no auth", repr=False
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins browsers may call from (CORS); empty: no CORS headers"
+    )
     log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
     traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
     traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
@@ -373,6 +379,20 @@ class ProbeSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class LimitsSettings(_Section):
+    """What the router accepts from clients and upstreams before it calls the input hostile."""
+
+    json_depth: int = Field(
+        default=64, ge=4, le=200, description="deeper arrays/objects: a 400 (client), a failure (upstream)"
+    )
+    upstream_answer_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="a longer non-streamed answer is that model's failure"
+    )
+    upstream_event_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="a longer line or event in a stream is that model's failure"
+    )
+
+
 class BudgetSettings(_Section):
     """Daily spend caps in USD (UTC days), shared by all replicas through Redis."""
 
@@ -417,6 +437,7 @@ class Settings(BaseSettings):
     budget: BudgetSettings = BudgetSettings()
     tracing: TracingSettings = TracingSettings()
     probe: ProbeSettings = ProbeSettings()
+    limits: LimitsSettings = LimitsSettings()
     # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
     openrouter_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False

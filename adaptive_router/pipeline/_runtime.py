@@ -35,6 +35,7 @@ from ..state._cache import Cache, build_cache, redis_client
 from ..state._shared import Periodic, SharedState
 from ..upstream._client import UpstreamClient
 from ..upstream._execution import Breakers, Executor
+from ..upstream._limits import Limits
 from ..upstream._providers import Provider, providers_from_settings
 from ._metrics import Metrics
 from ._observe import LOG_INTERVAL_S, BreakerLog, install_observers
@@ -105,6 +106,7 @@ class RouterService:
             max_connections=up.max_connections,
             http_client=up.http_client,
             transport=self.transport,
+            limits=upstream_limits(settings),
         )
         stack.push_async_callback(client.aclose)
         observer = BreakerLog(self.metrics, LOG_INTERVAL_S)  # the metrics, and breaker changes logged
@@ -133,9 +135,10 @@ class RouterService:
         )
         await self._open_budget(stack, pipeline)
         stack.push_async_callback(background.drain)  # charges still in flight, before the budget's last flush
-        pipeline.traffic_log = self._traffic_log()
-        if pipeline.traffic_log is not None:
-            stack.callback(pipeline.traffic_log.close)
+        pipeline.traffic_log = traffic_log = self._traffic_log()
+        if traffic_log is not None:
+            stack.callback(traffic_log.close)
+            self.metrics.watch_dropped(lambda: traffic_log.dropped)
         running = Running(self, pipeline, client, shared)
         install_observers(running, executor, self.tracer)
         return running
@@ -246,6 +249,12 @@ class _Background:
 
     async def drain(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def upstream_limits(settings: Settings) -> Limits:
+    """``settings.limits`` as the upstream client reads them."""
+    limits = settings.limits
+    return Limits(limits.upstream_answer_bytes, limits.upstream_event_bytes, limits.json_depth)
 
 
 def wants_simulator(settings: Settings) -> bool:

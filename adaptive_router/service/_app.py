@@ -41,6 +41,7 @@ from ._endpoints import (
     route_only,
 )
 from ._error_map import ERROR_MAP, handle_error
+from ._guards import cors_middleware
 from ._proxy import chat_completions
 from ._telemetry import TraceRequests
 
@@ -87,7 +88,9 @@ def create_app(
     # Every class of the error map goes through Starlette's exception handlers (answered, nothing
     # re-raised); ``Exception`` is the last resort for bugs: a JSON 500, the traceback in the log.
     handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in ERROR_MAP}
-    middleware = [Middleware(TraceRequests, tracer=service.tracer)] if service.tracer is not None else []
+    middleware = cors_middleware(settings.server.cors_origins)
+    if service.tracer is not None:
+        middleware.append(Middleware(TraceRequests, tracer=service.tracer))
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
 
 

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from .._errors import ApiError
 from ..core._decision import RouteRequest
 from ..state._cache import redis_topology
+from ._guards import prepare_globs
 from ._http import authorize, call_headers, json_response, read_call, running
 from ._schemas import (
     CompleteRequest,
@@ -40,6 +41,7 @@ async def route_only(request: Request) -> Response:
     query = RouteQuery.model_validate(body)
     pipeline = state.pipeline
     call = pipeline.call(_query_route(query, request), api_key=api_key, model=query.model)
+    await prepare_globs(pipeline.catalogue, (*call.route.allow, *call.route.deny))
     decision = pipeline.route(call)
     return json_response(decision.to_dict(), headers=call_headers(call, pipeline.upstream_mode))
 
@@ -69,6 +71,7 @@ async def complete(request: Request) -> Response:
         upstream_body["temperature"] = query.temperature
     pipeline = state.pipeline
     call = pipeline.call(route, body=upstream_body, api_key=api_key, model=query.model)
+    await prepare_globs(pipeline.catalogue, (*route.allow, *route.deny))
     data = await pipeline.complete(call)
     decision, result = call.decision, call.result
     assert decision is not None and result is not None

@@ -147,6 +147,14 @@ def _log_refused(request: Request, answer: ErrorAnswer, param: str | None) -> No
         access_log.info("access", extra={"fields": fields})
 
 
+def _outcome(exc: BaseException, answer: ErrorAnswer) -> str:
+    """How /metrics counts a request answered with an error: a 5xx other than "no model is
+    eligible" (503 when every breaker is open) is the router's own ``error``."""
+    if isinstance(exc, NoEligibleModel):
+        return "no_eligible"
+    return "error" if answer.status >= 500 else "rejected"
+
+
 async def handle_error(request: Request, exc: Exception) -> Response:
     """Answer ``exc``; count a refused request (not an unauthenticated one: it moves nothing)."""
     answer = error_answer(exc)
@@ -163,7 +171,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     if answer.status == 500:
         log.error("unexpected error while serving a request", exc_info=exc)
     if answer.status != 401:
-        pipeline.refused("no_eligible" if isinstance(exc, NoEligibleModel) else "rejected")
+        pipeline.refused(_outcome(exc, answer))
     message, param = _message_and_param(exc, answer)
     _log_refused(request, answer, param)
     return json_response(error_body(message, param, answer.kind, answer.code), answer.status, _headers(exc))

@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .._json import dumps
 from ..pipeline._pipeline import Call, Pipeline, Streamed, routing_info, with_cost
+from ._guards import prepare_globs
 from ._http import COST_HEADER, answer_response, call_headers, read_call
 from ._schemas import ChatCompletionRequest, route_request
 
@@ -37,6 +38,7 @@ async def chat_completions(request: Request) -> Response:
         request_id=request.headers.get("x-request-id"),
     )
     pipeline = running.pipeline
+    await prepare_globs(pipeline.catalogue, (*route.allow, *route.deny))
     call = pipeline.call(route, body=body, api_key=api_key, model=chat.model, stream=chat.stream)
     pipeline.consider_cache(
         call, options if isinstance(options, dict) else None, bool(chat.route and chat.route.cache)
