@@ -3,6 +3,7 @@ process routes with, and its metrics."""
 
 from __future__ import annotations
 
+from ._evaluation import Evaluations, EvaluationStats
 from ._metrics import (
     BREAKER_STATES,
     DECISION_BUCKETS,
@@ -32,6 +33,8 @@ __all__ = [
     "REQUEST_OUTCOMES",
     "SIMULATOR_URL_ENV",
     "Call",
+    "EvaluationStats",
+    "Evaluations",
     "Hook",
     "Hooks",
     "Metrics",

@@ -263,6 +263,7 @@ class Metrics:
         self._breakers: dict[str, str] = {}
         self._info: dict[str, str] = {}
         self._series: _Series | None = None
+        self.sections: dict[str, Callable[[], Any]] = {}  # more summary() sections, e.g. "evaluation"
         self._missing: ImportError | None = None
         try:
             self._series = _Series()
@@ -403,6 +404,7 @@ class Metrics:
             "spend_usd": self._spend_usd,
             "breakers": dict(sorted(self._breakers.items())),
             "info": dict(self._info),
+            **{name: section() for name, section in self.sections.items()},
         }
 
     def _requests_summary(self) -> dict[str, Any]:

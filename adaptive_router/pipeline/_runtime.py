@@ -36,6 +36,7 @@ from ..state._shared import Periodic, SharedState
 from ..upstream._client import UpstreamClient
 from ..upstream._execution import Breakers, Executor
 from ..upstream._providers import Provider, providers_from_settings
+from ._evaluation import Evaluations, EvaluationStats
 from ._metrics import Metrics
 from ._pipeline import Pipeline
 
@@ -79,6 +80,7 @@ class RouterService:
     keys: list[bytes] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
+    evaluation_stats: EvaluationStats | None = None  # kept across opens: its series are registered once
 
     @property
     def upstream_mode(self) -> str:
@@ -132,7 +134,27 @@ class RouterService:
         pipeline.traffic_log = self._traffic_log()
         if pipeline.traffic_log is not None:
             stack.callback(pipeline.traffic_log.close)
+        await self._open_evaluations(stack, pipeline)
         return Running(self, pipeline, client, shared)
+
+    async def _open_evaluations(self, stack: contextlib.AsyncExitStack, pipeline: Pipeline) -> None:
+        """Evaluators after each answer (see ``evaluation`` in the settings), stopped before the rest."""
+        if not self.settings.evaluation.enabled:
+            return
+        if self.evaluation_stats is None:
+            self.evaluation_stats = EvaluationStats(self.metrics)
+            self.metrics.sections["evaluation"] = self.evaluation_stats.as_dict
+        evaluations = Evaluations(
+            self.settings.evaluation,
+            self.router,
+            pipeline.executor,
+            pipeline.cost,
+            traffic_log=pipeline.traffic_log,
+            stats=self.evaluation_stats,
+        )
+        pipeline.hooks.add(evaluations)
+        await evaluations.start()
+        stack.push_async_callback(evaluations.stop)
 
     def _traffic_log(self) -> TrafficLog | None:
         server = self.settings.server
@@ -143,6 +165,7 @@ class RouterService:
             server.traffic_log_max_bytes,
             server.traffic_log_backups,
             include_prompts=server.log_prompts,
+            include_answers=server.log_answers,
         )
 
     def _replica_id(self) -> str:
