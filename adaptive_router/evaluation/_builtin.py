@@ -33,6 +33,7 @@ __all__ = [
     "Sample",
     "Truncated",
     "builtin_evaluators",
+    "capped",
     "load_plugin",
     "wants_json",
 ]
@@ -49,6 +50,7 @@ class Sample:
     finish_reason: str | None = None
     wants_json: bool = False
     tool_calls: bool = False
+    capped: bool = False  # the client set max_tokens (or max_completion_tokens)
     streamed: bool = False
     body: Mapping[str, Any] = field(default_factory=dict)
 
@@ -57,6 +59,11 @@ class Evaluator(Protocol):
     name: str
 
     def evaluate(self, sample: Sample) -> float | Awaitable[float | None] | None: ...
+
+
+def capped(body: Mapping[str, Any]) -> bool:
+    """Whether the client capped the answer's length itself."""
+    return body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
 
 
 def wants_json(body: Mapping[str, Any]) -> bool:
@@ -75,12 +82,13 @@ class EmptyAnswer:
 
 
 class Truncated:
-    """An answer cut off at the token limit (``finish_reason: length``) is a failure."""
+    """An answer cut off at the model's own limit (``finish_reason: length`` when the client set
+    no ``max_tokens``) is a failure; one cut at the client's own cap was asked for: no score."""
 
     name = "length"
 
     def evaluate(self, sample: Sample) -> float | None:
-        return 0.0 if sample.finish_reason == "length" else None
+        return 0.0 if sample.finish_reason == "length" and not sample.capped else None
 
 
 class InvalidJson:

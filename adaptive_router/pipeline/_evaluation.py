@@ -27,7 +27,14 @@ from typing import Any
 from .._evaluation_settings import EvaluationSettings
 from ..core._decision import Decision
 from ..core._router import Router
-from ..evaluation._builtin import Evaluator, Sample, builtin_evaluators, load_plugin, wants_json
+from ..evaluation._builtin import (
+    Evaluator,
+    Sample,
+    builtin_evaluators,
+    capped,
+    load_plugin,
+    wants_json,
+)
 from ..evaluation._judge import DailySpend, Judge, side_decision
 from ..offline._preferences import evaluation_record, preference_record
 from ..offline._trafficlog import TrafficLog
@@ -101,6 +108,7 @@ def sample_of(call: Call, completion: Completion) -> Sample:
         finish_reason=completion.finish_reason,
         wants_json=wants_json(body),
         tool_calls=has_tool_calls(completion),
+        capped=capped(body),
         streamed=call.stream,
         body=body,
     )

@@ -81,6 +81,7 @@ class RouterService:
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
     evaluation_stats: EvaluationStats | None = None  # kept across opens: its series are registered once
+    evaluations: Evaluations | None = None  # the running evaluators, while open
 
     @property
     def upstream_mode(self) -> str:
@@ -153,6 +154,7 @@ class RouterService:
             stats=self.evaluation_stats,
         )
         pipeline.hooks.add(evaluations)
+        self.evaluations = evaluations
         await evaluations.start()
         stack.push_async_callback(evaluations.stop)
 
