@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ._profile_settings import Section
 
-__all__ = ["BUILTIN_EVALUATORS", "EvaluationSettings", "JudgeSettings", "ShadowSettings"]
+__all__ = ["BUILTIN_EVALUATORS", "DEFAULT_RUBRIC", "EvaluationSettings", "JudgeSettings", "ShadowSettings"]
 
 BUILTIN_EVALUATORS = ("empty", "length", "json", "refusal")
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
@@ -30,7 +30,9 @@ class JudgeSettings(Section):
 
     model: str | None = Field(default=None, description="the judge's model id; unset: no judge")
     fallbacks: list[str] = Field(default_factory=list, description="tried in order when the judge fails")
-    rubric: str = Field(default=DEFAULT_RUBRIC, min_length=1, description="the judge's system prompt")
+    rubric: str | None = Field(
+        default=None, min_length=1, description="the judge's system prompt; unset: DEFAULT_RUBRIC"
+    )
     scale: float = Field(default=10.0, gt=0, description="the top of the rubric's score range")
     sample_rate: float = Field(default=0.1, ge=0, le=1, description="share of answers judged")
     daily_usd: float = Field(default=1.0, ge=0, description="judge spend cap per UTC day, per process")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._evaluation_settings import JudgeSettings
+from .._evaluation_settings import DEFAULT_RUBRIC, JudgeSettings
 from ..core._decision import Decision, Ranking
 from ..core._scoring import LogScale
 from ..upstream._client import Completion
@@ -164,7 +164,7 @@ class Judge:
             return "budget", None
         s = self.settings
         body = {
-            "messages": judge_messages(s.rubric, sample.messages, sample.text, s.max_chars),
+            "messages": judge_messages(s.rubric or DEFAULT_RUBRIC, sample.messages, sample.text, s.max_chars),
             "max_tokens": s.max_tokens,
             "temperature": 0,
         }

@@ -81,8 +81,7 @@ class EvaluationStats:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    decision: Decision
-    sample: Sample
+    call: Call  # finished: read by the worker only
     judge: bool
     shadow: bool
 
@@ -154,7 +153,7 @@ class Evaluations(NoHook):
         if not (self.evaluators or judge or shadow):
             return
         try:
-            self.queue.put_nowait(_Job(decision, sample_of(call, completion), judge, shadow))
+            self.queue.put_nowait(_Job(call, judge, shadow))
         except asyncio.QueueFull:
             self.stats.count("queue", "dropped")
 
@@ -184,19 +183,22 @@ class Evaluations(NoHook):
                 await self.run(job)
             except Exception:  # a worker must outlive any one evaluation
                 self.stats.count("worker", "error")
-                log.exception("evaluation of %s failed", job.sample.request_id)
+                log.exception("evaluation of %s failed", job.call.decision)
             finally:
                 self._busy -= 1
 
     async def run(self, job: _Job) -> None:
         """Every evaluator, then the judge and the shadow when this answer was sampled for them."""
+        call = job.call
+        assert call.decision is not None and call.completion is not None
+        decision, sample = call.decision, sample_of(call, call.completion)
         for evaluator in self.evaluators:
-            await self._evaluate(evaluator, job.decision, job.sample)
+            await self._evaluate(evaluator, decision, sample)
         chosen: float | None = None
         if self.judge is not None and (job.judge or job.shadow):
-            chosen = await self._judged(job.decision, job.sample)
+            chosen = await self._judged(decision, sample)
         if job.shadow:
-            await self._shadow(job, chosen)
+            await self._shadow(decision, sample, chosen)
 
     async def _evaluate(self, evaluator: Evaluator, decision: Decision, sample: Sample) -> None:
         name = _name(evaluator)
@@ -239,9 +241,8 @@ class Evaluations(NoHook):
 
     # --- shadows -------------------------------------------------------------------------------
 
-    async def _shadow(self, job: _Job, chosen: float | None) -> None:
+    async def _shadow(self, decision: Decision, sample: Sample, chosen: float | None) -> None:
         """The same request to a second model; both judged; the pair logged as a preference."""
-        decision, sample = job.decision, job.sample
         second = self._second_model(decision, sample.model)
         if second is None:
             self.stats.count("shadow", "no_second_model")
