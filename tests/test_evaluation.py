@@ -290,6 +290,8 @@ def test_a_judge_that_fails_is_skipped_and_counted_and_answers_still_go_out(
         judged = ("ok", outcome) if outcome == "budget" else (outcome,)
         _wait(lambda: sum(_count(stack.http, "judge", o) for o in judged) == 4, "every judging counted")
         assert _count(stack.http, "judge", outcome) >= 1
+        spent = stack.http.get("/metrics.json").json()["models"][JUDGE_MODEL]["spend_usd"]
+        assert spent > 0 if outcome == "budget" else spent == 0  # the judge's calls are in the spend
         _wait(lambda: _count(stack.http, "boom", "error") >= 4, "plug-in errors counted")
         _chat_ok(stack, 1)  # still serving after every evaluation went wrong
 

@@ -33,7 +33,7 @@ from ..offline._trafficlog import TrafficLog
 from ..state._budget import Budget, price_mask
 from ..state._cache import Cache, build_cache, redis_client
 from ..state._shared import Periodic, SharedState
-from ..upstream._client import UpstreamClient
+from ..upstream._client import Completion, UpstreamClient
 from ..upstream._execution import Breakers, Executor
 from ..upstream._providers import Provider, providers_from_settings
 from ._evaluation import Evaluations, EvaluationStats
@@ -145,11 +145,19 @@ class RouterService:
         if self.evaluation_stats is None:
             self.evaluation_stats = EvaluationStats(self.metrics)
             self.metrics.sections["evaluation"] = self.evaluation_stats.as_dict
+        metrics = self.metrics
+
+        def charged(completion: Completion) -> float:  # a judge's or shadow's call: in the spend too
+            usd = pipeline.cost(completion)
+            tokens = (completion.prompt_tokens or 0, completion.completion_tokens or 0)
+            metrics.usage(completion.model_id, *tokens, usd)
+            return usd
+
         evaluations = Evaluations(
             self.settings.evaluation,
             self.router,
             pipeline.executor,
-            pipeline.cost,
+            charged,
             traffic_log=pipeline.traffic_log,
             stats=self.evaluation_stats,
         )
