@@ -342,6 +342,8 @@ def test_shadow_comparisons_log_preferences_and_export_writes_triples(
     preferences = [r for r in records if r["type"] == "preference"]
     judged = [r for r in records if r["type"] == "evaluation" and r["evaluator"] == "judge"]
     assert {r["model"] for r in judged} == {FAST, MID}
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert decisions and all(r["answer"] and r["prompt"] for r in decisions)  # log_answers, log_prompts
     assert preferences and all({r["chosen_model"], r["rejected_model"]} == {FAST, MID} for r in preferences)
     assert main(["export-preferences", str(log), "--out", str(out)]) == 0
     pairs = _lines(out)
