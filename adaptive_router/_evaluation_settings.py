@@ -28,7 +28,7 @@ DEFAULT_RUBRIC = (
 class JudgeSettings(Section):
     """A model that grades answers (unset ``model``: no judge)."""
 
-    model: str | None = Field(default=None, description="the judge's model id; unset: no judge")
+    model: str | None = Field(default=None, min_length=1, description="the judge's model id; unset: no judge")
     fallbacks: list[str] = Field(default_factory=list, description="tried in order when the judge fails")
     rubric: str | None = Field(
         default=None, min_length=1, description="the judge's system prompt; unset: DEFAULT_RUBRIC"
