@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .._errors import RouterError
+from .._errors import ReplayError
 from ._trafficlog import SCHEMA_VERSION, prompt_digest
 
 __all__ = [
@@ -49,8 +49,8 @@ _NO_ANSWERS = (
 )
 
 
-class PreferenceError(RouterError):
-    """The log cannot give preference pairs (no prompt text, no answers, unreadable)."""
+class PreferenceError(ReplayError):
+    """A traffic log that cannot give preference pairs (no prompt text, no answers, unreadable)."""
 
 
 class _Answered(Protocol):
