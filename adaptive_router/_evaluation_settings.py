@@ -74,6 +74,7 @@ class EvaluationSettings(Section):
     )
     queue_size: int = Field(default=1000, ge=1, description="answers waiting; beyond it they are skipped")
     workers: int = Field(default=4, ge=1, le=256, description="evaluations run at once")
+    timeout_s: float = Field(default=10.0, gt=0, description="an async plug-in taking longer is skipped")
     judge: JudgeSettings = JudgeSettings()
     shadow: ShadowSettings = ShadowSettings()
 

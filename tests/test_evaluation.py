@@ -145,6 +145,14 @@ class Boom:
         raise RuntimeError("a plug-in with a bug")
 
 
+class Stuck:
+    name = "stuck"
+
+    async def evaluate(self, sample: Sample) -> float | None:
+        await asyncio.Event().wait()  # never returns
+        return None
+
+
 class Half:
     name = "half"
 
@@ -311,12 +319,14 @@ def test_answers_do_not_wait_for_the_judge(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_streamed_answer_is_evaluated_from_its_summary(monkeypatch: pytest.MonkeyPatch) -> None:
-    with service_stack(monkeypatch, evaluation={"plugins": ["tests.test_evaluation:Half"]}) as stack:
+    plugins = ["tests.test_evaluation:Stuck", "tests.test_evaluation:Half"]
+    with service_stack(monkeypatch, evaluation={"plugins": plugins, "timeout_s": 0.05}) as stack:
         body = user_body("Count to three.", stream=True)
         with stack.http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             response.read()
         _wait(lambda: _count(stack.http, "half", "scored") == 1, "the stream evaluated")
+        assert _count(stack.http, "stuck", "timeout") == 1  # a plug-in that hangs is cut off
         # Not empty: the text was gathered from the stream's deltas.
         assert _count(stack.http, "empty", "silent") == 1 and _count(stack.http, "empty", "scored") == 0
 

@@ -206,9 +206,12 @@ class Evaluations(NoHook):
         try:
             score = evaluator.evaluate(sample)
             if inspect.isawaitable(score):
-                score = await score
+                score = await asyncio.wait_for(score, self.settings.timeout_s)
             if score is not None and not 0.0 <= float(score) <= 1.0:
                 raise ValueError(f"score {score!r} is outside [0, 1]")
+        except TimeoutError:
+            self.stats.count(name, "timeout")
+            return
         except Exception as exc:  # foreign code: count it and move on, the answer is long gone
             self.stats.count(name, "error")
             log.warning("evaluator %s failed on %s: %r", name, sample.request_id, exc)
