@@ -552,17 +552,14 @@ def _add_export_command(sub: Any) -> None:
 
 
 def cmd_export_preferences(args: argparse.Namespace, settings: Settings) -> int:
-    from .offline._preferences import PreferenceError, preference_pairs, write_pairs
+    from .offline._preferences import preference_pairs, write_pairs
     from .offline._replay import log_files
 
     try:
         files = log_files(args.log)
         pairs = preference_pairs(files, min_margin=args.min_margin)
         count = write_pairs(pairs, args.out)
-    except PreferenceError as exc:
-        print(f"adaptive-router export-preferences: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (OSError, RouterError) as exc:
+    except (OSError, RouterError) as exc:  # a log without prompts or answers is a ReplayError
         print(f"adaptive-router export-preferences: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(f"wrote {count} preference pairs to {args.out} (from {len(files)} file(s))", file=sys.stderr)

@@ -372,7 +372,7 @@ def test_export_refuses_a_log_with_hashed_prompts(
     log, out = tmp_path / "traffic.jsonl", tmp_path / "pairs.jsonl"
     _shadowed_log(monkeypatch, log, text=False, n=2)
     assert all("prompt" not in r for r in _lines(log))
-    assert main(["export-preferences", str(log), "--out", str(out)]) == 1
+    assert main(["export-preferences", str(log), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "prompt hashes only" in err and "server.log_prompts: true" in err and "Traceback" not in err
     assert not out.exists()
@@ -418,7 +418,7 @@ def test_export_pairs_fed_back_answers_to_the_same_prompt(tmp_path: Path) -> Non
         }
     ]
     log.write_text("".join(json.dumps(_decision(r, FAST, "p", None)) + "\n" for r in "xy"))
-    assert main(["export-preferences", str(log), "--out", str(out)]) == 1  # prompts, no answers
+    assert main(["export-preferences", str(log), "--out", str(out)]) == 2  # prompts, no answers
 
 
 def test_replay_reads_evaluator_lines_and_rewards_with_the_judge(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from ._outcomes import (
     table_sources,
 )
 from ._preferences import (
-    PreferenceError,
     evaluation_record,
     preference_pairs,
     preference_record,
@@ -49,7 +48,6 @@ __all__ = [
     "OutcomeReplay",
     "OutcomeTable",
     "PolicyEstimate",
-    "PreferenceError",
     "RewardSpec",
     "TargetPolicy",
     "TrafficLog",

@@ -1,6 +1,6 @@
 """Preference pairs (DPO triples) from the traffic log, and the log lines evaluators write.
 
-    pairs = preference_pairs(["logs/traffic.jsonl"])       # PreferenceError when prompts are hashed
+    pairs = preference_pairs(["logs/traffic.jsonl"])       # ReplayError when prompts are hashed
     write_pairs(pairs, "pairs.jsonl")
 
 Each pair is ``{prompt, chosen, rejected, chosen_model, rejected_model, scores}``: ``prompt`` as
@@ -32,7 +32,6 @@ from .._errors import ReplayError
 from ._trafficlog import SCHEMA_VERSION, prompt_digest
 
 __all__ = [
-    "PreferenceError",
     "evaluation_record",
     "preference_pairs",
     "preference_record",
@@ -47,10 +46,6 @@ _NO_ANSWERS = (
     "holds prompts but no answer text (server.log_answers is false): set server.log_answers: true, "
     "then collect a new log"
 )
-
-
-class PreferenceError(ReplayError):
-    """A traffic log that cannot give preference pairs (no prompt text, no answers, unreadable)."""
 
 
 class _Answered(Protocol):
@@ -145,7 +140,7 @@ def _lines(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
                     if isinstance(record, dict):
                         yield record
         except OSError as exc:
-            raise PreferenceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise ReplayError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _read(paths: Iterable[str | Path]) -> _Log:
@@ -195,13 +190,13 @@ def _score(log: _Log, record: Mapping[str, Any]) -> None:
 
 
 def preference_pairs(paths: Sequence[str | Path], *, min_margin: float = 0.1) -> list[dict[str, Any]]:
-    """Pairs from the logs at ``paths``; ``PreferenceError`` when prompts or answers were not logged."""
+    """Pairs from the logs at ``paths``; ``ReplayError`` when prompts or answers were not logged."""
     log = _read(paths)
     shadows = [s for s in log.shadows if "prompt" in s and "chosen" in s]
     if log.decisions and not log.with_prompt and not shadows:
-        raise PreferenceError(f"{', '.join(map(str, paths))} {_HASHED}")
+        raise ReplayError(f"{', '.join(map(str, paths))} {_HASHED}")
     if log.with_prompt and not log.with_answer and not shadows:
-        raise PreferenceError(f"{', '.join(map(str, paths))} {_NO_ANSWERS}")
+        raise ReplayError(f"{', '.join(map(str, paths))} {_NO_ANSWERS}")
     pairs = [
         _pair(s["prompt"], s["chosen"], s["rejected"], s["chosen_model"], s["rejected_model"], s["scores"])
         for s in shadows
