@@ -29,12 +29,14 @@ from pydantic_settings import (
 )
 
 from ._errors import ConfigError
+from ._evaluation_settings import EvaluationSettings
 from ._profile_settings import ProfileSettings, Section, TaskRule
 
 __all__ = [
     "BudgetSettings",
     "CacheSettings",
     "CatalogueSettings",
+    "EvaluationSettings",
     "ExplorationSettings",
     "LearningSettings",
     "LimitsSettings",
@@ -101,6 +103,7 @@ class ServerSettings(_Section):
         default_factory=list, description="origins browsers may call from (CORS); empty: no CORS headers"
     )
     log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
+    log_answers: bool = Field(default=False, description="put answer text in the traffic log")
     traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
     traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     traffic_log_backups: int = Field(default=5, ge=0)
@@ -438,6 +441,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     probe: ProbeSettings = ProbeSettings()
     limits: LimitsSettings = LimitsSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
     openrouter_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False

@@ -3,6 +3,7 @@ process routes with, its metrics, and what runs beside the requests (reloads, pr
 
 from __future__ import annotations
 
+from ._evaluation import Evaluations, EvaluationStats
 from ._metrics import (
     BREAKER_STATES,
     DECISION_BUCKETS,
@@ -37,6 +38,8 @@ __all__ = [
     "RESTART_ONLY",
     "SIMULATOR_URL_ENV",
     "Call",
+    "EvaluationStats",
+    "Evaluations",
     "Hook",
     "Hooks",
     "Metrics",

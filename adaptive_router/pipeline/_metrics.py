@@ -274,6 +274,7 @@ class Metrics:
         self._info: dict[str, str] = {}
         self._dropped: Callable[[], int] | None = None
         self._series: _Series | None = None
+        self.sections: dict[str, Callable[[], Any]] = {}  # more summary() sections, e.g. "evaluation"
         self._missing: ImportError | None = None
         try:
             self._series = _Series()
@@ -421,6 +422,7 @@ class Metrics:
             "breakers": dict(sorted(self._breakers.items())),
             "info": dict(self._info),
             "traffic_log": {"dropped": self._dropped() if self._dropped is not None else None},
+            **{name: section() for name, section in self.sections.items()},
         }
 
     def _requests_summary(self) -> dict[str, Any]:

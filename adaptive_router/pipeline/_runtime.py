@@ -33,10 +33,11 @@ from ..offline._trafficlog import TrafficLog
 from ..state._budget import Budget, price_mask
 from ..state._cache import Cache, build_cache, redis_client
 from ..state._shared import Periodic, SharedState
-from ..upstream._client import UpstreamClient
+from ..upstream._client import Completion, UpstreamClient
 from ..upstream._execution import Breakers, Executor
 from ..upstream._limits import Limits
 from ..upstream._providers import Provider, providers_from_settings
+from ._evaluation import Evaluations, EvaluationStats
 from ._metrics import Metrics
 from ._observe import LOG_INTERVAL_S, BreakerLog, install_observers
 from ._pipeline import Pipeline
@@ -83,6 +84,8 @@ class RouterService:
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
     tracer: Any | None = None  # OpenTelemetry's, when tracing is on
+    evaluation_stats: EvaluationStats | None = None  # kept across opens: its series are registered once
+    evaluations: Evaluations | None = None  # the running evaluators, while open
 
     @property
     def upstream_mode(self) -> str:
@@ -139,9 +142,38 @@ class RouterService:
         if traffic_log is not None:
             stack.callback(traffic_log.close)
             self.metrics.watch_dropped(lambda: traffic_log.dropped)
+        await self._open_evaluations(stack, pipeline)
         running = Running(self, pipeline, client, shared)
         install_observers(running, executor, self.tracer)
         return running
+
+    async def _open_evaluations(self, stack: contextlib.AsyncExitStack, pipeline: Pipeline) -> None:
+        """Evaluators after each answer (see ``evaluation`` in the settings), stopped before the rest."""
+        if not self.settings.evaluation.enabled:
+            return
+        if self.evaluation_stats is None:
+            self.evaluation_stats = EvaluationStats(self.metrics)
+            self.metrics.sections["evaluation"] = self.evaluation_stats.as_dict
+        metrics = self.metrics
+
+        def charged(completion: Completion) -> float:  # a judge's or shadow's call: in the spend too
+            usd = pipeline.cost(completion)
+            tokens = (completion.prompt_tokens or 0, completion.completion_tokens or 0)
+            metrics.usage(completion.model_id, *tokens, usd)
+            return usd
+
+        evaluations = Evaluations(
+            self.settings.evaluation,
+            self.router,
+            pipeline.executor,
+            charged,
+            traffic_log=pipeline.traffic_log,
+            stats=self.evaluation_stats,
+        )
+        pipeline.hooks.add(evaluations)
+        self.evaluations = evaluations
+        await evaluations.start()
+        stack.push_async_callback(evaluations.stop)
 
     def _traffic_log(self) -> TrafficLog | None:
         server = self.settings.server
@@ -152,6 +184,7 @@ class RouterService:
             server.traffic_log_max_bytes,
             server.traffic_log_backups,
             include_prompts=server.log_prompts,
+            include_answers=server.log_answers,
         )
 
     def _replica_id(self) -> str:

@@ -80,6 +80,7 @@ class Completion:
     headers: dict[str, str]
     finish_reason: str | None = None
     done: bool = True
+    text: str | None = None  # a stream's answer text, gathered from its deltas (None: see ``data``)
 
 
 def _count(value: object) -> int | None:
@@ -107,6 +108,17 @@ def _finish_reason(data: dict[str, Any]) -> str | None:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         reason = choices[0].get("finish_reason")
         return reason if isinstance(reason, str) else None
+    return None
+
+
+def _delta_text(chunk: dict[str, Any]) -> str | None:
+    """The text a stream chunk adds (its first choice's ``delta.content``), or None."""
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            return content if isinstance(content, str) else None
     return None
 
 
@@ -477,6 +489,7 @@ class StreamHandle:
         self._pending: collections.deque[bytes] = collections.deque()
         self._head_checked = False
         self._summary: dict[str, Any] = {}
+        self._text: list[str] = []
         self._finish_reason: str | None = None
         self._response: httpx.Response | None = None
         self._chunks: AsyncIterator[bytes] | None = None
@@ -546,6 +559,7 @@ class StreamHandle:
             headers=dict(self.headers),
             finish_reason=self._finish_reason,
             done=self.done,
+            text="".join(self._text),
         )
 
     async def aclose(self) -> None:
@@ -612,3 +626,6 @@ class StreamHandle:
         reason = _finish_reason(chunk)
         if reason is not None:
             self._finish_reason = reason
+        piece = _delta_text(chunk)
+        if piece:
+            self._text.append(piece)
