@@ -59,7 +59,7 @@ def openrouter_entry(model_id: str, prompt: str = "0.000001", completion: str = 
         "pricing": {"prompt": prompt, "completion": completion},
         "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
         "top_provider": {"context_length": 8192, "max_completion_tokens": 1024},
-        "supported_parameters": ["max_tokens", "temperature"],
+        "supported_parameters": ["max_tokens", "temperature", "response_format"],
     }
 
 

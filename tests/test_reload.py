@@ -131,6 +131,24 @@ def test_learned_state_and_feedback_survive_a_reload_that_changes_the_models_pri
         assert feedback.status_code == 200
 
 
+def test_evaluator_scores_reach_the_router_a_reload_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """After a reload that rebuilds the learner, evaluators score into the new one, not the old."""
+    with file_stack(monkeypatch, tmp_path, SPEED) as stack:
+        overlay = tmp_path / "priors2.yaml"
+        overlay.write_text(json.dumps({CHEAP: {"ttft_s": 1.5, "tpot_s": 0.04, "quality": 0.7}}))
+        stack.write({**SPEED, "catalogue": {"overlay": str(overlay)}})
+        assert stack.reload().status_code == 200
+        before = {m: stack.model_row(m)["quality_est"] for m in (QUICK, CHEAP)}
+        # "Hello, how are you?": the prompt whose cell /models reports
+        body = user_body("Hello, how are you?", model="auto:speed", response_format={"type": "json_object"})
+        answered = stack.http.post("/v1/chat/completions", json=body).headers["x-router-model"]
+        for _ in range(5):  # the simulator answers words: the json evaluator scores each 0
+            body["route"] = {"fallback": False}
+            body["model"] = answered
+            assert stack.http.post("/v1/chat/completions", json=body).status_code == 200
+        assert wait_for(lambda: stack.model_row(answered)["quality_est"] < before[answered] - 0.01, 15.0)
+
+
 def test_restart_only_settings_keep_their_running_values_and_are_reported(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -128,19 +128,24 @@ class Evaluations(NoHook):
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.router, self.executor, self.cost = router, executor, cost
+        self.executor, self.cost, self.clock = executor, cost, clock
         self.traffic_log = traffic_log
         self.rng = rng or random.Random()
         self.stats = stats or EvaluationStats()
-        self.evaluators = builtin_evaluators(settings.builtin, settings.refusal_patterns)
-        self.evaluators += [load_plugin(path) for path in settings.plugins]
-        judge = settings.judge
-        self.judge = Judge(judge, executor, cost, clock=clock) if judge.model else None
-        self.shadow_spend = DailySpend(settings.shadow.daily_usd, clock)
+        self.reconfigure(settings, router)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
+
+    def reconfigure(self, settings: EvaluationSettings, router: Router) -> None:
+        """Evaluators, judge and shadow from ``settings``, scores to ``router`` (also on a reload;
+        the queue and its workers stay, so answers already queued are still evaluated)."""
+        evaluators = builtin_evaluators(settings.builtin, settings.refusal_patterns)
+        evaluators += [load_plugin(path) for path in settings.plugins]  # may raise: nothing changed yet
+        judge = settings.judge
+        self.settings, self.router, self.evaluators = settings, router, evaluators
+        self.judge = Judge(judge, self.executor, self.cost, clock=self.clock) if judge.model else None
+        self.shadow_spend = DailySpend(settings.shadow.daily_usd, self.clock)
 
     # --- the hook (on the request's path: constant time, never raises) -------------------------
 

@@ -35,6 +35,11 @@ class Operations:
     def __init__(self, running: Running) -> None:
         self.running = running
         self.reloader = Reloader(running)
+        evaluations = running.service.evaluations
+        if evaluations is not None:  # scores go to the router a reload builds, under its settings
+            self.reloader.listeners.append(
+                lambda settings: evaluations.reconfigure(settings.evaluation, running.service.router)
+            )
         self.prober = Prober(running)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sighup = False
