@@ -32,7 +32,6 @@ import json
 import math
 import random
 import socket
-import statistics
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -49,6 +48,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .._errors import ConfigError
+from ._answers import ChunkWriter, PlannedAnswer, completion_body, content_text, plan_completion
 from ._judge import JUDGE_MODEL, Answers, judge_answer, true_quality
 from ._scenario import (
     CHARS_PER_TOKEN,
@@ -258,143 +258,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Completions: length, filler text, response bodies
-
-
-_WORD_LETTERS = (
-    "theandforyouarebutnotallanycanhadherwasoneouroutdaygethashimhishowmannewnowoldseetwowaywhoboydid"
-    "itsletputsayshetoouseactaddageagoairarmartaskbadbagbedbigbitboxbusbuycarcatcupcutdogdrydueeareat"
-    "eggendeyefarfewfitflyfungasgodgunguyhathithoticejobkeykidlawlayleglielotlowmapmixnetnoroilownpay"
-    "perpopredrowrunseasetsitsixskysonsuntaxteatentietoptoytrywarwebwetwinyes"
-)
-_WORDS = [_WORD_LETTERS[i : i + 3] for i in range(0, len(_WORD_LETTERS), 3)]
-_FILLER_TOKENS = 2048
-# Every token is exactly CHARS_PER_TOKEN characters ("cat "), so content length = 4 * tokens.
-_FILLER = "".join(f"{w} " for w in random.Random(0).choices(_WORDS, k=_FILLER_TOKENS))
-_FILLER2 = _FILLER * 2
-_NORMAL = statistics.NormalDist()
-
-
-def _filler(offset: int, tokens: int) -> str:
-    start = (offset % _FILLER_TOKENS) * CHARS_PER_TOKEN
-    end = start + tokens * CHARS_PER_TOKEN
-    if end <= len(_FILLER2):
-        return _FILLER2[start:end]
-    return (_FILLER * (end // len(_FILLER) + 1))[start:end]
-
-
-@dataclass(frozen=True)
-class _Completion:
-    content: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    quality_u: float = 0.5  # a uniform draw for the answer's true quality
-    cost_usd: float | None = None  # reported as usage.cost (the judge only)
-
-
-def _plan_completion(req: ChatRequest, scenario: Scenario) -> _Completion:
-    """Length and text depend only on (seed, model, messages), then the request's cap applies."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(f"{scenario.seed}\x1f{req.model}".encode())
-    chars = 0
-    for msg in req.messages:
-        text = _content_text(msg.content)
-        chars += len(text)
-        h.update(f"\x1e{msg.role}\x1f{text}".encode())
-    value = int.from_bytes(h.digest(), "big")
-    u = ((value >> 11) + 0.5) / 2.0**53
-    natural = round(
-        scenario.output_tokens_median * math.exp(scenario.output_tokens_sigma * _NORMAL.inv_cdf(u))
-    )
-    tokens = min(max(natural, 1), scenario.max_output_tokens)
-    cap = req.max_completion_tokens or req.max_tokens
-    finish = "stop"
-    if cap is not None and tokens > cap:
-        tokens, finish = cap, "length"
-    quality_u = random.Random(value).random()
-    return _Completion(_filler(value, tokens), math.ceil(chars / CHARS_PER_TOKEN), tokens, finish, quality_u)
-
-
-def _judge_completion(sim: _Simulator, req: ChatRequest, planned: _Completion) -> _Completion:
+def _judge_completion(sim: _Simulator, req: ChatRequest, planned: PlannedAnswer) -> PlannedAnswer:
     """The judge's answer to a grading request: ``{"score": N}``, priced per token."""
-    prompt = _content_text(req.messages[-1].content) if req.messages else ""
+    prompt = content_text(req.messages[-1].content) if req.messages else ""
     reply, tokens, cost = judge_answer(sim.answers, prompt, sim.scenario, planned.prompt_tokens)
-    return _Completion(reply, planned.prompt_tokens, tokens, "stop", cost_usd=cost)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if p.get("type", "text") == "text")
-    return ""
-
-
-def _usage(c: _Completion) -> dict[str, Any]:
-    usage: dict[str, Any] = {
-        "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens,
-        "total_tokens": c.prompt_tokens + c.completion_tokens,
-    }
-    if c.cost_usd is not None:
-        usage["cost"] = c.cost_usd
-    return usage
-
-
-def _completion_body(completion_id: str, model: str, c: _Completion) -> bytes:
-    body = {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": c.content, "refusal": None},
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-            }
-        ],
-        "usage": _usage(c),
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-class _ChunkWriter:
-    """Builds ``data: {chat.completion.chunk}\\n\\n`` events from a fixed prefix and suffix, so
-    each chunk costs one string join rather than a JSON encoding of the whole object."""
-
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
-        head = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": None,
-        }
-        self.include_usage = include_usage
-        self._prefix = (
-            "data: " + json.dumps(head, separators=(",", ":"))[:-1] + ',"choices":[{"index":0,"delta":'
-        )
-        usage = ',"usage":null' if include_usage else ""
-        self._suffix = ',"logprobs":null,"finish_reason":null}]' + usage + "}\n\n"
-        self._final = ',"logprobs":null,"finish_reason":"%s"}]' + usage + "}\n\n"
-        self._head = head
-
-    def content(self, text: str, *, first: bool = False) -> str:
-        role = '{"role":"assistant","content":""}' if first else None
-        opening = self._prefix + role + self._suffix if role else ""
-        return opening + self._prefix + '{"content":' + json.dumps(text) + "}" + self._suffix
-
-    def finish(self, c: _Completion) -> str:
-        out = self._prefix + "{}" + self._final % c.finish_reason
-        if self.include_usage:
-            usage_chunk = dict(self._head, choices=[], usage=_usage(c))
-            out += "data: " + json.dumps(usage_chunk, separators=(",", ":")) + "\n\n"
-        return out + "data: [DONE]\n\n"
+    return PlannedAnswer(reply, planned.prompt_tokens, tokens, "stop", cost_usd=cost)
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -404,7 +272,7 @@ async def _sleep_until(deadline: float) -> None:
 
 
 async def _stream_body(
-    writer: _ChunkWriter, c: _Completion, outcome: _Outcome, scenario: Scenario, t0: float
+    writer: ChunkWriter, c: PlannedAnswer, outcome: _Outcome, scenario: Scenario, t0: float
 ) -> AsyncIterator[str]:
     """The first token goes out alone at ttft (so clients measure ttft right); later tokens are
     batched so that chunks are at least ``min_chunk_interval_s`` of real time apart."""
@@ -426,7 +294,7 @@ async def _stream_body(
         yield piece + writer.finish(c) if done == n else piece
 
 
-def _total_latency(outcome: _Outcome, c: _Completion) -> float:
+def _total_latency(outcome: _Outcome, c: PlannedAnswer) -> float:
     return outcome.ttft_s + outcome.tpot_s * (c.completion_tokens - 1)
 
 
@@ -543,7 +411,7 @@ async def _chat(sim: _Simulator, request: Request) -> Response:
         if outcome.status != 429:  # a failing upstream takes its time; a rate limiter answers at once
             await _sleep_until(t0 + outcome.ttft_s * scale)
         return await _drop(request) if outcome.status == 0 else _injected_error(outcome, scale)
-    completion = _plan_completion(req, sim.scenario)
+    completion = plan_completion(req, sim.scenario)
     if req.model == JUDGE_MODEL:
         completion = _judge_completion(sim, req, completion)
     else:  # what the judge will recognise, with its true quality
@@ -556,12 +424,12 @@ async def _chat(sim: _Simulator, request: Request) -> Response:
     if req.stream:
         sim.stats.streams += 1
         include_usage = req.stream_options is not None and req.stream_options.include_usage
-        writer = _ChunkWriter(completion_id, req.model, include_usage)
+        writer = ChunkWriter(completion_id, req.model, include_usage)
         body = _stream_body(writer, completion, outcome, sim.scenario, t0)
         return StreamingResponse(body, headers=headers, media_type="text/event-stream")
     await _sleep_until(t0 + _total_latency(outcome, completion) * scale)
     return Response(
-        _completion_body(completion_id, req.model, completion), headers=headers, media_type="application/json"
+        completion_body(completion_id, req.model, completion), headers=headers, media_type="application/json"
     )
 
 
