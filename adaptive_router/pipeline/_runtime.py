@@ -126,6 +126,8 @@ class RouterService:
             cache_settings=settings.cache,
             upstream_mode=self.upstream_mode,
             spawn=background.spawn,
+            request_timeout_s=up.request_timeout_s,
+            default_output_tokens=settings.budget.default_output_tokens,
         )
         await self._open_budget(stack, pipeline)
         stack.push_async_callback(background.drain)  # charges still in flight, before the budget's last flush
@@ -199,6 +201,7 @@ class RouterService:
             budget.mode,
             replica_id=self._replica_id(),
             api_keys=settings.server.api_keys,
+            hold_ttl_s=settings.upstream.request_timeout_s + 60.0,  # a hold outlives its request
         )
         pipeline.cheap_mask = price_mask(self.router.catalogue, budget.price_ceiling_per_mtok)
         stack.push_async_callback(pipeline.budget.refresh)
