@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ from ._endpoints import (
     route_only,
 )
 from ._error_map import ERROR_MAP, handle_error
+from ._lifecycle import DeadlineHTTPProtocol, drain_on_terminate
 from ._proxy import chat_completions
 
 __all__ = [
@@ -60,7 +62,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with service.open() as running:
-            yield {"running": running}  # each request's ``request.state.running``
+            with drain_on_terminate(running.pipeline.drain, settings.server.shutdown_grace_s):
+                yield {"running": running}  # each request's ``request.state.running``
 
     from ._openapi import docs_routes
 
@@ -107,6 +110,12 @@ def serve(settings: Settings) -> None:
     # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = settings.server
+    # Open streams end inside the grace period (see drain_on_terminate); then uvicorn cancels
+    # whatever is left, and the lifespan saves the learned state.
+    limits: dict[str, Any] = {
+        "http": DeadlineHTTPProtocol,
+        "timeout_graceful_shutdown": max(1, math.ceil(server.shutdown_grace_s - 0.5)),
+    }
     if server.workers > 1:
         uvicorn.run(
             "adaptive_router.service:app_from_environment",
@@ -116,8 +125,14 @@ def serve(settings: Settings) -> None:
             workers=server.workers,
             log_level="info",
             access_log=False,
+            **limits,
         )
     else:
         uvicorn.run(
-            create_app(settings), host=server.host, port=server.port, log_level="info", access_log=False
+            create_app(settings),
+            host=server.host,
+            port=server.port,
+            log_level="info",
+            access_log=False,
+            **limits,
         )

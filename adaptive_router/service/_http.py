@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
@@ -47,7 +48,8 @@ async def read_call(request: Request) -> tuple[Running, str | None, dict[str, An
     """The opened service, the caller's key (401 without a valid one) and the JSON body."""
     state = running(request)
     api_key = authorize(request, state.service.keys)
-    return state, api_key, await read_json(request, state.service.settings.server.max_body_bytes)
+    server = state.service.settings.server
+    return state, api_key, await read_json(request, server.max_body_bytes, server.body_timeout_s)
 
 
 def router_headers(
@@ -86,21 +88,22 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(dumps(data), status_code=status, media_type=JSON, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refused (413) before more than ``limit`` bytes are read."""
+async def read_json(request: Request, limit: int, timeout_s: float | None = None) -> dict[str, Any]:
+    """The body as a JSON object, refused (413) before more than ``limit`` bytes are read, and
+    (408) when it has not all arrived within ``timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "content-length must be a number", "body")
         if int(declared) > limit:
             raise ApiError(413, f"body of {declared} bytes exceeds the limit of {limit}", "body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body exceeds the limit of {limit} bytes", "body")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await _read_body(request, limit)
+    except TimeoutError:
+        message = f"the body did not arrive within {timeout_s:g} s (server.body_timeout_s)"
+        close = {"connection": "close"}
+        raise ApiError(408, message, "body", code="request_timeout", headers=close) from None
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object", "body")
     try:
@@ -110,6 +113,16 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", "body")
     return data
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body exceeds the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def authorize(request: Request, keys: Sequence[bytes]) -> str | None:
