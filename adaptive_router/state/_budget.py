@@ -198,6 +198,9 @@ class Budget:
         self._releases: dict[str, tuple[Scope, ...]] = {}  # settled holds Redis still has
         self._hold_ttl_ms = int(hold_ttl_s * 1000)
         self._seq = 0
+        self._reserve_lock = asyncio.Lock()
+        self._queued: list[tuple[Hold, asyncio.Future[bool | None]]] = []  # holds for the next trip
+        self._batch: list[tuple[Hold, asyncio.Future[bool | None]]] = []  # ... and in this one
         self._lock = asyncio.Lock()
         self.redis_up = client is not None
         self._down_since = -math.inf
@@ -269,7 +272,6 @@ class Budget:
         self._seq += 1
         hold = Hold(f"{self.field}:{self._seq}:{nano}", scopes, nano)
         if self._client is not None and not self._resting():
-            self._releases[hold.member] = scopes  # dropped on settle, even if the reply is lost
             if await self._reserve_remote(hold, api_key):
                 return self._add_hold(hold)
             raise BudgetExceeded(*self._refusal(api_key))
@@ -283,6 +285,8 @@ class Budget:
         if hold.settled:
             return
         hold.settled = True
+        if self._client is not None:  # dropped with the spend written, even if the hold's reply was lost
+            self._releases[hold.member] = hold.scopes
         nano = round(usd * NANO_PER_USD) if math.isfinite(usd) and usd > 0 else 0
         for scope in hold.scopes:
             self._held[scope] = max(0, self._held.get(scope, 0) - hold.nano)
@@ -318,22 +322,45 @@ class Budget:
         return not self.redis_up and time.monotonic() - self._down_since < self._retry_after_s
 
     async def _reserve_remote(self, hold: Hold, api_key: str | None) -> bool:
-        """Check and hold in Redis; False when refused. On a Redis fault: the local check."""
+        """Check and hold in Redis; False when refused. On a Redis fault: the local check.
+
+        Holds asked for while one round trip is out go together in the next: a burst of
+        requests costs a few round trips on one connection, not one connection each."""
+        waiting: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._queued.append((hold, waiting))
+        async with self._reserve_lock:
+            if not waiting.done():
+                try:
+                    await self._reserve_batch()
+                except BaseException:  # cancelled: the others' holds wait for the next round trip
+                    self._queued[:0] = [(h, w) for h, w in self._batch if not w.done() and w is not waiting]
+                    raise
+        verdict = waiting.result()
+        return self.check(api_key).allowed if verdict is None else verdict
+
+    async def _reserve_batch(self) -> None:
         assert self._client is not None
-        caps = [self._cap(s) for s in hold.scopes]
+        self._batch, self._queued = self._queued, []
+        scopes = list(dict.fromkeys(s for hold, _ in self._batch for s in hold.scopes))
+        index = {scope: i + 1 for i, scope in enumerate(scopes)}
         enforce = "1" if self.mode == "reject" else "0"
-        args = [self.field, KEY_TTL_S, hold.member, self._hold_ttl_ms, enforce]
-        args += ["" if cap is None else str(round(cap * NANO_PER_USD)) for cap in caps]
+        args: list[str | int] = [self.field, KEY_TTL_S, self._hold_ttl_ms, enforce, len(scopes)]
+        args += ["" if (cap := self._cap(s)) is None else str(round(cap * NANO_PER_USD)) for s in scopes]
+        for hold, _ in self._batch:
+            args += [hold.member, len(hold.scopes), *(index[s] for s in hold.scopes)]
         try:
-            script = run_script(self._client, RESERVE_SCRIPT, RESERVE_SHA, self._keys(hold.scopes), args)
-            refused, rows = await redis_call("budget reserve", script, self._timeout_s)
+            script = run_script(self._client, RESERVE_SCRIPT, RESERVE_SHA, self._keys(scopes), args)
+            verdicts, rows = await redis_call("budget reserve", script, self._timeout_s)
         except RedisUnavailable as exc:
             self._down(exc)
-            return self.check(api_key).allowed
-        for scope, row in zip(hold.scopes, rows, strict=True):
+            for _, waiting in self._batch:
+                waiting.set_result(None)
+            return
+        for scope, row in zip(scopes, rows, strict=True):
             self._read_totals(scope, row, None)
         self._up()
-        return int(refused) == 0
+        for (_, waiting), refused in zip(self._batch, verdicts, strict=True):
+            waiting.set_result(int(refused) == 0)
 
     def _keys(self, scopes: Iterable[Scope]) -> list[str]:
         keys = []

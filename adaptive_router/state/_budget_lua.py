@@ -63,32 +63,46 @@ return out
 """
 )
 
-# KEYS as above. ARGV[1]: field, ARGV[2]: key TTL (s), ARGV[3]: the hold's member, ARGV[4]: how
-# long it lives (ms), ARGV[5]: '1' to refuse at a cap, ARGV[5 + i]: scope i's cap in nano-USD or
-# ''. Refused when spend + holds already reach a cap: the last request admitted can overshoot by
-# at most its own worst case. Returns {index of the refusing scope or 0, totals per scope}.
+# KEYS as above. ARGV[1]: field, ARGV[2]: key TTL (s), ARGV[3]: how long a hold lives (ms),
+# ARGV[4]: '1' to refuse at a cap, ARGV[5]: n scopes, ARGV[5 + i]: scope i's cap in nano-USD or
+# '', then per hold, in order: its member, its number of scopes k, and k scope indexes. A hold is
+# refused when spend + holds (this batch's earlier ones included) already reach one of its caps:
+# the last request admitted can overshoot a cap by at most its own worst case. Returns {per
+# hold: the index of the refusing scope or 0, totals per scope as they were before the batch}.
 RESERVE_SCRIPT = (
     _TOTALS
     + """
-local field, ttl, member, life, enforce = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local field, ttl, life, enforce, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
-local n = #KEYS / 2
-local out, refused = {}, 0
+local rows, used = {}, {}
 for i = 1, n do
   local row = totals(KEYS[2 * i - 1], KEYS[2 * i], field, now)
-  local cap = ARGV[5 + i]
-  if refused == 0 and enforce == '1' and cap ~= '' and row[2] + row[3] >= tonumber(cap) then
-    refused = i
-  end
-  out[i] = fmt(row)
+  rows[i] = fmt(row)
+  used[i] = row[2] + row[3]
 end
-if refused == 0 then
-  for i = 1, n do
-    redis.call('ZADD', KEYS[2 * i], now + life, member)
-    redis.call('EXPIRE', KEYS[2 * i], ttl)
+local verdicts = {}
+local j = 6 + n
+while j <= #ARGV do
+  local member, k = ARGV[j], tonumber(ARGV[j + 1])
+  local amount = tonumber(string.match(member, ':(%d+)$')) or 0
+  local refused = 0
+  for x = 1, k do
+    local i = tonumber(ARGV[j + 1 + x])
+    local cap = ARGV[5 + i]
+    if refused == 0 and enforce == '1' and cap ~= '' and used[i] >= tonumber(cap) then refused = i end
   end
+  if refused == 0 then
+    for x = 1, k do
+      local i = tonumber(ARGV[j + 1 + x])
+      redis.call('ZADD', KEYS[2 * i], now + life, member)
+      redis.call('EXPIRE', KEYS[2 * i], ttl)
+      used[i] = used[i] + amount
+    end
+  end
+  verdicts[#verdicts + 1] = refused
+  j = j + 2 + k
 end
-return {refused, out}
+return {verdicts, rows}
 """
 )
 
