@@ -112,8 +112,10 @@ def serve(settings: Settings) -> None:
     server = settings.server
     # Open streams end inside the grace period (see drain_on_terminate); then uvicorn cancels
     # whatever is left, and the lifespan saves the learned state.
+    # By name, not the class: a worker process unpickles its config before it answers the
+    # supervisor's health checks, and importing the router there first would make it late.
     limits: dict[str, Any] = {
-        "http": DeadlineHTTPProtocol,
+        "http": f"{DeadlineHTTPProtocol.__module__}:{DeadlineHTTPProtocol.__qualname__}",
         "timeout_graceful_shutdown": max(1, math.ceil(server.shutdown_grace_s - 0.5)),
     }
     if server.workers > 1:
