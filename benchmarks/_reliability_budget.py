@@ -61,6 +61,7 @@ def budget_burst(work: Path) -> dict[str, Any]:
         redis.stop()
     ok = [a for a in answers if a[0] == 200]
     spent = sum(_cost(a[1]) for a in ok)
+    logs = "".join((work / f"{name}.log").read_text(errors="replace") for name in ("a", "b"))
     return {
         "requests": BURST,
         "replicas": 2,
@@ -73,6 +74,7 @@ def budget_burst(work: Path) -> dict[str, Any]:
         "overshoot_usd": max(0.0, spent - cap),
         "overshoot_worst_cases": max(0.0, spent - cap) / worst,
         "without_holds_usd": BURST * (spent / len(ok)) if ok else 0.0,  # every request served
+        "budget_redis_faults": logs.count("budget: Redis unavailable"),  # counted locally meanwhile
         "latency_p50_ms": statistics.median(a[2] for a in answers) * 1000,
         "seconds": seconds,
     }

@@ -190,7 +190,9 @@ class RouterService:
         settings, budget, redis = self.settings, self.settings.budget, self.settings.redis
         if not budget.enabled:
             return
-        client = await self._redis(stack, max(redis.op_timeout_ms, 50.0)) if redis.url else None
+        # A cap is only as good as the replicas' agreement on it: a slow answer (a loaded host) is
+        # waited for a while rather than taken for an outage, which would count locally.
+        client = await self._redis(stack, max(redis.op_timeout_ms, 250.0)) if redis.url else None
         pipeline.budget = Budget(
             client,
             redis.prefix,

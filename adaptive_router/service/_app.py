@@ -94,6 +94,13 @@ def app_from_environment() -> Starlette:
     return create_app(load_settings())
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def serve(settings: Settings) -> None:
     """Run the service with uvicorn; start the simulated upstream first when no key is set."""
     import uvicorn
@@ -106,9 +113,10 @@ def serve(settings: Settings) -> None:
         url = start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
         settings = settings.model_copy(update={"simulator_url": url})
-    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully;
-    # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully
+    # (learned state saved, logs closed); make that handler a clean exit at once, so that
+    # orchestrators see 0 within the grace period: tearing the interpreter down can take seconds.
+    signal.signal(signal.SIGTERM, _exit_now)
     server = settings.server
     # Open streams end inside the grace period (see drain_on_terminate); then uvicorn cancels
     # whatever is left, and the lifespan saves the learned state.
