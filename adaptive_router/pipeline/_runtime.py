@@ -191,8 +191,8 @@ class RouterService:
         if not budget.enabled:
             return
         # A cap is only as good as the replicas' agreement on it: a slow answer (a loaded host) is
-        # waited for a while rather than taken for an outage, which would count locally.
-        client = await self._redis(stack, max(redis.op_timeout_ms, 250.0)) if redis.url else None
+        # waited for up to a second rather than taken for an outage, which would count locally.
+        client = await self._redis(stack, max(redis.op_timeout_ms, 1000.0)) if redis.url else None
         pipeline.budget = Budget(
             client,
             redis.prefix,
@@ -204,6 +204,7 @@ class RouterService:
             replica_id=self._replica_id(),
             api_keys=settings.server.api_keys,
             hold_ttl_s=settings.upstream.request_timeout_s + 60.0,  # a hold outlives its request
+            timeout_s=1.0,
         )
         pipeline.cheap_mask = price_mask(self.router.catalogue, budget.price_ceiling_per_mtok)
         stack.push_async_callback(pipeline.budget.refresh)
