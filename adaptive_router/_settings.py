@@ -116,6 +116,18 @@ class ServerSettings(_Section):
         default_factory=list, description="bearer keys of POST /admin/reload; empty: disabled", repr=False
     )
 
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a client's request line and headers must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request body must arrive within this (408)"
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="after SIGTERM, open streams end with an error event by this; then exit",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_any_case(cls, value: Any) -> Any:
@@ -360,6 +372,11 @@ class UpstreamSettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
     attempt_timeout_s: float = Field(default=60.0, gt=0)
+    request_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="one request's total time, fallbacks and a stream's whole length included",
+    )
     max_attempts: int = Field(default=4, ge=1)
     max_connections: int = Field(default=256, ge=1)
     http_client: Literal["auto", "httpx", "aiohttp"] = Field(
@@ -409,6 +426,11 @@ class BudgetSettings(_Section):
         default="reject", description="at the cap: 429, or cheap only"
     )
     refresh_interval_ms: float = Field(default=1000.0, gt=0)
+    default_output_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="worst-case answer length held when neither max_tokens nor the model caps it",
+    )
 
     @property
     def enabled(self) -> bool:

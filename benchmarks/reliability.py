@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))  # the process helpers live with the tests
 
 from adaptive_router._bench import machine_info  # noqa: E402
 from adaptive_router.state import hash_tag  # noqa: E402
+from benchmarks import _reliability_budget  # noqa: E402
 from benchmarks._reliability_edges import print_edges, run_edges  # noqa: E402
 from tests.process_fixtures import (  # noqa: E402
     Catalogue,
@@ -56,6 +57,10 @@ from tests.process_fixtures import (  # noqa: E402
     wait_for,
 )
 from tests.redis_server import start_cluster  # noqa: E402
+
+# Further scenarios, each a module with run(workdir) -> dict and print_table(dict); --scenario
+# runs only the named ones (no soak), into benchmarks/results/reliability_<name>.json.
+SCENARIOS: dict[str, Any] = {"budget": _reliability_budget}
 
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
 EDGES_RESULTS = RESULTS.with_name("reliability_edges.json")
@@ -397,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology", choices=[*TOPOLOGIES, "both"], default="both")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--edges-only", action="store_true", help="only the hostile-input scenario")
+    parser.add_argument("--scenario", choices=list(SCENARIOS), action="append", help="only this one, no soak")
     args = parser.parse_args(argv)
     if args.edges_only:
         return edges(args.quick)
+    if args.scenario:
+        return run_scenarios(args.scenario)
     requests = args.requests or (2_000 if args.quick else 10_000)
     topologies = TOPOLOGIES if args.topology == "both" else (args.topology,)
     runs: dict[str, Any] = {}
@@ -410,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         runs[topology] = summarise(run, requests, time.monotonic() - started)
         print_table(runs[topology])
     result = {"benchmark": "reliability", "environment": environment(), "topologies": runs}
+    for name, module in SCENARIOS.items():
+        with tempfile.TemporaryDirectory(prefix=f"reliability-{name}-") as tmp:
+            result[name] = module.run(Path(tmp))
+        module.print_table(result[name])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
@@ -434,6 +446,20 @@ def edges(quick: bool) -> int:
     print_edges(result)
     EDGES_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {EDGES_RESULTS}")
+    return 0
+
+
+def run_scenarios(names: list[str]) -> int:
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix=f"reliability-{name}-") as tmp:
+            result = SCENARIOS[name].run(Path(tmp))
+        SCENARIOS[name].print_table(result)
+        path = RESULTS.with_name(f"reliability_{name}.json")
+        path.write_text(
+            json.dumps({"benchmark": f"reliability/{name}", "environment": environment(), **result}, indent=2)
+            + "\n"
+        )
+        print(f"wrote {path}")
     return 0
 
 

@@ -131,7 +131,9 @@ def test_learned_state_and_feedback_survive_a_reload_that_changes_the_models_pri
         assert feedback.status_code == 200
 
 
-def test_evaluator_scores_reach_the_router_a_reload_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_evaluator_scores_reach_the_router_a_reload_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """After a reload that rebuilds the learner, evaluators score into the new one, not the old."""
     with file_stack(monkeypatch, tmp_path, SPEED) as stack:
         overlay = tmp_path / "priors2.yaml"

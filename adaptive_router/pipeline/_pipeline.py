@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -28,17 +29,19 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .._errors import AllCandidatesFailed, RequestError, UpstreamError, UpstreamRejected
+from .._errors import AllCandidatesFailed, RequestError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from .._json import dumps, loads
 from .._settings import CacheSettings
 from ..core._catalogue import Catalogue
 from ..core._decision import Decision, RouteRequest
 from ..core._router import Router
 from ..offline._trafficlog import TrafficLog
-from ..state._budget import Budget
+from ..state._budget import Budget, Hold
 from ..state._cache import Cache, is_cacheable, request_cache_key
 from ..upstream._client import Completion, StreamHandle
 from ..upstream._execution import Breakers, Executor, Result
+from ._admission import pinned_unavailable, worst_case_usd
+from ._deadlines import Drain, error_event, timed_out
 from ._metrics import Metrics
 
 __all__ = ["Call", "Hook", "Hooks", "NoHook", "Pipeline", "Streamed", "with_cost"]
@@ -69,6 +72,8 @@ class Call:
     cost_usd: float = 0.0
     outcome: str = ""
     lookup_s: tuple[float, float] | None = None  # when the cache lookup began and ended (perf_counter)
+    hold: Hold | None = None  # the worst case held against the budget while the call runs
+    deadline: float = math.inf  # perf_counter time by which the whole request must be done
 
     @property
     def cache_state(self) -> str:
@@ -149,6 +154,9 @@ class Pipeline:
     traffic_log: TrafficLog | None = None
     hooks: Hooks = field(default_factory=Hooks)
     spawn: Callable[[Coroutine[Any, Any, Any]], object] = asyncio.ensure_future
+    request_timeout_s: float = math.inf  # upstream.request_timeout_s
+    default_output_tokens: int = 4096  # budget.default_output_tokens
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def catalogue(self) -> Catalogue:
@@ -163,7 +171,9 @@ class Pipeline:
         model: str = "auto",
         stream: bool = False,
     ) -> Call:
-        return Call(route, body if body is not None else {}, api_key, model, stream)
+        call = Call(route, body if body is not None else {}, api_key, model, stream)
+        call.deadline = call.started + self.request_timeout_s
+        return call
 
     def consider_cache(self, call: Call, route_options: Mapping[str, Any] | None, opt_in: bool) -> None:
         """Give ``call`` a response-cache key when its answer may come from or go to the cache."""
@@ -180,8 +190,31 @@ class Pipeline:
             if verdict.price_ceiling is not None:
                 call.route.mask = self.cheap_mask
         self.breakers.refresh()
+        unavailable = pinned_unavailable(self.breakers, call.route)
+        if unavailable is not None:
+            raise unavailable
         if self.hooks:
             self.hooks.run("admitted", call, guarded=False)
+
+    async def _reserve(self, call: Call, decision: Decision) -> None:
+        """Hold the request's worst case against the budget (429 when a cap is reached)."""
+        if self.budget is None:
+            return
+        chain = decision.chain[: self.executor.max_attempts]
+        prompt, answer = decision.profile.prompt_tokens, call.route.max_tokens
+        worst = worst_case_usd(self.catalogue, chain, prompt, answer, self.default_output_tokens)
+        call.hold = await self.budget.reserve(call.api_key, worst)
+
+    def _release(self, call: Call, cost: float = 0.0) -> None:
+        """Settle the call's hold to ``cost`` (nothing spent when it failed); once per call."""
+        hold, call.hold = call.hold, None
+        if hold is not None and self.budget is not None:
+            self.spawn(self.budget.settle(hold, cost))
+
+    def loop_deadline(self, call: Call, slack_s: float = 0.0) -> float:
+        """``call.deadline`` on the event loop's clock, plus ``slack_s``."""
+        left = call.deadline - time.perf_counter() + slack_s
+        return asyncio.get_running_loop().time() + min(left, 1e9)
 
     def decide(self, call: Call) -> Decision:
         """Profile and rank; a bad mode names the field the client wrote it in."""
@@ -206,6 +239,8 @@ class Pipeline:
         """A cached answer for this call, or None (a corrupt entry is a miss, never an error)."""
         if call.cache_key is None:
             return None
+        if self.budget is not None:  # a cached answer costs nothing, but a key over its cap gets none
+            self.budget.check(call.api_key).raise_if_blocked()
         began = time.perf_counter()
         raw = await self.cache.get(call.cache_key)
         call.lookup_s = (began, time.perf_counter())
@@ -229,14 +264,28 @@ class Pipeline:
         """Admit, decide, execute with fallback, account, store; the answer, or ``RequestFailed``."""
         self.admit(call)
         decision = self.decide(call)
-        timeout = self.executor.timeout_for(call.route.max_latency_ms)
-        result = await self.executor.complete(decision, call.body, timeout)
-        call.result, call.completion = result, result.completion
-        self._executed(call)
-        self._log(call, result.completion)
-        answer = self._account(call, result)
+        await self._reserve(call, decision)
+        try:
+            result = await self._execute(call, decision)
+            call.result, call.completion = result, result.completion
+            self._executed(call)
+            self._log(call, result.completion)
+            answer = self._account(call, result)
+        finally:
+            self._release(call)  # nothing answered, or cancelled: the hold goes, nothing spent
         await self._store(call)
         return answer
+
+    async def _execute(self, call: Call, decision: Decision) -> Result:
+        """The attempts, within the request's total deadline (each attempt's timeout shrinks to
+        what is left) and cut short by a shutdown."""
+        timeout = self.executor.timeout_for(call.route.max_latency_ms)
+        bound = self.loop_deadline(call, slack_s=1.0)  # the executor's own deadline comes first
+        try:
+            async with self.drain.bounded(bound):
+                return await self.executor.complete(decision, call.body, timeout, deadline=call.deadline)
+        except TimeoutError:
+            raise timed_out(self.drain, bound, self.request_timeout_s) from None
 
     async def stream(self, call: Call) -> Streamed:
         """Admit, decide, and open a stream on the first candidate that starts in time.
@@ -245,10 +294,16 @@ class Pipeline:
         """
         self.admit(call)
         decision = self.decide(call)
+        await self._reserve(call, decision)
         timeout = self.executor.timeout_for(call.route.max_latency_ms)
-        result = await self.executor.open_stream(decision, call.body, timeout)
+        try:
+            result = await self.executor.open_stream(decision, call.body, timeout, deadline=call.deadline)
+        except BaseException:
+            self._release(call)
+            raise
         call.result = result
         if result.stream is None:
+            self._release(call)
             self._executed(call)
             self._log(call, None)
             self._account(call, result)  # raises the right RequestFailed
@@ -303,7 +358,9 @@ class Pipeline:
         self.metrics.usage(
             completion.model_id, completion.prompt_tokens or 0, completion.completion_tokens or 0, cost
         )
-        if self.budget is not None and cost > 0:
+        if call.hold is not None:
+            self._release(call, cost)
+        elif self.budget is not None and cost > 0:
             self.spawn(self.budget.charge(call.api_key, cost))
 
     def _accounted(self, call: Call) -> None:
@@ -401,14 +458,25 @@ class Streamed:
         # a client that did not ask for one would meet a chunk with no choices and break.
         wants_usage = _wants_usage(self.call.body)
         priced = False
+        drain, deadline = self.pipeline.drain, self.pipeline.loop_deadline(self.call)
+        upstream = self.handle.events()
         try:
-            async for payload in self.handle.events():
+            while True:
+                try:  # each wait is bounded: by the request's deadline, or a shutdown's cut-off
+                    async with drain.bounded(deadline):
+                        payload = await anext(upstream)
+                except StopAsyncIteration:
+                    break
                 if not priced and self.handle.usage is not None:  # the usage chunk: once a stream
                     priced = True
                     payload = self._priced(payload)
                     if not wants_usage and _usage_only(payload):
                         continue
                 yield payload
+        except TimeoutError:
+            cancelled = drain.cut_off(deadline)  # a shutdown is nobody's failure
+            error = None if cancelled else self._deadline_error()
+            yield dumps(error_event(timed_out(drain, deadline, self.pipeline.request_timeout_s)))
         except UpstreamError as exc:
             error = exc
             yield dumps({"error": {"message": str(exc), "type": "upstream_error", "code": exc.kind}})
@@ -416,6 +484,7 @@ class Streamed:
             cancelled = True
             raise
         finally:
+            await upstream.aclose()
             await self.handle.aclose()
             self._finish(error, cancelled)
 
@@ -431,6 +500,10 @@ class Streamed:
         chunk["usage"] = with_cost(chunk["usage"], self.pipeline.cost(handle.result()))
         return dumps(chunk)
 
+    def _deadline_error(self) -> UpstreamTimeout:
+        limit = self.pipeline.request_timeout_s
+        return UpstreamTimeout(self.handle.model_id, f"the request's total deadline of {limit:g} s passed")
+
     def _finish(self, error: UpstreamError | None, cancelled: bool) -> None:
         pipeline, call, handle = self.pipeline, self.call, self.handle
         result, decision = call.result, call.decision
@@ -443,6 +516,7 @@ class Streamed:
         call.outcome = "cancelled" if cancelled else ("upstream_error" if error else "ok")
         if call.outcome == "ok":
             pipeline._spend(call, summary)
+        pipeline._release(call)  # failed or cancelled: the hold goes, nothing spent
         decided = None if decision.cached else decision.decision_us
         elapsed = time.perf_counter() - call.started
         pipeline.metrics.request(

@@ -135,6 +135,8 @@ class RouterService:
             cache_settings=settings.cache,
             upstream_mode=self.upstream_mode,
             spawn=background.spawn,
+            request_timeout_s=up.request_timeout_s,
+            default_output_tokens=settings.budget.default_output_tokens,
         )
         await self._open_budget(stack, pipeline)
         stack.push_async_callback(background.drain)  # charges still in flight, before the budget's last flush
@@ -230,7 +232,9 @@ class RouterService:
         settings, budget, redis = self.settings, self.settings.budget, self.settings.redis
         if not budget.enabled:
             return
-        client = await self._redis(stack, max(redis.op_timeout_ms, 50.0)) if redis.url else None
+        # A cap is only as good as the replicas' agreement on it: a slow answer (a loaded host) is
+        # waited for up to a second rather than taken for an outage, which would count locally.
+        client = await self._redis(stack, max(redis.op_timeout_ms, 1000.0)) if redis.url else None
         pipeline.budget = Budget(
             client,
             redis.prefix,
@@ -241,6 +245,8 @@ class RouterService:
             budget.mode,
             replica_id=self._replica_id(),
             api_keys=settings.server.api_keys,
+            hold_ttl_s=settings.upstream.request_timeout_s + 60.0,  # a hold outlives its request
+            timeout_s=1.0,
         )
         pipeline.cheap_mask = price_mask(self.router.catalogue, budget.price_ceiling_per_mtok)
         stack.push_async_callback(pipeline.budget.refresh)

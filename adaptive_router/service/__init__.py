@@ -26,6 +26,7 @@ from ._http import (
     router_headers,
     running,
 )
+from ._lifecycle import DeadlineHTTPProtocol
 from ._openapi import docs_routes, openapi_spec
 from ._proxy import chat_completions
 from ._schemas import (
@@ -44,6 +45,7 @@ __all__ = [
     "JSON",
     "ChatCompletionRequest",
     "CompleteRequest",
+    "DeadlineHTTPProtocol",
     "ErrorAnswer",
     "FeedbackRequest",
     "RouteOptions",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ from ._endpoints import (
 )
 from ._error_map import ERROR_MAP, handle_error
 from ._guards import cors_middleware
+from ._lifecycle import DeadlineHTTPProtocol, drain_on_terminate
 from ._proxy import chat_completions
 from ._telemetry import TraceRequests
 
@@ -66,7 +68,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with service.open() as running, operations(running) as ops:
-            yield {"running": running, "ops": ops}  # each request's ``request.state.running``
+            with drain_on_terminate(running.pipeline.drain, settings.server.shutdown_grace_s):
+                yield {"running": running, "ops": ops}  # each request's ``request.state.running``
 
     from ._openapi import docs_routes
 
@@ -103,6 +106,13 @@ def app_from_environment() -> Starlette:
     return create_app(settings)
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def serve(settings: Settings) -> None:
     """Run the service with uvicorn; start the simulated upstream first when no key is set."""
     import uvicorn
@@ -116,10 +126,19 @@ def serve(settings: Settings) -> None:
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
         settings = settings.model_copy(update={"simulator_url": url})
         configure_logging(server_log.log_level, server_log.log_format)  # uvicorn's config replaced ours
-    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully;
-    # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully
+    # (learned state saved, logs closed); make that handler a clean exit at once, so that
+    # orchestrators see 0 within the grace period: tearing the interpreter down can take seconds.
+    signal.signal(signal.SIGTERM, _exit_now)
     server = settings.server
+    # Open streams end inside the grace period (see drain_on_terminate); then uvicorn cancels
+    # whatever is left, and the lifespan saves the learned state.
+    # By name, not the class: a worker process unpickles its config before it answers the
+    # supervisor's health checks, and importing the router there first would make it late.
+    limits: dict[str, Any] = {
+        "http": f"{DeadlineHTTPProtocol.__module__}:{DeadlineHTTPProtocol.__qualname__}",
+        "timeout_graceful_shutdown": max(1, math.ceil(server.shutdown_grace_s - 0.5)),
+    }
     if server.workers > 1:
         uvicorn.run(
             "adaptive_router.service:app_from_environment",
@@ -130,6 +149,7 @@ def serve(settings: Settings) -> None:
             log_level=server.log_level,
             log_config=None,  # our handler and format, set up above
             access_log=False,
+            **limits,
         )
     else:
         uvicorn.run(
@@ -139,4 +159,5 @@ def serve(settings: Settings) -> None:
             log_level=server.log_level,
             log_config=None,  # our handler and format, set up above
             access_log=False,  # the router's own access line says more (adaptive_router.access)
+            **limits,
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
@@ -52,7 +53,10 @@ async def read_call(request: Request) -> tuple[Running, str | None, dict[str, An
     api_key = authorize(request, state.service.keys)
     require_json(request)
     settings = state.service.settings
-    body = await read_json(request, settings.server.max_body_bytes, max_depth=settings.limits.json_depth)
+    server = settings.server
+    body = await read_json(
+        request, server.max_body_bytes, server.body_timeout_s, max_depth=settings.limits.json_depth
+    )
     return state, api_key, body
 
 
@@ -105,22 +109,25 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(dumps(data), status_code=status, media_type=JSON, headers=headers)
 
 
-async def read_json(request: Request, limit: int, *, max_depth: int | None = None) -> dict[str, Any]:
-    """The body as a JSON object, refused (413) before more than ``limit`` bytes are read, and
-    (400 naming the field) when arrays or objects nest deeper than ``max_depth``."""
+async def read_json(
+    request: Request, limit: int, timeout_s: float | None = None, *, max_depth: int | None = None
+) -> dict[str, Any]:
+    """The body as a JSON object, refused (413) before more than ``limit`` bytes are read, (408)
+    when it has not all arrived within ``timeout_s``, and (400 naming the field) when arrays or
+    objects nest deeper than ``max_depth``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "content-length must be a number", "body")
         if int(declared) > limit:
             raise ApiError(413, f"body of {declared} bytes exceeds the limit of {limit}", "body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body exceeds the limit of {limit} bytes", "body")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await _read_body(request, limit)
+    except TimeoutError:
+        message = f"the body did not arrive within {timeout_s:g} s (server.body_timeout_s)"
+        close = {"connection": "close"}
+        raise ApiError(408, message, "body", code="request_timeout", headers=close) from None
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object", "body")
     try:
@@ -133,6 +140,16 @@ async def read_json(request: Request, limit: int, *, max_depth: int | None = Non
         where = ".".join(path[:4]) + (".…" if len(path) > 4 else "")
         raise ApiError(400, f"{where}: JSON nested deeper than {max_depth} levels", path[0])
     return data
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body exceeds the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def authorize(request: Request, keys: Sequence[bytes]) -> str | None:

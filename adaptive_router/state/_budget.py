@@ -6,8 +6,17 @@
     verdict.raise_if_blocked()            # BudgetExceeded (HTTP 429) in "reject" mode at the cap
     if verdict.price_ceiling is not None:
         mask &= price_mask(catalogue, verdict.price_ceiling)
+    hold = await budget.reserve(api_key, worst_case_usd)   # before the call; BudgetExceeded at a cap
     ...
-    await budget.charge(api_key, usd)     # after the answer: one round trip, never raises
+    await budget.settle(hold, usd)        # after it (0.0 on failure): one round trip, never raises
+
+Reservations: before a call, its worst-case cost is held against every cap it counts toward,
+checked and held in one Redis script (spend + holds of every replica), so concurrent requests
+cannot all pass a check that each alone would pass; a request is refused once spend + holds reach
+the cap, so the day's spend overshoots a cap by at most the last admitted request's worst case.
+Settling writes the real cost and drops the hold in one step. Holds expire on their own (a
+process that died mid-request), after ``hold_ttl_s``. While Redis is away, holds and spend are
+checked against the last known totals in this process.
 
 Each process counts its own spend per UTC day and scope; Redis holds, per scope and day, a hash
 with one field per process (replica id + a nonce drawn at start) set to that process's
@@ -44,39 +53,20 @@ import numpy.typing as npt
 
 from .._errors import BudgetExceeded, ConfigError, RedisUnavailable
 from .._topology import RedisClient
+from ._budget_lua import RESERVE_SCRIPT, RESERVE_SHA, SETTLE_SCRIPT, SETTLE_SHA
 from ._redis import redis_call
 from ._shared import hash_tag, run_script
 
 if TYPE_CHECKING:
     from ..core._catalogue import Catalogue
 
-__all__ = ["Budget", "BudgetSnapshot", "Spend", "Verdict", "key_hash", "price_mask"]
+__all__ = ["Budget", "BudgetSnapshot", "Hold", "Spend", "Verdict", "key_hash", "price_mask"]
 
 logger = logging.getLogger("adaptive_router.budget")
 
 NANO_PER_USD = 1_000_000_000
 KEY_TTL_S = 2 * 86_400
 GLOBAL = "global"
-
-# KEYS: the scope hashes. ARGV[1]: this process's field, ARGV[2]: TTL (s), ARGV[2 + i]: its
-# cumulative nano-USD for KEYS[i], or '' to only read. A lower value than the stored one is a
-# late duplicate and changes nothing. Returns, per key: {this field before, sum of all fields}.
-CHARGE_SCRIPT = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local before = redis.call('HGET', key, ARGV[1]) or '0'
-  local mine = ARGV[2 + i]
-  if mine ~= '' then
-    if tonumber(mine) > tonumber(before) then redis.call('HSET', key, ARGV[1], mine) end
-    redis.call('EXPIRE', key, ARGV[2])
-  end
-  local total = 0
-  for _, v in ipairs(redis.call('HVALS', key)) do total = total + tonumber(v) end
-  out[i] = {before, string.format('%.0f', total)}
-end
-return out
-"""
-CHARGE_SCRIPT_SHA = hashlib.sha1(CHARGE_SCRIPT.encode()).hexdigest()
 
 Scope = tuple[str, str]  # (UTC day, "global" or "key:<hash>")
 
@@ -123,6 +113,16 @@ class Verdict:
             raise BudgetExceeded(self.scope or GLOBAL, self.message)
 
 
+@dataclass
+class Hold:
+    """One request's reserved worst case: settle it once (:meth:`Budget.settle`)."""
+
+    member: str
+    scopes: tuple[Scope, ...]
+    nano: int
+    settled: bool = False
+
+
 @dataclass(frozen=True)
 class Spend:
     """Totals for one UTC day after a charge, all replicas included (as far as known)."""
@@ -143,6 +143,7 @@ class BudgetSnapshot:
     per_key_cap: float | None
     unsynced_usd: float
     redis_up: bool
+    held_usd: float = 0.0  # worst cases held by requests in flight, all replicas as far as known
 
 
 class Budget:
@@ -169,6 +170,7 @@ class Budget:
         api_keys: Sequence[str] = (),
         timeout_s: float = 0.5,
         retry_after_s: float = 1.0,
+        hold_ttl_s: float = 900.0,
     ) -> None:
         _check_settings(global_daily_usd, per_key_daily_usd, near_fraction, price_ceiling_per_mtok, mode)
         self._client = client
@@ -191,6 +193,14 @@ class Budget:
         # not that less was spent.
         self._others: dict[Scope, int] = {}
         self._heal = False  # rewrite every scope of ours: Redis lost some of them
+        self._held: dict[Scope, int] = {}  # this process's holds (requests in flight)
+        self._others_held: dict[Scope, int] = {}  # the other processes' holds, as last read
+        self._releases: dict[str, tuple[Scope, ...]] = {}  # settled holds Redis still has
+        self._hold_ttl_ms = int(hold_ttl_s * 1000)
+        self._seq = 0
+        self._reserve_lock = asyncio.Lock()
+        self._queued: list[tuple[Hold, asyncio.Future[bool | None]]] = []  # holds for the next trip
+        self._batch: list[tuple[Hold, asyncio.Future[bool | None]]] = []  # ... and in this one
         self._lock = asyncio.Lock()
         self.redis_up = client is not None
         self._down_since = -math.inf
@@ -221,8 +231,13 @@ class Budget:
         return time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
 
     def _spent(self, scope: Scope) -> float:
+        """Spent and held (requests in flight), all processes as far as known, in USD."""
         nano = self._others.get(scope, 0) + self._mine.get(scope, 0)
+        nano += self._others_held.get(scope, 0) + self._held.get(scope, 0)
         return nano / NANO_PER_USD
+
+    def _settled(self, scope: Scope) -> float:
+        return (self._others.get(scope, 0) + self._mine.get(scope, 0)) / NANO_PER_USD
 
     # --- counting ------------------------------------------------------------------------
 
@@ -241,8 +256,126 @@ class Budget:
             self._mine[scope] = self._mine.get(scope, 0) + nano
         self._forget_old_days()
         await self._sync(scopes)
-        key_usd = self._spent(scopes[1]) if api_key is not None else None
-        return Spend(day, self._spent(scopes[0]), key_usd)
+        key_usd = self._settled(scopes[1]) if api_key is not None else None
+        return Spend(day, self._settled(scopes[0]), key_usd)
+
+    # --- reservations ----------------------------------------------------------------------
+
+    async def reserve(self, api_key: str | None, usd: float) -> Hold:
+        """Hold ``usd`` (a request's worst case) against today's caps before the call; raises
+        :class:`BudgetExceeded` in "reject" mode once spend + holds reach a cap. One round trip
+        (none while Redis is away: then checked against what this process knows)."""
+        if not math.isfinite(usd) or usd < 0:
+            raise ValueError(f"a hold must be a finite amount >= 0, got {usd!r}")
+        scopes = self._scopes(api_key)
+        nano = round(usd * NANO_PER_USD)
+        self._seq += 1
+        hold = Hold(f"{self.field}:{self._seq}:{nano}", scopes, nano)
+        if self._client is not None and not self._resting():
+            if await self._reserve_remote(hold, api_key):
+                return self._add_hold(hold)
+            raise BudgetExceeded(*self._refusal(api_key))
+        if not self.check(api_key).allowed:
+            raise BudgetExceeded(*self._refusal(api_key))
+        return self._add_hold(hold)
+
+    async def settle(self, hold: Hold, usd: float) -> None:
+        """Count the real cost of a held request (0.0 when it failed or was cancelled) and drop
+        its hold, in one step; a second settle of the same hold does nothing. Never raises."""
+        if hold.settled:
+            return
+        hold.settled = True
+        if self._client is not None:  # dropped with the spend written, even if the hold's reply was lost
+            self._releases[hold.member] = hold.scopes
+        nano = round(usd * NANO_PER_USD) if math.isfinite(usd) and usd > 0 else 0
+        for scope in hold.scopes:
+            self._held[scope] = max(0, self._held.get(scope, 0) - hold.nano)
+            self._mine[scope] = self._mine.get(scope, 0) + nano
+            if scope[1] != GLOBAL:
+                self._tracked.add(scope[1].removeprefix("key:"))
+        self._forget_old_days()
+        await self._sync(hold.scopes)
+
+    def _scopes(self, api_key: str | None) -> tuple[Scope, ...]:
+        day = self.day()
+        if api_key is None:
+            return ((day, GLOBAL),)
+        return (day, GLOBAL), (day, _key_scope(api_key))
+
+    def _cap(self, scope: Scope) -> float | None:
+        return self.global_cap if scope[1] == GLOBAL else self.per_key_cap
+
+    def _add_hold(self, hold: Hold) -> Hold:
+        for scope in hold.scopes:
+            self._held[scope] = self._held.get(scope, 0) + hold.nano
+        return hold
+
+    def _refusal(self, api_key: str | None) -> tuple[str, str]:
+        verdict = self.check(api_key)
+        if verdict.allowed:  # Redis knew of spend or holds this process has not read yet
+            cap = verdict.cap if verdict.cap is not None else 0.0
+            verdict = Verdict(False, True, verdict.price_ceiling, max(verdict.spent, cap), cap, verdict.scope)
+        return verdict.scope or GLOBAL, verdict.message
+
+    def _resting(self) -> bool:
+        """Redis failed a moment ago: stay on local counts for ``retry_after_s``."""
+        return not self.redis_up and time.monotonic() - self._down_since < self._retry_after_s
+
+    async def _reserve_remote(self, hold: Hold, api_key: str | None) -> bool:
+        """Check and hold in Redis; False when refused. On a Redis fault: the local check.
+
+        Holds asked for while one round trip is out go together in the next: a burst of
+        requests costs a few round trips on one connection, not one connection each."""
+        waiting: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._queued.append((hold, waiting))
+        async with self._reserve_lock:
+            if not waiting.done():
+                try:
+                    await self._reserve_batch()
+                except BaseException:  # cancelled: the others' holds wait for the next round trip
+                    self._queued[:0] = [(h, w) for h, w in self._batch if not w.done() and w is not waiting]
+                    raise
+        verdict = waiting.result()
+        return self.check(api_key).allowed if verdict is None else verdict
+
+    async def _reserve_batch(self) -> None:
+        assert self._client is not None
+        self._batch, self._queued = self._queued, []
+        scopes = list(dict.fromkeys(s for hold, _ in self._batch for s in hold.scopes))
+        index = {scope: i + 1 for i, scope in enumerate(scopes)}
+        enforce = "1" if self.mode == "reject" else "0"
+        args: list[str | int] = [self.field, KEY_TTL_S, self._hold_ttl_ms, enforce, len(scopes)]
+        args += ["" if (cap := self._cap(s)) is None else str(round(cap * NANO_PER_USD)) for s in scopes]
+        for hold, _ in self._batch:
+            args += [hold.member, len(hold.scopes), *(index[s] for s in hold.scopes)]
+        try:
+            script = run_script(self._client, RESERVE_SCRIPT, RESERVE_SHA, self._keys(scopes), args)
+            verdicts, rows = await redis_call("budget reserve", script, self._timeout_s)
+        except RedisUnavailable as exc:
+            self._down(exc)
+            for _, waiting in self._batch:
+                waiting.set_result(None)
+            return
+        for scope, row in zip(scopes, rows, strict=True):
+            self._read_totals(scope, row, None)
+        self._up()
+        for (_, waiting), refused in zip(self._batch, verdicts, strict=True):
+            waiting.set_result(int(refused) == 0)
+
+    def _keys(self, scopes: Iterable[Scope]) -> list[str]:
+        keys = []
+        for day, name in scopes:
+            base = f"{self._tag}:budget:v1:{day}:{name}"
+            keys += [base, base + ":holds"]
+        return keys
+
+    def _read_totals(self, scope: Scope, row: Sequence[bytes | str], written: int | None) -> None:
+        """One scope's totals from a script's answer: the others' spend (never lowered within
+        a day) and holds (as they are now)."""
+        before, total, held, mine_held = (int(v) for v in row)
+        stored = max(before, written or 0)  # what the script left in our field
+        self._others[scope] = max(self._others.get(scope, 0), total - stored)
+        self._others_held[scope] = max(0, held - mine_held)
 
     async def refresh(self) -> bool:
         """Write what Redis has not seen yet and read today's totals (global and every API key
@@ -253,16 +386,17 @@ class Budget:
 
     def snapshot(self) -> BudgetSnapshot:
         day = self.day()
-        keys = {h: self._spent((day, f"key:{h}")) for h in sorted(self._tracked)}
+        keys = {h: self._settled((day, f"key:{h}")) for h in sorted(self._tracked)}
         unsynced = sum(v - self._acked.get(s, 0) for s, v in self._mine.items() if s[1] == GLOBAL)
         return BudgetSnapshot(
             day,
-            self._spent((day, GLOBAL)),
+            self._settled((day, GLOBAL)),
             self.global_cap,
             keys,
             self.per_key_cap,
             unsynced / NANO_PER_USD,
             self.redis_up,
+            (self._held.get((day, GLOBAL), 0) + self._others_held.get((day, GLOBAL), 0)) / NANO_PER_USD,
         )
 
     # --- Redis ----------------------------------------------------------------------------
@@ -271,7 +405,7 @@ class Budget:
         if self._client is None:
             return False
         async with self._lock:  # concurrent charges queue here; the first flushes for them all
-            if not self.redis_up and time.monotonic() - self._down_since < self._retry_after_s:
+            if self._resting():
                 return False
             for _ in range(2):  # a second pass only when Redis turned out to have lost our fields
                 if not await self._flush(reads):
@@ -283,22 +417,25 @@ class Budget:
     async def _flush(self, reads: Iterable[Scope]) -> bool:
         assert self._client is not None
         writes = {s: v for s, v in self._mine.items() if self._heal or v != self._acked.get(s, 0)}
-        scopes = list(writes) + [s for s in dict.fromkeys(reads) if s not in writes]
-        args = [self.field, KEY_TTL_S, *(str(writes[s]) if s in writes else "" for s in scopes)]
-        keys = [f"{self._tag}:budget:v1:{day}:{name}" for day, name in scopes]
+        releases = dict(self._releases)
+        wanted = [*reads, *(s for scopes in releases.values() for s in scopes)]
+        scopes = list(writes) + [s for s in dict.fromkeys(wanted) if s not in writes]
+        args = [self.field, KEY_TTL_S, len(scopes), *(str(writes[s]) if s in writes else "" for s in scopes)]
+        args += list(releases)
         try:
-            script = run_script(self._client, CHARGE_SCRIPT, CHARGE_SCRIPT_SHA, keys, args)
+            script = run_script(self._client, SETTLE_SCRIPT, SETTLE_SHA, self._keys(scopes), args)
             reply = await redis_call("budget charge", script, self._timeout_s)
         except RedisUnavailable as exc:
             self._down(exc)
             return False
         self._heal = False
-        for scope, (before, total) in zip(scopes, reply, strict=True):
-            if int(before) < self._acked.get(scope, 0):
+        for member in releases:
+            self._releases.pop(member, None)
+        for scope, row in zip(scopes, reply, strict=True):
+            if int(row[0]) < self._acked.get(scope, 0):
                 self._heal = True  # Redis restarted or was flushed: write everything again
-            stored = max(int(before), writes.get(scope, 0))  # what the script left in our field
-            self._others[scope] = max(self._others.get(scope, 0), int(total) - stored)
-            self._acked[scope] = writes.get(scope, int(before))
+            self._read_totals(scope, row, writes.get(scope))
+            self._acked[scope] = writes.get(scope, int(row[0]))
         self._up()
         return True
 
@@ -322,7 +459,7 @@ class Budget:
         keep = {self.day(), time.strftime("%Y-%m-%d", time.gmtime(self._clock() - 86_400))}
         done = [s for s in self._mine if self._client is None or self._mine[s] == self._acked.get(s)]
         for scope in [s for s in done if s[0] not in keep]:
-            for table in (self._mine, self._acked, self._others):
+            for table in (self._mine, self._acked, self._others, self._held, self._others_held):
                 table.pop(scope, None)
 
 

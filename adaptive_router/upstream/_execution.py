@@ -145,6 +145,13 @@ class Breakers:
         breaker = self._state.get(model)
         return breaker.state if breaker else "closed"
 
+    def reopens_in(self, model: str) -> float | None:
+        """Seconds until ``model``'s open breaker lets it back in; None when it is not open."""
+        breaker = self._state.get(model)
+        if breaker is None or breaker.state != "open":
+            return None
+        return max(0.0, breaker.open_until - self.clock())
+
     def snapshot(self) -> dict[str, str]:
         return {m: b.state for m, b in self._state.items() if b.state != "closed"}
 
@@ -222,13 +229,19 @@ class Executor:
             return self.attempt_timeout_s
         return min(self.attempt_timeout_s, max_latency_ms / 1000.0)
 
-    async def complete(self, decision: Decision, body: dict[str, Any], timeout_s: float) -> Result:
+    async def complete(
+        self, decision: Decision, body: dict[str, Any], timeout_s: float, *, deadline: float | None = None
+    ) -> Result:
+        """Try the chain in order; ``deadline`` (on this executor's clock) bounds all attempts."""
         result = Result()
         for model in self._candidates(decision, result):
             started = self.clock()
+            attempt_s = self._within(deadline, timeout_s, model, result)
+            if attempt_s is None:
+                return result
             with self.tracer.attempt(model) as span:
                 try:
-                    completion = await self.client.complete(model, body, timeout_s)
+                    completion = await self.client.complete(model, body, attempt_s)
                 except UpstreamError as exc:
                     span.failed(exc)
                     if self._failed(decision, model, exc, self.clock() - started, result):
@@ -242,7 +255,9 @@ class Executor:
             return result
         return result
 
-    async def open_stream(self, decision: Decision, body: dict[str, Any], timeout_s: float) -> Result:
+    async def open_stream(
+        self, decision: Decision, body: dict[str, Any], timeout_s: float, *, deadline: float | None = None
+    ) -> Result:
         """Start a stream on the first candidate that sends its first event in time.
 
         Falling back is only possible until that first event: after it, bytes reach the client.
@@ -251,8 +266,11 @@ class Executor:
         result = Result()
         for model in self._candidates(decision, result):
             started = self.clock()
+            attempt_s = self._within(deadline, timeout_s, model, result)
+            if attempt_s is None:
+                return result
             with self.tracer.attempt(model) as span:
-                handle = self.client.stream(model, body, timeout_s)
+                handle = self.client.stream(model, body, attempt_s)
                 try:
                     await handle.start()
                 except UpstreamError as exc:
@@ -286,6 +304,18 @@ class Executor:
         self._answered(
             decision, handle.model_id, summary.latency_s, summary.ttft_s, summary.completion_tokens, result
         )
+
+    def _within(self, deadline: float | None, timeout_s: float, model: str, result: Result) -> float | None:
+        """This attempt's timeout: the per-attempt one, or what is left before ``deadline``;
+        None (and the attempt listed as timed out, untried) once the deadline has passed."""
+        if deadline is None:
+            return timeout_s
+        left = deadline - self.clock()
+        if left <= 0:
+            untried = Attempt(model, "timeout", 0.0, error="the request's total deadline passed")
+            result.attempts.append(untried)
+            return None
+        return min(timeout_s, left)
 
     def _candidates(self, decision: Decision, result: Result) -> list[str]:
         """The chain, less models whose breaker refuses this attempt (listed as skipped)."""
