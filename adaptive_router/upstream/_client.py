@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
-import math
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -33,13 +30,22 @@ import httpx
 
 from .. import __version__
 from .._errors import (
-    UpstreamConnectError,
-    UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
-    UpstreamTimeout,
 )
-from .._json import dumps, loads, too_deep
+from .._json import dumps
+from ._answers import (
+    Completion,
+    completion_from,
+    delta_text,
+    finish_reason,
+    kept_headers,
+    map_error,
+    parse_object,
+    raise_for_payload,
+    translated,
+    usage_counts,
+)
 from ._limits import DEFAULT_LIMITS, Limits, read_response
 from ._providers import APP_TITLE, Provider, pick_provider
 from ._sse import SSEParser
@@ -50,199 +56,6 @@ __all__ = ["DONE", "USER_AGENT", "Completion", "StreamHandle", "UpstreamClient"]
 DONE = b"[DONE]"
 USER_AGENT = f"{APP_TITLE}/{__version__}"
 _ROUTE_CACHE_SIZE = 4096
-_MESSAGE_CHARS = 200
-# Response headers worth keeping: ids to correlate with the provider's logs, and back-off hints.
-_KEPT_HEADERS = frozenset({"x-generation-id", "x-request-id", "request-id", "retry-after", "content-type"})
-_KEPT_PREFIXES = ("x-ratelimit-",)
-
-
-# ---------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """What one successful call returned, and what it cost in time and tokens.
-
-    ``data`` is the parsed JSON answer; for a stream it is a summary gathered from the chunks
-    (``id``, ``model``, ``usage`` when seen). Token counts and ``cost_usd`` are ``None`` when the
-    upstream did not report them (``cost_usd`` is OpenRouter's ``usage.cost``): the caller prices it.
-    """
-
-    model_id: str
-    provider: str
-    status: int
-    data: dict[str, Any]
-    latency_s: float
-    ttft_s: float | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cost_usd: float | None
-    headers: dict[str, str]
-    finish_reason: str | None = None
-    done: bool = True
-    text: str | None = None  # a stream's answer text, gathered from its deltas (None: see ``data``)
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _amount(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-        return float(value)
-    return None
-
-
-def _usage(usage: object) -> tuple[int | None, int | None, float | None]:
-    if not isinstance(usage, dict):
-        return None, None, None
-    return (
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _amount(usage.get("cost")),
-    )
-
-
-def _finish_reason(data: dict[str, Any]) -> str | None:
-    choices = data.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
-        return reason if isinstance(reason, str) else None
-    return None
-
-
-def _delta_text(chunk: dict[str, Any]) -> str | None:
-    """The text a stream chunk adds (its first choice's ``delta.content``), or None."""
-    choices = chunk.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        delta = choices[0].get("delta")
-        if isinstance(delta, dict):
-            content = delta.get("content")
-            return content if isinstance(content, str) else None
-    return None
-
-
-def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    kept = {}
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in _KEPT_HEADERS or lower.startswith(_KEPT_PREFIXES):
-            kept[lower] = value
-    return kept
-
-
-# ---------------------------------------------------------------------------------- errors
-
-
-def _map_error(model_id: str, exc: BaseException) -> UpstreamError:
-    """Translate a transport-level failure.
-
-    Only errors about the network (whose text comes from the OS or the peer) quote their message;
-    the rest name their type alone, since a local protocol error quotes the offending header.
-    """
-    detail = type(exc).__name__
-    quoted = httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError | httpx.DecodingError
-    if isinstance(exc, quoted):  # a decoder's message, or the router's size cap
-        detail = f"{detail}: {str(exc)[:_MESSAGE_CHARS]}"
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return UpstreamConnectError(model_id, f"could not connect ({detail})")
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return UpstreamTimeout(model_id, f"no answer within the timeout ({detail})")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError | httpx.DecodingError):
-        return UpstreamProtocolError(model_id, f"connection dropped or garbled ({detail})")
-    return UpstreamConnectError(model_id, f"request failed ({detail})")
-
-
-@contextlib.asynccontextmanager
-async def _translated(model_id: str, timeout_s: float) -> AsyncIterator[None]:
-    """Bound the body by ``timeout_s`` in total, and map what httpx raises, in one place.
-
-    ``asyncio.timeout`` rather than httpx's per-read timeouts: an upstream that trickles a byte at
-    a time resets every read timeout but cannot outlast this one.
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            yield
-    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise _map_error(model_id, exc) from exc
-
-
-def _status_of(code: object) -> int | None:
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
-    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
-        return code
-    return None
-
-
-def _payload_error(model_id: str, error: object, raw: bytes, headers: dict[str, str]) -> UpstreamError:
-    """An error reported inside a 200 answer or a stream event (OpenRouter: ``{"error": {code, message}}``).
-
-    A numeric ``code`` is an HTTP status and keeps its retry rules; anything else is a protocol error.
-    """
-    code = error.get("code") if isinstance(error, dict) else None
-    status = _status_of(code)
-    if status is not None:
-        return UpstreamStatusError(model_id, status, raw, headers)
-    message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-    return UpstreamProtocolError(model_id, f"upstream reported an error: {message[:_MESSAGE_CHARS]}")
-
-
-def _raise_for_payload(model_id: str, data: dict[str, Any], raw: bytes, headers: dict[str, str]) -> None:
-    error = data.get("error")
-    if error is not None:
-        raise _payload_error(model_id, error, raw, headers)
-    choices = data.get("choices")
-    for choice in choices if isinstance(choices, list) else ():
-        # OpenRouter ends a failed stream with finish_reason "error"; a 200 answer may carry a
-        # provider's error inside the choice the same way.
-        if isinstance(choice, dict) and choice.get("finish_reason") == "error":
-            raise _payload_error(model_id, choice.get("error") or "finish_reason error", raw, headers)
-
-
-def _parse_object(model_id: str, raw: bytes, max_depth: int) -> dict[str, Any]:
-    try:
-        data = loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise UpstreamProtocolError(model_id, "answer is not JSON") from exc
-    if not isinstance(data, dict):
-        raise UpstreamProtocolError(model_id, "answer is not a JSON object")
-    if too_deep(data, max_depth, raw) is not None:
-        raise UpstreamProtocolError(model_id, f"answer is JSON nested deeper than {max_depth} levels")
-    return data
-
-
-def _completion(
-    model_id: str,
-    provider: str,
-    status: int,
-    raw_headers: Mapping[str, str],
-    content: bytes,
-    latency_s: float,
-    max_depth: int,
-) -> Completion:
-    headers = _kept_headers(raw_headers)
-    if not 200 <= status < 300:
-        raise UpstreamStatusError(model_id, status, content, headers)
-    data = _parse_object(model_id, content, max_depth)
-    _raise_for_payload(model_id, data, content, headers)
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamProtocolError(model_id, "answer has no choices")
-    prompt, completion, cost = _usage(data.get("usage"))
-    return Completion(
-        model_id=model_id,
-        provider=provider,
-        status=status,
-        data=data,
-        latency_s=latency_s,
-        ttft_s=None,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cost_usd=cost,
-        headers=headers,
-        finish_reason=_finish_reason(data),
-    )
 
 
 # ---------------------------------------------------------------------------------- client
@@ -366,9 +179,9 @@ class UpstreamClient:
                         await response.aclose()
                     status, raw_headers = response.status_code, response.headers
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _map_error(model_id, exc) from exc
+            raise map_error(model_id, exc) from exc
         latency = self._clock() - started
-        return _completion(
+        return completion_from(
             model_id, provider.name, status, raw_headers, content, latency, self.limits.json_depth
         )
 
@@ -502,7 +315,7 @@ class StreamHandle:
             raise RuntimeError("start() may be called once")
         self._started_at = self._clock()
         try:
-            async with _translated(self.model_id, self._timeout_s):
+            async with translated(self.model_id, self._timeout_s):
                 self._response = await self._send(self._build())
                 await self._check_response(self._response)
                 self._chunks = self._response.aiter_bytes()
@@ -533,7 +346,7 @@ class StreamHandle:
                         yield payload
                         return
                     yield payload
-                async with _translated(self.model_id, self._read_timeout_s):
+                async with translated(self.model_id, self._read_timeout_s):
                     batch = await self._pull()
                 if not batch:
                     raise UpstreamProtocolError(self.model_id, "stream ended without [DONE]")
@@ -545,7 +358,7 @@ class StreamHandle:
         """What the stream has delivered so far; complete once ``done`` (``[DONE]`` arrived)."""
         started = self._started_at if self._started_at is not None else self._clock()
         ended = self._ended_at if self._ended_at is not None else self._clock()
-        prompt, completion, cost = _usage(self.usage)
+        prompt, completion, cost = usage_counts(self.usage)
         return Completion(
             model_id=self.model_id,
             provider=self.provider,
@@ -582,15 +395,15 @@ class StreamHandle:
 
     async def _check_response(self, response: httpx.Response) -> None:
         self.status = response.status_code
-        self.headers = _kept_headers(response.headers)
+        self.headers = kept_headers(response.headers)
         if not response.is_success:
             body = await read_response(response, self._limits.answer_bytes)
             raise UpstreamStatusError(self.model_id, response.status_code, body, self.headers)
         media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type == "application/json":  # an error body, or a server that ignored stream=true
             raw = await read_response(response, self._limits.answer_bytes)
-            data = _parse_object(self.model_id, raw, self._limits.json_depth)
-            _raise_for_payload(self.model_id, data, raw, self.headers)
+            data = parse_object(self.model_id, raw, self._limits.json_depth)
+            raise_for_payload(self.model_id, data, raw, self.headers)
             raise UpstreamProtocolError(self.model_id, "asked for a stream, got one JSON answer")
 
     async def _pull(self) -> list[bytes]:
@@ -615,17 +428,17 @@ class StreamHandle:
         if payload == DONE:
             self.done = True
             return
-        chunk = _parse_object(self.model_id, payload, self._limits.json_depth)
-        _raise_for_payload(self.model_id, chunk, payload, self.headers)
+        chunk = parse_object(self.model_id, payload, self._limits.json_depth)
+        raise_for_payload(self.model_id, chunk, payload, self.headers)
         for key in ("id", "model"):
             if key in chunk and key not in self._summary:
                 self._summary[key] = chunk[key]
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
             self._summary["usage"] = self.usage
-        reason = _finish_reason(chunk)
+        reason = finish_reason(chunk)
         if reason is not None:
             self._finish_reason = reason
-        piece = _delta_text(chunk)
+        piece = delta_text(chunk)
         if piece:
             self._text.append(piece)
