@@ -19,6 +19,7 @@ prometheus-client is the optional ``metrics`` extra. Without it everything is re
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 PREFIX = "adaptive_router_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: every worker's series in one exposition
 INSTALL_HINT = "pip install 'adaptive-router[metrics]'"
 REQUEST_OUTCOMES = frozenset(
     {"ok", "upstream_error", "timeout", "client_error", "no_eligible", "rejected", "cache_hit", "cancelled"}
@@ -143,14 +145,26 @@ class _ModelSeries:
 
 
 class _Series:
-    """The Prometheus side, in its own registry so two apps (or two tests) never share a series."""
+    """The Prometheus side, in its own registry so two apps (or two tests) never share a series.
+
+    In prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as ``serve
+    --workers N`` does) the values live in files shared by the workers, and the registry
+    collects them all: counts and histograms summed, a breaker's state the worst any live
+    worker sees; ``info`` and added collectors stay this worker's own.
+    """
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
-        self._declare_counters(self.registry)
-        self._declare_timings(self.registry)
+        values: CollectorRegistry | None = self.registry
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry)
+            values = None  # not registered here: the collector reads every worker's files
+        self._declare_counters(values)
+        self._declare_timings(values)
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self.unanswered: dict[str, Counter] = {}  # requests_total{model=""} by outcome
@@ -158,7 +172,7 @@ class _Series:
         self._fallbacks: dict[str, dict[str, Counter]] = {}
         self._breakers: dict[str, Gauge] = {}
 
-    def _declare_counters(self, reg: CollectorRegistry) -> None:
+    def _declare_counters(self, reg: CollectorRegistry | None) -> None:
         from prometheus_client import Counter
 
         self.requests = Counter(
@@ -185,7 +199,7 @@ class _Series:
         )
         self.spend = Counter(PREFIX + "spend_usd", "Estimated spend in US dollars.", ["model"], registry=reg)
 
-    def _declare_timings(self, reg: CollectorRegistry) -> None:
+    def _declare_timings(self, reg: CollectorRegistry | None) -> None:
         from prometheus_client import Gauge, Histogram, Info
 
         self.decision = Histogram(
@@ -212,8 +226,11 @@ class _Series:
             "Circuit breaker per model: 0 closed, 1 half-open, 2 open.",
             ["model"],
             registry=reg,
+            multiprocess_mode="livemax",
         )
-        self.info = Info(PREFIX.rstrip("_"), "Static facts about this router process.", registry=reg)
+        self.info = Info(
+            PREFIX.rstrip("_"), "Static facts about this router process.", registry=self.registry
+        )
 
     def model(self, model: str) -> _ModelSeries:
         series = self._models.get(model)

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from .._settings import Settings
 from ..core._catalogue import Catalogue
 from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
+from ._access import retrieve_model
 from ._endpoints import (
     complete,
     feedback,
@@ -38,6 +39,7 @@ from ._endpoints import (
 )
 from ._error_map import ERROR_MAP, handle_error
 from ._proxy import chat_completions
+from ._serving import check_port, started, warn_per_worker_state, worker_metrics_dir
 
 __all__ = [
     "app_from_environment",
@@ -71,6 +73,7 @@ def create_app(
         Route("/complete", complete, methods=["POST"]),
         Route("/feedback", feedback, methods=["POST"]),
         Route("/v1/models", list_models_openai, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/models", list_models, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/metrics.json", metrics_json, methods=["GET"]),
@@ -99,6 +102,7 @@ def serve(settings: Settings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
+    check_port(settings.server.host, settings.server.port)  # before anything starts: exit 2, not uvicorn's 3
     if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
         url = start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
@@ -107,17 +111,20 @@ def serve(settings: Settings) -> None:
     # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     server = settings.server
+    warn_per_worker_state(settings)
     if server.workers > 1:
-        uvicorn.run(
-            "adaptive_router.service:app_from_environment",
-            factory=True,
-            host=server.host,
-            port=server.port,
-            workers=server.workers,
-            log_level="info",
-            access_log=False,
-        )
+        with worker_metrics_dir(server.workers), started():
+            uvicorn.run(
+                "adaptive_router.service:app_from_environment",
+                factory=True,
+                host=server.host,
+                port=server.port,
+                workers=server.workers,
+                log_level="info",
+                access_log=False,
+            )
     else:
-        uvicorn.run(
-            create_app(settings), host=server.host, port=server.port, log_level="info", access_log=False
-        )
+        with started():
+            uvicorn.run(
+                create_app(settings), host=server.host, port=server.port, log_level="info", access_log=False
+            )

@@ -147,7 +147,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         return json_response(body, answer.status, {**headers, NO_RETRY: "false"})
     if answer.status == 500:
         log.error("unexpected error while serving a request", exc_info=exc)
-    if answer.status != 401:
+    if answer.status != 401 and not isinstance(exc, HTTPException):  # no route (a favicon) is not a request
         pipeline.refused("no_eligible" if isinstance(exc, NoEligibleModel) else "rejected")
     message, param = _message_and_param(exc, answer)
     return json_response(error_body(message, param, answer.kind, answer.code), answer.status, _headers(exc))
