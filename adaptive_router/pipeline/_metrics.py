@@ -411,6 +411,7 @@ class Metrics:
     def summary(self) -> dict[str, Any]:
         """The ``/metrics.json`` body: rolling latency percentiles, usage and counts since start."""
         return {
+            "pid": os.getpid(),  # with several workers, whose counts these are
             "uptime_s": self._clock() - self._started,
             "requests": self._requests_summary(),
             "window": self._window_summary(),
