@@ -198,6 +198,7 @@ class RouterService:
             ttl_s=learning.feedback_ttl_s,
             max_entries=2 * learning.feedback_memory,  # two ids per answer: the request's, the answer's
             timeout_s=timeout_ms / 1000,
+            retry_after_s=redis.retry_after_s,
         )
 
     async def _open_budget(self, stack: contextlib.AsyncExitStack, pipeline: Pipeline) -> None:

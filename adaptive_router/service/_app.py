@@ -39,7 +39,7 @@ from ._endpoints import (
 )
 from ._error_map import ERROR_MAP, handle_error
 from ._proxy import chat_completions
-from ._serving import check_port, started, warn_per_worker_state, worker_metrics_dir
+from ._serving import check_port, started, warn_per_worker_state, worker_gone, worker_metrics_dir
 
 __all__ = [
     "app_from_environment",
@@ -63,6 +63,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with service.open() as running:
             yield {"running": running}  # each request's ``request.state.running``
+        worker_gone()
 
     from ._openapi import docs_routes
 

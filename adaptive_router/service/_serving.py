@@ -22,7 +22,7 @@ from .._errors import ConfigError, RouterError
 from .._settings import Settings
 from ..pipeline._metrics import MULTIPROC_ENV
 
-__all__ = ["check_port", "started", "warn_per_worker_state", "worker_metrics_dir"]
+__all__ = ["check_port", "started", "warn_per_worker_state", "worker_gone", "worker_metrics_dir"]
 
 log = logging.getLogger("adaptive_router.service")
 
@@ -73,6 +73,15 @@ def worker_metrics_dir(workers: int) -> Iterator[str | None]:
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_gone() -> None:
+    """A worker's last word in multiprocess mode: its live gauges (breaker state) leave the sum."""
+    if os.environ.get(MULTIPROC_ENV):
+        with contextlib.suppress(ImportError, OSError):
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(os.getpid())
 
 
 @contextlib.contextmanager

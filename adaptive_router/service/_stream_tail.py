@@ -19,6 +19,7 @@ __all__ = ["with_routing"]
 
 DONE = b"[DONE]"
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')  # the usage chunk (others may carry "usage": null)
 
 
 async def with_routing(pipeline: Pipeline, call: Call, streamed: Streamed) -> AsyncIterator[bytes]:
@@ -28,7 +29,7 @@ async def with_routing(pipeline: Pipeline, call: Call, streamed: Streamed) -> As
     async for payload in streamed.events():
         if payload == DONE:
             await pipeline.remember(call, streamed.handle.result())
-        elif _FINISHED.search(payload) or b'"usage"' in payload:
+        elif _FINISHED.search(payload) or _NO_CHOICES.search(payload):
             payload = _add_routing(payload, routing)
         yield payload
 

@@ -19,13 +19,16 @@ router has no keys.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .._errors import RedisUnavailable
 from .._topology import RedisClient
@@ -36,6 +39,7 @@ __all__ = ["Answered", "FeedbackStore", "owner_of"]
 log = logging.getLogger("adaptive_router.feedback")
 
 _VERSION = "fb:v1"
+T = TypeVar("T")
 
 
 def owner_of(api_key: str | None) -> str:
@@ -72,7 +76,10 @@ class Answered:
 
 
 class FeedbackStore:
-    """Request ids to score, in memory and (with ``client``) in Redis; see the module's docstring."""
+    """Request ids to score, in memory and (with ``client``) in Redis; see the module's docstring.
+
+    After a Redis fault the store uses memory alone for ``retry_after_s`` (an answer never waits
+    on a Redis that just failed), then tries Redis again."""
 
     def __init__(
         self,
@@ -82,12 +89,14 @@ class FeedbackStore:
         ttl_s: float,
         max_entries: int,
         timeout_s: float = 0.25,
+        retry_after_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client, self._ttl_s, self._max = client, ttl_s, max_entries
         self._prefix = f"{prefix}:{_VERSION}"
-        self._timeout_s, self._clock = timeout_s, clock
+        self._timeout_s, self._retry_after_s, self._clock = timeout_s, retry_after_s, clock
         self._memory: OrderedDict[str, tuple[float, Answered]] = OrderedDict()
+        self._down_until = -math.inf
 
     @property
     def shared(self) -> bool:
@@ -108,18 +117,11 @@ class FeedbackStore:
         while len(self._memory) > self._max:
             self._memory.popitem(last=False)
         if self._client is not None:
-            try:
-                await self._write(ids, answered.to_json())
-            except RedisUnavailable as exc:  # this process can still take the feedback itself
-                log.warning("feedback entry not shared (other workers cannot score it): %s", exc)
-
-    async def _write(self, ids: list[str], raw: bytes) -> None:
-        assert self._client is not None
-        ttl_ms = max(1, round(self._ttl_s * 1000))
-        pipe = self._client.pipeline(transaction=False)
-        for key in ids:
-            pipe.set(f"{self._prefix}:id:{key}", raw, px=ttl_ms)
-        await redis_call("feedback set", pipe.execute(), self._timeout_s)
+            raw = answered.to_json()
+            with contextlib.suppress(RedisUnavailable):  # this process can still take the feedback
+                await self._redis(
+                    "feedback set", lambda client: _set_all(client, self._keys(ids), raw, self._ttl_ms)
+                )
 
     async def resolve(self, some_id: str) -> Answered | None:
         """The entry for a request id or an answer id; None when unknown or expired.
@@ -133,8 +135,8 @@ class FeedbackStore:
             del self._memory[some_id]
         if self._client is None:
             return None
-        key = f"{self._prefix}:id:{some_id}"
-        raw = await redis_call("feedback get", self._client.get(key), self._timeout_s)
+        key = self._keys([some_id])[0]
+        raw = await self._redis("feedback get", lambda client: client.get(key))
         return Answered.from_json(raw) if raw is not None else None
 
     async def claim(self, answered: Answered) -> bool:
@@ -143,16 +145,48 @@ class FeedbackStore:
             return False
         if self._client is not None:
             key = f"{self._prefix}:scored:{answered.request_id}"
-            ttl_ms = max(1, round(self._ttl_s * 1000))
             try:
-                claimed = await redis_call(
-                    "feedback claim", self._client.set(key, b"1", nx=True, px=ttl_ms), self._timeout_s
+                claimed = await self._redis(
+                    "feedback claim", lambda client: client.set(key, b"1", nx=True, px=self._ttl_ms)
                 )
-            except RedisUnavailable as exc:  # score it here: refusing would lose the feedback
-                log.warning("feedback claim not shared: %s", exc)
+            except RedisUnavailable:  # score it here: refusing would lose the feedback
                 claimed = True
             if not claimed:
                 answered.scored = True
                 return False
         answered.scored = True
         return True
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, round(self._ttl_s * 1000))
+
+    def _keys(self, ids: list[str]) -> list[str]:
+        return [f"{self._prefix}:id:{some_id}" for some_id in ids]
+
+    async def _redis(self, op: str, command: Callable[[RedisClient], Awaitable[T]]) -> T:
+        """One command; RedisUnavailable at once while a recent fault's back-off lasts."""
+        assert self._client is not None
+        now = self._clock()
+        if now < self._down_until:
+            raise RedisUnavailable(
+                f"redis {op} skipped: Redis failed less than {self._retry_after_s:g} s ago"
+            )
+        try:
+            return await redis_call(op, command(self._client), self._timeout_s)
+        except RedisUnavailable as exc:
+            log.warning(
+                "feedback store: %s; request ids stay in this process for %g s (other workers and "
+                "replicas cannot score them)",
+                exc,
+                self._retry_after_s,
+            )
+            self._down_until = self._clock() + self._retry_after_s
+            raise
+
+
+async def _set_all(client: RedisClient, keys: list[str], raw: bytes, ttl_ms: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.set(key, raw, px=ttl_ms)
+    await pipe.execute()
