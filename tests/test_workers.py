@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.process_fixtures import (
@@ -34,11 +35,13 @@ from tests.process_fixtures import (
     router_env,
     scenario,
     start_redis,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SECOND_WORKER_LIMIT_S = 30.0
+SECOND_WORKER_LIMIT_S = 120.0
+START_LIMIT_S = 120.0
 POLL_S = 0.05
 
 
@@ -106,6 +109,22 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessGro
         yield processes, catalogue, sim
 
 
+def ready(served: Served) -> Served:
+    """``served`` once ``/ready`` answers: workers are whole interpreters, slow to start on a busy
+    machine, so the bound is generous (and a process that exits fails at once)."""
+
+    def up() -> bool:
+        if not served.alive:
+            raise AssertionError(f"{served.name} exited:\n{served.log_tail()}")
+        try:
+            return served.http.get("/ready", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(up, START_LIMIT_S), f"{served.name} not ready:\n{served.log_tail()}"
+    return served
+
+
 def answered(conn: Pinned) -> tuple[str, str]:
     status, body = conn.post("/v1/chat/completions", CHAT_BODY)
     assert status == 200, body
@@ -117,7 +136,7 @@ def test_two_workers_score_each_others_requests_and_sum_metrics(
 ) -> None:
     processes, catalogue, sim = group
     env = router_env(catalogue, REDIS__URL=redis_url, REDIS__PREFIX="workers")
-    served = processes.serve("workers", sim, env, args=("--workers", "2"))
+    served = ready(processes.serve("workers", sim, env, args=("--workers", "2"), wait=False))
     a, b = two_workers(served.port)
     try:
         from_a, from_b = [answered(a) for _ in range(3)], [answered(b) for _ in range(2)]
@@ -147,10 +166,10 @@ def test_two_replicas_behind_one_redis_score_each_others_requests(
     group: tuple[ProcessGroup, Catalogue, Served], redis_url: str
 ) -> None:
     processes, catalogue, sim = group
-    replicas = [
-        processes.serve(name, sim, router_env(catalogue, REDIS__URL=redis_url, REDIS__PREFIX="replicas"))
-        for name in ("replica-a", "replica-b")
-    ]
+    env = router_env(catalogue, REDIS__URL=redis_url, REDIS__PREFIX="replicas")
+    replicas = [processes.serve(name, sim, env, wait=False) for name in ("replica-a", "replica-b")]
+    for replica in replicas:
+        ready(replica)
     a, b = (Pinned(replica.port) for replica in replicas)
     try:
         id_a, answer_id_a = answered(a)
@@ -167,8 +186,8 @@ def test_two_replicas_behind_one_redis_score_each_others_requests(
 
 def test_several_workers_without_redis_say_so_at_start(group: tuple[ProcessGroup, Catalogue, Served]) -> None:
     processes, catalogue, sim = group
-    served = processes.serve("no-redis", sim, router_env(catalogue), args=("--workers", "2"))
-    assert "2 WORKERS WITHOUT REDIS" in served.log_path.read_text()
+    served = processes.serve("no-redis", sim, router_env(catalogue), args=("--workers", "2"), wait=False)
+    assert wait_for(lambda: "2 WORKERS WITHOUT REDIS" in served.log_path.read_text(), START_LIMIT_S)
 
 
 def test_serve_on_a_port_in_use_exits_2_naming_it(tmp_path: Path) -> None:
@@ -183,7 +202,7 @@ def test_serve_on_a_port_in_use_exits_2_naming_it(tmp_path: Path) -> None:
             env=_env(env),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=START_LIMIT_S,
         )
     assert done.returncode == 2, done.stderr
     assert f"{HOST}:{port} is already in use" in done.stderr and "server.port" in done.stderr
