@@ -485,7 +485,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return settings_cls(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(_error_key(first), first["msg"]) from exc
+        raise ConfigError(_error_key(first), first["msg"].removeprefix("Value error, ")) from exc
 
 
 def _check_yaml(file: Path) -> None:

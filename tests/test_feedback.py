@@ -5,12 +5,14 @@ front of the real simulated upstream (both uvicorn on 127.0.0.1)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
 import httpx
 import pytest
 
+from adaptive_router import ConfigError, load_settings
 from tests.service_fixtures import FAST, Stack, service_stack, user_body
 
 KEY_A, KEY_B, ADMIN = "key-tenant-a", "key-tenant-b", "key-admin"
@@ -185,3 +187,11 @@ def test_a_missing_favicon_is_not_counted_as_a_routed_request(open_stack: Stack)
     after = open_stack.http.get("/metrics.json").json()["requests"]
     assert after["total"] == before["total"]
     assert after["by_outcome"]["rejected"] == before["by_outcome"]["rejected"]
+
+
+def test_setting_errors_carry_no_pydantic_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("ROUTER_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(routing={"default_weights": {"latency": 0, "cost": 0, "quality": 0}})
+    assert str(raised.value) == "setting 'routing.default_weights': weights must not all be zero"
