@@ -91,16 +91,14 @@ class ServerSettings(_Section):
     api_keys: list[str] = Field(
         default_factory=list, description="bearer keys; empty means no auth", repr=False
     )
-    admin_keys: list[str] = Field(
-        default_factory=list,
-        description="bearer keys that may also score any request and read /ready in full",
-        repr=False,
-    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
     traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
     traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     traffic_log_backups: int = Field(default=5, ge=0)
+    admin_keys: list[str] = Field(
+        default_factory=list, description="bearer keys of POST /admin/reload; empty: disabled", repr=False
+    )
 
 
 class SentinelSettings(_Section):

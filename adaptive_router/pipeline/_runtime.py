@@ -289,7 +289,7 @@ def build_service(
             url,
         )
     server = settings.server
-    keys = [k.encode() for k in [*server.api_keys, *server.admin_keys]]  # admins are clients too
+    keys = [k.encode() for k in [*server.api_keys, *server.admin_keys]]  # an admin is a client too
     return RouterService(settings, router, providers, simulated, transport, keys=keys)
 
 
