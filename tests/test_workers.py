@@ -214,3 +214,41 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "OPENROUTER_API_KEY"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return {**env, **extra}
+
+
+RECORD = """
+import sys
+from prometheus_client import Counter
+from adaptive_router.pipeline import Metrics
+
+metrics = Metrics()
+metrics.request("lab/a", "ok", 0.01, 10.0, 1, False, False)
+metrics.breaker("lab/a", sys.argv[1])
+Counter("adaptive_router_added", "A counter another module adds.", registry=metrics.registry).inc()
+metrics.set_info(upstream="simulated")
+print(metrics.prometheus()[0].decode())
+"""
+
+
+def test_metrics_in_multiprocess_mode_sum_workers_once_each(tmp_path: Path) -> None:
+    """Three processes sharing one PROMETHEUS_MULTIPROC_DIR, as ``serve --workers 3`` runs them:
+    each exposition counts all three, every family once, and keeps its own info."""
+    env = _env({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    texts = [
+        subprocess.run(
+            [sys.executable, "-c", RECORD, state],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=START_LIMIT_S,
+            check=True,
+        ).stdout
+        for state in ("closed", "closed", "open")
+    ]
+    last = texts[-1]
+    assert 'adaptive_router_requests_total{model="lab/a",outcome="ok"} 3.0' in last
+    assert "adaptive_router_added_total 3.0" in last
+    assert 'adaptive_router_breaker_state{model="lab/a"} 2.0' in last  # the worst any live worker sees
+    assert 'adaptive_router_info{upstream="simulated"} 1.0' in last
+    type_lines = [line for line in last.splitlines() if line.startswith("# TYPE")]
+    assert len(type_lines) == len(set(type_lines)), "a family reported twice"

@@ -144,6 +144,29 @@ class _ModelSeries:
         self.upstream = series.upstream.labels(model)
 
 
+_FILE_BACKED = frozenset({"counter", "gauge", "histogram", "summary"})
+
+
+def _worker_registry() -> CollectorRegistry:
+    """A registry for multiprocess mode: it keeps collectors and ``Info``, but not counters,
+    gauges, histograms or summaries, whose values live in the workers' files and come out of
+    the ``MultiProcessCollector`` (summed); registered here too they would be reported twice.
+    So ``metrics.registry`` takes any metric a module adds, in either mode."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
+
+    class WorkerRegistry(CollectorRegistry):
+        def register(self, collector: Any) -> None:
+            if not (isinstance(collector, MetricWrapperBase) and collector._type in _FILE_BACKED):
+                super().register(collector)
+
+        def unregister(self, collector: Any) -> None:
+            if not (isinstance(collector, MetricWrapperBase) and collector._type in _FILE_BACKED):
+                super().unregister(collector)
+
+    return WorkerRegistry()
+
+
 class _Series:
     """The Prometheus side, in its own registry so two apps (or two tests) never share a series.
 
@@ -157,14 +180,13 @@ class _Series:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
-        values: CollectorRegistry | None = self.registry
         if os.environ.get(MULTIPROC_ENV):
             from prometheus_client.multiprocess import MultiProcessCollector
 
+            self.registry = _worker_registry()
             MultiProcessCollector(self.registry)
-            values = None  # not registered here: the collector reads every worker's files
-        self._declare_counters(values)
-        self._declare_timings(values)
+        self._declare_counters(self.registry)
+        self._declare_timings(self.registry)
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self.unanswered: dict[str, Counter] = {}  # requests_total{model=""} by outcome
@@ -172,7 +194,7 @@ class _Series:
         self._fallbacks: dict[str, dict[str, Counter]] = {}
         self._breakers: dict[str, Gauge] = {}
 
-    def _declare_counters(self, reg: CollectorRegistry | None) -> None:
+    def _declare_counters(self, reg: CollectorRegistry) -> None:
         from prometheus_client import Counter
 
         self.requests = Counter(
@@ -199,7 +221,7 @@ class _Series:
         )
         self.spend = Counter(PREFIX + "spend_usd", "Estimated spend in US dollars.", ["model"], registry=reg)
 
-    def _declare_timings(self, reg: CollectorRegistry | None) -> None:
+    def _declare_timings(self, reg: CollectorRegistry) -> None:
         from prometheus_client import Gauge, Histogram, Info
 
         self.decision = Histogram(
@@ -228,9 +250,7 @@ class _Series:
             registry=reg,
             multiprocess_mode="livemax",
         )
-        self.info = Info(
-            PREFIX.rstrip("_"), "Static facts about this router process.", registry=self.registry
-        )
+        self.info = Info(PREFIX.rstrip("_"), "Static facts about this router process.", registry=reg)
 
     def model(self, model: str) -> _ModelSeries:
         series = self._models.get(model)
