@@ -186,6 +186,9 @@ class FeedbackStore:
 
 
 async def _set_all(client: RedisClient, keys: list[str], raw: bytes, ttl_ms: int) -> None:
+    if len(keys) == 1:  # no answer id of its own: one command, no pipeline to build
+        await client.set(keys[0], raw, px=ttl_ms)
+        return
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.set(key, raw, px=ttl_ms)
