@@ -125,27 +125,36 @@ def ready(served: Served) -> Served:
     return served
 
 
+def redis_env(url: str) -> dict[str, str]:
+    """Redis with timeouts no busy test machine reaches: these tests are about who sees what."""
+    return {"REDIS__URL": url, "REDIS__CONNECT_TIMEOUT_MS": "2000", "REDIS__OP_TIMEOUT_MS": "2000"}
+
+
 def answered(conn: Pinned) -> tuple[str, str]:
     status, body = conn.post("/v1/chat/completions", CHAT_BODY)
     assert status == 200, body
     return body["routing"]["request_id"], body["id"]
 
 
+def ok(ids: tuple[str, str]) -> dict[str, Any]:
+    return {"ok": True, "request_id": ids[0]}
+
+
 def test_two_workers_score_each_others_requests_and_sum_metrics(
     group: tuple[ProcessGroup, Catalogue, Served], redis_url: str
 ) -> None:
     processes, catalogue, sim = group
-    env = router_env(catalogue, REDIS__URL=redis_url, REDIS__PREFIX="workers")
+    env = router_env(catalogue, REDIS__PREFIX="workers", **redis_env(redis_url))
     served = ready(processes.serve("workers", sim, env, args=("--workers", "2"), wait=False))
     a, b = two_workers(served.port)
     try:
         from_a, from_b = [answered(a) for _ in range(3)], [answered(b) for _ in range(2)]
         # Each worker takes feedback for the other's requests: by routing.request_id and by the answer's id.
-        assert b.post("/feedback", {"request_id": from_a[0][0], "score": 1.0})[0] == 200
-        assert a.post("/feedback", {"request_id": from_b[0][1], "score": 0.0})[0] == 200
+        assert b.post("/feedback", {"request_id": from_a[0][0], "score": 1.0}) == (200, ok(from_a[0]))
+        assert a.post("/feedback", {"request_id": from_b[0][1], "score": 0.0}) == (200, ok(from_b[0]))
         # Scored once across workers: the second score, on either worker, is refused.
         again = a.post("/feedback", {"request_id": from_a[0][1], "score": 0.5})
-        assert again[0] == 409 and again[1]["error"]["code"] == "already_scored"
+        assert again[0] == 409 and again[1]["error"]["code"] == "already_scored", again
         # /metrics on either worker counts all five answers; /metrics.json is the worker's own.
         for conn in (a, b):
             status, text = conn.get("/metrics")
@@ -166,7 +175,7 @@ def test_two_replicas_behind_one_redis_score_each_others_requests(
     group: tuple[ProcessGroup, Catalogue, Served], redis_url: str
 ) -> None:
     processes, catalogue, sim = group
-    env = router_env(catalogue, REDIS__URL=redis_url, REDIS__PREFIX="replicas")
+    env = router_env(catalogue, REDIS__PREFIX="replicas", **redis_env(redis_url))
     replicas = [processes.serve(name, sim, env, wait=False) for name in ("replica-a", "replica-b")]
     for replica in replicas:
         ready(replica)
@@ -174,9 +183,10 @@ def test_two_replicas_behind_one_redis_score_each_others_requests(
     try:
         id_a, answer_id_a = answered(a)
         id_b, _ = answered(b)
-        assert b.post("/feedback", {"request_id": id_a, "score": 1.0})[0] == 200
-        assert a.post("/feedback", {"request_id": id_b, "score": 1.0})[0] == 200
-        assert a.post("/feedback", {"request_id": answer_id_a, "score": 1.0})[0] == 409  # B scored it
+        assert b.post("/feedback", {"request_id": id_a, "score": 1.0}) == (200, ok((id_a, "")))
+        assert a.post("/feedback", {"request_id": id_b, "score": 1.0}) == (200, ok((id_b, "")))
+        again = a.post("/feedback", {"request_id": answer_id_a, "score": 1.0})
+        assert again[0] == 409, again  # B scored it
         unknown = a.post("/feedback", {"request_id": "req-" + "0" * 24, "score": 1.0})
         assert unknown[0] == 404 and unknown[1]["error"]["param"] == "request_id"
     finally:

@@ -190,7 +190,7 @@ class RouterService:
         """Answered request ids for ``/feedback``: in Redis too when it is configured, so that any
         worker or replica takes a feedback."""
         redis, learning = self.settings.redis, self.settings.learning
-        timeout_ms = max(redis.op_timeout_ms, 50.0)
+        timeout_ms = max(redis.op_timeout_ms, 250.0)  # a missed write costs a feedback: be patient
         client = await self._redis(stack, timeout_ms) if redis.url else None
         return FeedbackStore(
             client,
