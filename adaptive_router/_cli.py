@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_service_commands(sub)
     _add_replay_command(sub)
+    _add_export_command(sub)
     # --config after the subcommand too; SUPPRESS keeps a value given before it.
     for command in {id(p): p for p in sub.choices.values()}.values():
         command.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP)
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": cmd_serve,
         "simulate-upstream": cmd_simulate_upstream,
         "replay": cmd_replay,
+        "export-preferences": cmd_export_preferences,
     }
     try:
         args.settings_path = _settings_path(args.config)
@@ -525,6 +527,42 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
             for p in curve
         ]
         print_table("cost-quality curve (latency:cost weights 1:2)", list(rows[0]), rows)
+    return EXIT_OK
+
+
+# --- export-preferences --------------------------------------------------------------------
+
+
+def _add_export_command(sub: Any) -> None:
+    export = sub.add_parser(
+        "export-preferences",
+        help="preference pairs (DPO triples) from a traffic log's judged or fed-back answers",
+        description="Writes one JSON object per line: {prompt, chosen, rejected, chosen_model, "
+        "rejected_model, scores}. The log must hold prompt and answer text (server.log_prompts and "
+        "server.log_answers); rotated files are read too.",
+    )
+    export.add_argument("log", metavar="LOG")
+    export.add_argument("--out", required=True, metavar="FILE", help="where to write the pairs (JSON lines)")
+    export.add_argument(
+        "--min-margin",
+        type=_non_negative_float,
+        default=0.1,
+        help="least score gap between two logged answers to the same prompt (default 0.1)",
+    )
+
+
+def cmd_export_preferences(args: argparse.Namespace, settings: Settings) -> int:
+    from .offline._preferences import preference_pairs, write_pairs
+    from .offline._replay import log_files
+
+    try:
+        files = log_files(args.log)
+        pairs = preference_pairs(files, min_margin=args.min_margin)
+        count = write_pairs(pairs, args.out)
+    except (OSError, RouterError) as exc:  # a log without prompts or answers is a ReplayError
+        print(f"adaptive-router export-preferences: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {count} preference pairs to {args.out} (from {len(files)} file(s))", file=sys.stderr)
     return EXIT_OK
 
 

@@ -29,14 +29,18 @@ from pydantic_settings import (
 )
 
 from ._errors import ConfigError
+from ._evaluation_settings import EvaluationSettings
 from ._profile_settings import ProfileSettings, Section, TaskRule
 
 __all__ = [
     "BudgetSettings",
     "CacheSettings",
     "CatalogueSettings",
+    "EvaluationSettings",
     "ExplorationSettings",
     "LearningSettings",
+    "LimitsSettings",
+    "ProbeSettings",
     "ProfileSettings",
     "ProviderSettings",
     "RedisSettings",
@@ -45,6 +49,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "TaskRule",
+    "TracingSettings",
     "UpstreamSettings",
     "Weights",
     "load_settings",
@@ -70,8 +75,10 @@ class Weights(_Section):
         return self
 
     def normalised(self) -> tuple[float, float, float]:
-        total = self.latency + self.cost + self.quality
-        return (self.latency / total, self.cost / total, self.quality / total)
+        top = max(self.latency, self.cost, self.quality)  # first: 3 x 1e308 would sum to inf
+        latency, cost, quality = self.latency / top, self.cost / top, self.quality / top
+        total = latency + cost + quality
+        return (latency / total, cost / total, quality / total)
 
 
 def _default_modes() -> dict[str, Weights]:
@@ -92,12 +99,35 @@ class ServerSettings(_Section):
         default_factory=list, description="bearer keys; empty means no auth", repr=False
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins browsers may call from (CORS); empty: no CORS headers"
+    )
     log_prompts: bool = Field(default=False, description="put prompt text in the traffic log (else a hash)")
+    log_answers: bool = Field(default=False, description="put answer text in the traffic log")
     traffic_log: str | None = Field(default=None, description="JSON-lines traffic log path; unset: none")
     traffic_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     traffic_log_backups: int = Field(default=5, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="the process log's threshold"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line")
+    access_log: bool = Field(default=True, description="one line per routed request (never prompt text)")
     admin_keys: list[str] = Field(
         default_factory=list, description="bearer keys of POST /admin/reload; empty: disabled", repr=False
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces (the ``otel`` extra), exported over OTLP as the ``OTEL_*`` variables say."""
+
+    enabled: bool | Literal["auto"] = Field(
+        default="auto",
+        description="auto: on when an OTEL_EXPORTER_OTLP_*ENDPOINT or OTEL_TRACES_EXPORTER is set",
     )
 
 
@@ -301,6 +331,9 @@ class CatalogueSettings(_Section):
     models: list[DeclaredModel] = Field(
         default_factory=list, description="models to add (or replace) by id: local ones a provider serves"
     )
+    refresh_interval_s: float | None = Field(
+        default=None, gt=0, description="source 'openrouter': fetch prices and models again this often"
+    )
 
 
 class ProviderSettings(_Section):
@@ -338,6 +371,33 @@ class UpstreamSettings(_Section):
     )
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open a breaker")
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class ProbeSettings(_Section):
+    """Health probes: a tiny request to models whose breaker is half-open, and to idle fallbacks."""
+
+    enabled: bool = False
+    interval_s: float = Field(default=30.0, gt=0, description="how often the prober looks at the pool")
+    idle_after_s: float = Field(
+        default=300.0, ge=0, description="a fallback model unused this long is probed"
+    )
+    daily_usd: float = Field(default=0.05, ge=0, description="spend cap of the probes per UTC day")
+    max_tokens: int = Field(default=1, ge=1, le=16)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class LimitsSettings(_Section):
+    """What the router accepts from clients and upstreams before it calls the input hostile."""
+
+    json_depth: int = Field(
+        default=64, ge=4, le=200, description="deeper arrays/objects: a 400 (client), a failure (upstream)"
+    )
+    upstream_answer_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="a longer non-streamed answer is that model's failure"
+    )
+    upstream_event_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="a longer line or event in a stream is that model's failure"
+    )
 
 
 class BudgetSettings(_Section):
@@ -382,6 +442,10 @@ class Settings(BaseSettings):
     catalogue: CatalogueSettings = CatalogueSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     budget: BudgetSettings = BudgetSettings()
+    tracing: TracingSettings = TracingSettings()
+    probe: ProbeSettings = ProbeSettings()
+    limits: LimitsSettings = LimitsSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     # Read from the environment or .env under their own names, not ROUTER_-prefixed paths.
     openrouter_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY", "openrouter_api_key"), repr=False
@@ -479,6 +543,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         _check_yaml(file)
         config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": str(file)})
         settings_cls = type("Settings", (Settings,), {"model_config": config})
+        overrides = {"settings_file": str(file.resolve()), **overrides}  # what a reload reads again
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:

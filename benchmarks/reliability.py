@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))  # the process helpers live with the tests
 
 from adaptive_router._bench import machine_info  # noqa: E402
 from adaptive_router.state import hash_tag  # noqa: E402
+from benchmarks._reliability_edges import print_edges, run_edges  # noqa: E402
 from tests.process_fixtures import (  # noqa: E402
     Catalogue,
     Load,
@@ -57,6 +58,7 @@ from tests.process_fixtures import (  # noqa: E402
 from tests.redis_server import start_cluster  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
+EDGES_RESULTS = RESULTS.with_name("reliability_edges.json")
 FAST = "lab/a"
 INTERVAL_MS = 200
 RATE_PER_S = 100.0
@@ -394,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--topology", choices=[*TOPOLOGIES, "both"], default="both")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--edges-only", action="store_true", help="only the hostile-input scenario")
     args = parser.parse_args(argv)
+    if args.edges_only:
+        return edges(args.quick)
     requests = args.requests or (2_000 if args.quick else 10_000)
     topologies = TOPOLOGIES if args.topology == "both" else (args.topology,)
     runs: dict[str, Any] = {}
@@ -408,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
+    edges(args.quick)
     clean = all(
         not run["failed"]
         and run["statistics"]["requests_lost_or_doubled"] == 0
@@ -415,6 +421,20 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs.values()
     )
     return 0 if clean else 1
+
+
+def edges(quick: bool) -> int:
+    """The hostile-input scenario (benchmarks/_reliability_edges.py), written to its own file."""
+    with tempfile.TemporaryDirectory(prefix="reliability-edges-") as tmp:
+        result = {
+            "benchmark": "reliability_edges",
+            "environment": environment(),
+            **run_edges(Path(tmp), quick),
+        }
+    print_edges(result)
+    EDGES_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {EDGES_RESULTS}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ ERROR_FIELDS = {"message", "type", "param", "code"}
 POLL_S = 0.02
 POLL_LIMIT_S = 3.0
 
+JSON_TYPE = {"content-type": "application/json"}
+
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Stack]:
@@ -605,7 +607,7 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
         "route.weights",
     ),
     ("unknown route option", user_body(route={"fastest": True}), 400, "route.fastest"),
-    ("max_tokens beyond every context", user_body(max_tokens=100_000), 400, "messages"),
+    ("max_tokens beyond every context", user_body(max_tokens=100_000), 400, "max_tokens"),
     ("unknown pinned model", {**user_body(), "model": "nobody/nothing"}, 404, "model"),
     ("model empty", {**user_body(), "model": ""}, 400, "model"),
     ("model null", {**user_body(), "model": None}, 400, "model"),
@@ -660,7 +662,7 @@ def test_chunked_body_over_the_limit_is_413(shared: Stack) -> None:
             yield b"y" * 1000
         yield b'"}]}'
 
-    response = shared.http.post("/v1/chat/completions", content=chunks())
+    response = shared.http.post("/v1/chat/completions", content=chunks(), headers=JSON_TYPE)
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
     _assert_error_shape(response, 413, "body")
@@ -668,7 +670,9 @@ def test_chunked_body_over_the_limit_is_413(shared: Stack) -> None:
 
 def test_chunked_body_under_the_limit_is_served(shared: Stack) -> None:
     payload = json.dumps(user_body("A small chunked request.")).encode()
-    response = shared.http.post("/v1/chat/completions", content=iter([payload[:10], payload[10:]]))
+    response = shared.http.post(
+        "/v1/chat/completions", content=iter([payload[:10], payload[10:]]), headers=JSON_TYPE
+    )
     assert response.status_code == 200, response.text
 
 
@@ -840,7 +844,7 @@ def test_metrics_json_latency_is_not_dragged_to_zero_by_rejected_bodies(
         for _ in range(3):
             assert stack.chat().status_code == 200
         for _ in range(4):
-            assert stack.http.post("/v1/chat/completions", content=b"{").status_code == 400
+            assert stack.http.post("/v1/chat/completions", content=b"{", headers=JSON_TYPE).status_code == 400
         latency = stack.http.get("/metrics.json").json()["window"]["latency_ms"]
         assert latency["p50"] > 0
 

@@ -16,7 +16,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,10 @@ DEFAULT_SOURCE = "default for an unknown model (catalogue.DEFAULT_*)"
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+GLOB_CACHE_SIZE = 1024  # row masks of allow/deny globs kept per catalogue
+_WILDCARDS = frozenset("*?[")
+_STAR_OR_ONE = re.compile(r"[*?]+")
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ class Catalogue:
         self.tpot_prior = _column(models, "tpot_s")
         self.quality_prior = _column(models, "quality")
         self.max_context = int(self.context_length.max())
+        self._globs: dict[str, BoolArray] = {}
+        self._joined_ids = "\n".join(self.ids)  # to rule a glob out with one substring search
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -151,17 +156,50 @@ class Catalogue:
             raise CatalogueError(model_id, "id", "not in the catalogue") from None
 
     def glob_mask(self, patterns: Sequence[str]) -> BoolArray:
-        """Rows whose id matches any glob (``openai/*``, ``*-mini``); exact ids work too."""
-        return _glob_mask(self.ids, tuple(patterns))
+        """Rows whose id matches any glob (``openai/*``, ``*-mini``); exact ids work too.
+
+        Each glob is matched on its own against every id, once: its row mask is kept (the last
+        ``GLOB_CACHE_SIZE`` globs), so a list of globs costs one OR per glob after its first use.
+        """
+        masks = [self._glob_row_mask(p) for p in patterns]
+        if len(masks) == 1:
+            return masks[0]
+        mask = np.zeros(len(self.ids), dtype=np.bool_)
+        for row_mask in masks:
+            mask |= row_mask
+        return mask
+
+    def knows_glob(self, pattern: str) -> bool:
+        """Whether ``pattern``'s row mask is cached (matching it again costs nothing)."""
+        return pattern in self._globs
+
+    def _glob_row_mask(self, pattern: str) -> BoolArray:
+        mask = self._globs.get(pattern)
+        if mask is None:
+            mask = _glob_mask(self.ids, self.index, self._joined_ids, pattern)
+            if len(self._globs) >= GLOB_CACHE_SIZE:
+                del self._globs[next(iter(self._globs))]  # the oldest: bounded, whatever clients send
+            self._globs[pattern] = mask
+        return mask
 
     def with_models(self, extra: Sequence[Model]) -> Catalogue:
         return Catalogue([*self.models, *extra], source=self.source)
 
 
-@lru_cache(maxsize=256)
-def _glob_mask(ids: tuple[str, ...], patterns: tuple[str, ...]) -> BoolArray:
-    regex = re.compile("|".join(fnmatch.translate(p) for p in patterns)) if patterns else None
-    mask = np.fromiter((bool(regex and regex.match(i)) for i in ids), dtype=np.bool_, count=len(ids))
+def _glob_mask(ids: tuple[str, ...], index: Mapping[str, int], joined: str, pattern: str) -> BoolArray:
+    """Rows matching one glob: an exact id by lookup; none when a literal part of it is in no id
+    (no regex built); else its own small regex per id (fnmatch translates ``*`` so that matching
+    cannot backtrack without bound)."""
+    mask = np.zeros(len(ids), dtype=np.bool_)
+    if not _WILDCARDS.intersection(pattern):
+        row = index.get(pattern)
+        if row is not None:
+            mask[row] = True
+    elif "[" not in pattern and not all(run in joined for run in _STAR_OR_ONE.split(pattern)):
+        pass  # a literal run every match must contain is in no id
+    else:
+        match = re.compile(fnmatch.translate(pattern)).match
+        mask[:] = np.fromiter((match(i) is not None for i in ids), dtype=np.bool_, count=len(ids))
     mask.setflags(write=False)
     return mask
 
@@ -390,14 +428,15 @@ def load_catalogue(
     overlay: str | None = None,
     api_key: str | None = None,
     declared: Sequence[Mapping[str, Any]] = (),
+    base_url: str = "https://openrouter.ai/api/v1",
 ) -> Catalogue:
-    """``bundled``, ``openrouter`` (fetched live), or a path to an OpenRouter models JSON file;
-    then the ``declared`` models (settings ``catalogue.models``: added, or replacing by id), then
-    the overlay."""
+    """``bundled``, ``openrouter`` (fetched live from ``base_url``), or a path to an OpenRouter
+    models JSON file; then the ``declared`` models (settings ``catalogue.models``: added, or
+    replacing by id), then the overlay."""
     if source == "bundled":
         catalogue = load_bundled()
     elif source == "openrouter":
-        catalogue = fetch_openrouter(api_key)
+        catalogue = fetch_openrouter(api_key, base_url)
     else:
         catalogue = load_openrouter(source)
     if declared:

@@ -54,6 +54,12 @@ def why_none(
     bits = required_bits(request.capabilities)
     steps: list[tuple[str, BoolArray, Callable[[], str] | str]] = [
         (
+            "max_tokens",  # alone too many for any window: its own fault, not the prompt's
+            (request.max_tokens or 0) < cat.context_length,
+            f"max_tokens={request.max_tokens} fills every model's context window "
+            f"(largest: {cat.max_context})",
+        ),
+        (
             "context_length",
             need <= cat.context_length,
             f"no model has a context window for {need} tokens (largest: {cat.max_context})",

@@ -288,11 +288,12 @@ class Learner:
         self.version += 1
         self.local_version += 1
 
-    def feedback(self, model: int, task: int, t: float, score: float) -> None:
-        """A quality score in [0, 1] for one answer (explicit feedback or an evaluation hook)."""
+    def feedback(self, model: int, task: int, t: float, score: float, weight: float = 1.0) -> None:
+        """A quality score in [0, 1] for one answer (explicit feedback or an evaluator, whose
+        ``weight`` says how many answers' worth of evidence it is)."""
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise ValueError(f"score must be in [0, 1], got {score!r}")
-        self._add("quality", (task, model), score, t)
+        self._add("quality", (task, model), score, t, weight)
         self._dirty.add(model)
         self.version += 1
 

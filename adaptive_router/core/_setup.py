@@ -13,7 +13,8 @@ def catalogue_from_settings(settings: Settings) -> Catalogue:
     """The catalogue ``settings.catalogue`` names, with its declared models and overlay."""
     spec = settings.catalogue
     declared = [m.model_dump() for m in spec.models]
-    return load_catalogue(spec.source, spec.overlay, settings.openrouter_key(), declared)
+    key, url = settings.openrouter_key(), settings.upstream.openrouter_base_url
+    return load_catalogue(spec.source, spec.overlay, key, declared, base_url=url)
 
 
 def profiler_from_settings(settings: Settings) -> Profiler:

@@ -1,4 +1,5 @@
-"""Offline work: the traffic log, off-policy replay of it, and replay over outcome tables."""
+"""Offline work: the traffic log, off-policy replay of it, replay over outcome tables, and
+preference pairs from the log."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from ._outcomes import (
     outcome_catalogue,
     replay_outcomes,
     table_sources,
+)
+from ._preferences import (
+    evaluation_record,
+    preference_pairs,
+    preference_record,
+    write_pairs,
 )
 from ._replay import (
     Interval,
@@ -49,15 +56,19 @@ __all__ = [
     "decision_record",
     "evaluate",
     "evaluate_many",
+    "evaluation_record",
     "feedback_record",
     "load_latency",
     "load_outcomes",
     "log_files",
     "logged_value",
     "outcome_catalogue",
+    "preference_pairs",
+    "preference_record",
     "prompt_digest",
     "read_log",
     "replay_outcomes",
     "table_sources",
     "target_distribution",
+    "write_pairs",
 ]

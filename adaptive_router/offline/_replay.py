@@ -63,12 +63,13 @@ TARGETS = ("greedy", "softmax", "ucb")
 
 @dataclass
 class LogData:
-    """Decision lines in time order, and the latest feedback score per request id."""
+    """Decision lines in time order, the latest feedback and judge score per request id."""
 
     decisions: list[dict[str, Any]]
     feedback: dict[str, float]
     files: list[Path]
     malformed: int = 0
+    judged: dict[str, float] = field(default_factory=dict)  # the judge's (evaluation lines)
 
 
 def log_files(path: str | Path) -> list[Path]:
@@ -118,6 +119,10 @@ def _add_line(data: LogData, line: str) -> bool:
     elif record.get("type") == "decision" and isinstance(record.get("candidates"), list):
         data.decisions.append(record)
         return True
+    elif record.get("type") in ("evaluation", "preference"):  # evaluators' lines
+        if record.get("evaluator") == "judge" and isinstance(record.get("score"), int | float):
+            data.judged[str(record.get("request_id"))] = float(record["score"])
+        return True
     data.malformed += 1
     return False
 
@@ -127,18 +132,22 @@ def _add_line(data: LogData, line: str) -> bool:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """Reward of one request: the feedback score when present (and ``use_feedback``), else 1 if
-    a model answered and 0 if none did; less ``cost_per_usd`` per dollar and ``latency_per_s``
+    """Reward of one request: the feedback score when present (and ``use_feedback``), else the
+    judge's score when it judged the answer (and ``use_judge``), else 1 if a model answered and
+    0 if none did; less ``cost_per_usd`` per dollar and ``latency_per_s``
     per second the client waited (attempts summed; estimates stand in for unlogged numbers)."""
 
     use_feedback: bool = True
+    use_judge: bool = True
     cost_per_usd: float = 0.0
     latency_per_s: float = 0.0
 
     def describe(self) -> str:
         """What the reward is, in words: printed beside every estimate."""
+        judge = ", else the judge's score in [0, 1] where it judged the answer" if self.use_judge else ""
         base = (
-            "the feedback score in [0, 1] where a request got one, else 1 if a model answered and 0 if none"
+            f"the feedback score in [0, 1] where a request got one{judge}, else 1 if a model answered "
+            "and 0 if none"
             if self.use_feedback
             else "1 if a model answered, 0 if none did"
         )
@@ -300,10 +309,11 @@ def _prepare(log: LogData, reward: RewardSpec, scales: tuple[LogScale, LogScale]
     )
     tasks: dict[str, int] = {}
     models: dict[str, int] = {}
+    scores = {**log.judged, **log.feedback} if reward.use_judge and reward.use_feedback else log.feedback
     for i, record in enumerate(rows):
         try:
             _fill_row(arrays, i, record, scales, tasks, models)
-            arrays.reward[i] = reward(record, log.feedback)
+            arrays.reward[i] = reward(record, scores)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise ReplayError(f"decision {record.get('request_id')!r}: malformed record ({exc!r})") from exc
     arrays.names = list(models)

@@ -39,9 +39,13 @@ Line schema, version 1 (every line has ``"v": 1`` and a ``"type"``):
      "answered_by": "...",                # the model whose attempt succeeded, or null
      "cached": false,
      "prompt_sha256": "9f86d0...",        # of the prompt text (chat: canonical JSON of the messages)
-     "prompt": "..."}                     # only with include_prompts
+     "prompt": "...",                     # only with include_prompts
+     "answer": "..."}                     # the answer's text, only with include_answers
 
     {"v": 1, "type": "feedback", "request_id": "req-...", "score": 0.8, "time": 1732200042.0}
+
+Evaluators add ``"type": "evaluation"`` and ``"type": "preference"`` lines (see
+:mod:`adaptive_router.offline._preferences`).
 
 Unknown numbers are ``null``. Readers must ignore fields they do not know; a change that
 removes or redefines a field bumps ``v``.
@@ -63,6 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core._decision import Decision, Outcome, RouteRequest
+from ..upstream._client import Completion
+from ..upstream._text import answer_text
 
 __all__ = ["SCHEMA_VERSION", "TrafficLog", "decision_record", "feedback_record", "prompt_digest"]
 
@@ -183,6 +189,7 @@ def decision_record(
     request: RouteRequest | None = None,
     answer: Any = None,
     include_prompts: bool = False,
+    include_answers: bool = False,
 ) -> dict[str, Any]:
     """The log line (as a dict) for one routed request. Pure: no I/O, no clock unless ``now`` is None.
 
@@ -230,6 +237,8 @@ def decision_record(
     }
     if include_prompts and prompt_text is not None:
         record["prompt"] = prompt_text if isinstance(prompt_text, str) else list(prompt_text)
+    if include_answers and isinstance(answer, Completion):
+        record["answer"] = answer_text(answer)
     return record
 
 
@@ -295,6 +304,7 @@ class TrafficLog:
         backups: int = 5,
         include_prompts: bool = False,
         *,
+        include_answers: bool = False,
         queue_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -302,6 +312,7 @@ class TrafficLog:
             raise ValueError("need max_bytes > 0, backups >= 0 and queue_size > 0")
         self.path = Path(path)
         self.include_prompts = include_prompts
+        self.include_answers = include_answers
         self.clock = clock
         self.written = 0
         self.errors = 0
@@ -443,4 +454,5 @@ class TrafficLog:
             request=request,
             answer=answer,
             include_prompts=self.include_prompts,
+            include_answers=self.include_answers,
         )

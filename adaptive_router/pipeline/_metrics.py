@@ -45,10 +45,20 @@ PREFIX = "adaptive_router_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: every worker's series in one exposition
 INSTALL_HINT = "pip install 'adaptive-router[metrics]'"
 REQUEST_OUTCOMES = frozenset(
-    {"ok", "upstream_error", "timeout", "client_error", "no_eligible", "rejected", "cache_hit", "cancelled"}
+    {
+        "ok",
+        "upstream_error",
+        "timeout",
+        "client_error",
+        "no_eligible",
+        "rejected",
+        "cache_hit",
+        "cancelled",
+        "error",
+    }
 )
-# Requests refused before routing: counted, but kept out of the latency window.
-_UNTIMED = frozenset({"rejected", "no_eligible"})
+# Requests refused before routing (or failed by a bug, "error"): counted, kept out of the latency window.
+_UNTIMED = frozenset({"rejected", "no_eligible", "error"})
 # The gauge value of breaker_state{model}: ordered by how much traffic the model is denied.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 # A decision over a NumPy catalogue takes microseconds; buckets from 5 µs to 5 ms.
@@ -299,7 +309,9 @@ class Metrics:
         self._spend_usd = 0.0
         self._breakers: dict[str, str] = {}
         self._info: dict[str, str] = {}
+        self._dropped: Callable[[], int] | None = None
         self._series: _Series | None = None
+        self.sections: dict[str, Callable[[], Any]] = {}  # more summary() sections, e.g. "evaluation"
         self._missing: ImportError | None = None
         try:
             self._series = _Series()
@@ -415,6 +427,12 @@ class Metrics:
         if self._series is not None:
             self._series.breaker_gauge(model).set(value)
 
+    def watch_dropped(self, dropped: Callable[[], int]) -> None:
+        """Export the traffic log's count of dropped lines (read at each scrape and summary)."""
+        self._dropped = dropped
+        if self._series is not None:
+            self._series.registry.register(_DroppedCollector(dropped))
+
     def set_info(self, **labels: str) -> None:
         """Merge facts about the process into the info series, e.g. ``set_info(redis="up")``."""
         self._info.update(labels)
@@ -441,6 +459,8 @@ class Metrics:
             "spend_usd": self._spend_usd,
             "breakers": dict(sorted(self._breakers.items())),
             "info": dict(self._info),
+            "traffic_log": {"dropped": self._dropped() if self._dropped is not None else None},
+            **{name: section() for name, section in self.sections.items()},
         }
 
     def _requests_summary(self) -> dict[str, Any]:
@@ -475,3 +495,19 @@ class Metrics:
             "misses": self._cache_misses,
             "hit_rate": self._cache_hits / lookups if lookups else None,
         }
+
+
+class _DroppedCollector:
+    """``adaptive_router_traffic_log_dropped_total``: lines the traffic log dropped (full queue)."""
+
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self._dropped = dropped
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            PREFIX + "traffic_log_dropped",
+            "Traffic-log lines dropped because the writer's queue was full.",
+            value=self._dropped(),
+        )

@@ -42,7 +42,7 @@ from ..upstream._client import Completion, StreamHandle
 from ..upstream._execution import Breakers, Executor, Result
 from ._metrics import Metrics
 
-__all__ = ["Call", "Hook", "Hooks", "NoHook", "Pipeline", "Streamed"]
+__all__ = ["Call", "Hook", "Hooks", "NoHook", "Pipeline", "Streamed", "with_cost"]
 
 log = logging.getLogger("adaptive_router.pipeline")
 
@@ -69,6 +69,7 @@ class Call:
     answer_json: bytes | None = None  # ``answer`` serialised once, for the cache and the client
     cost_usd: float = 0.0
     outcome: str = ""
+    lookup_s: tuple[float, float] | None = None  # when the cache lookup began and ended (perf_counter)
 
     @property
     def cache_state(self) -> str:
@@ -81,6 +82,7 @@ class Hook(Protocol):
 
     ``admitted`` and ``decided`` may raise a :class:`~adaptive_router.RouterError` to
     refuse the request; an exception from a later stage is logged and the answer still goes out.
+    ``accounted`` also runs for a response-cache hit (``call.outcome == "cache_hit"``, no decision).
     """
 
     def admitted(self, call: Call) -> None: ...
@@ -209,7 +211,9 @@ class Pipeline:
         """A cached answer for this call, or None (a corrupt entry is a miss, never an error)."""
         if call.cache_key is None:
             return None
+        began = time.perf_counter()
         raw = await self.cache.get(call.cache_key)
+        call.lookup_s = (began, time.perf_counter())
         self.metrics.cache(raw is not None)
         if raw is None:
             return None
@@ -223,6 +227,7 @@ class Pipeline:
         self.metrics.request(
             data.get("model"), "cache_hit", time.perf_counter() - call.started, None, 0, True, call.stream
         )
+        self._accounted(call)
         return data
 
     async def complete(self, call: Call) -> dict[str, Any]:
@@ -292,6 +297,7 @@ class Pipeline:
         answer["model"] = completion.model_id
         call.answer, call.outcome = answer, "ok"
         self._spend(call, completion)
+        answer["usage"] = with_cost(answer.get("usage"), call.cost_usd)
         self.metrics.request(completion.model_id, "ok", elapsed, decided, len(result.attempts), False, False)
         self._accounted(call)
         return answer
@@ -313,12 +319,18 @@ class Pipeline:
         """What an answer cost: the upstream's own figure, else its tokens at catalogue prices."""
         if completion.cost_usd is not None:
             return completion.cost_usd
+        return self.price(
+            completion.model_id, completion.prompt_tokens or 0, completion.completion_tokens or 0
+        )
+
+    def price(self, model_id: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """Tokens at the catalogue's prices (USD); 0 for a model the catalogue does not price."""
         catalogue = self.router.catalogue
-        row = catalogue.index.get(completion.model_id)
+        row = catalogue.index.get(model_id)
         if row is None:
             return 0.0
-        prompt, done = completion.prompt_tokens or 0, completion.completion_tokens or 0
-        return float(catalogue.price_prompt[row]) * prompt + float(catalogue.price_completion[row]) * done
+        prompt, done = float(catalogue.price_prompt[row]), float(catalogue.price_completion[row])
+        return prompt * prompt_tokens + done * completion_tokens
 
     async def _store(self, call: Call) -> None:
         """Serialise the answer once; cache it when the call is cacheable and it fits."""
@@ -411,10 +423,14 @@ class Streamed:
         # The router always asks the upstream for a usage chunk (it counts tokens and spend);
         # a client that did not ask for one would meet a chunk with no choices and break.
         wants_usage = _wants_usage(self.call.body)
+        priced = False
         try:
             async for payload in self.handle.events():
-                if not wants_usage and _usage_only(payload):
-                    continue
+                if not priced and self.handle.usage is not None:  # the usage chunk: once a stream
+                    priced = True
+                    payload = self._priced(payload)
+                    if not wants_usage and _usage_only(payload):
+                        continue
                 yield payload
         except UpstreamError as exc:
             error = exc
@@ -425,6 +441,18 @@ class Streamed:
         finally:
             await self.handle.aclose()
             self._finish(error, cancelled)
+
+    def _priced(self, payload: bytes) -> bytes:
+        """The usage chunk with ``usage.cost`` (USD) added, as OpenRouter reports it."""
+        handle = self.handle
+        try:
+            chunk = loads(payload)
+        except ValueError:
+            return payload
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+            return payload
+        chunk["usage"] = with_cost(chunk["usage"], self.pipeline.cost(handle.result()))
+        return dumps(chunk)
 
     def _finish(self, error: UpstreamError | None, cancelled: bool) -> None:
         pipeline, call, handle = self.pipeline, self.call, self.handle
@@ -444,6 +472,11 @@ class Streamed:
             handle.model_id, call.outcome, elapsed, decided, len(result.attempts), False, True
         )
         pipeline._accounted(call)
+
+
+def with_cost(usage: object, cost_usd: float) -> dict[str, Any]:
+    """``usage`` with ``cost`` in USD (a usage object holding only the cost when there was none)."""
+    return {**usage, "cost": cost_usd} if isinstance(usage, dict) else {"cost": cost_usd}
 
 
 def _wants_usage(body: Mapping[str, Any]) -> bool:

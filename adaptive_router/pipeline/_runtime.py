@@ -34,11 +34,15 @@ from ..state._budget import Budget, price_mask
 from ..state._cache import Cache, build_cache, redis_client
 from ..state._feedback import FeedbackStore
 from ..state._shared import Periodic, SharedState
-from ..upstream._client import UpstreamClient
+from ..upstream._client import Completion, UpstreamClient
 from ..upstream._execution import Breakers, Executor
+from ..upstream._limits import Limits
 from ..upstream._providers import Provider, providers_from_settings
+from ._evaluation import Evaluations, EvaluationStats
 from ._metrics import Metrics
+from ._observe import LOG_INTERVAL_S, BreakerLog, install_observers
 from ._pipeline import Pipeline
+from ._tracing import tracer_from_settings
 
 __all__ = [
     "SIMULATOR_URL_ENV",
@@ -80,6 +84,9 @@ class RouterService:
     keys: list[bytes] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
+    tracer: Any | None = None  # OpenTelemetry's, when tracing is on
+    evaluation_stats: EvaluationStats | None = None  # kept across opens: its series are registered once
+    evaluations: Evaluations | None = None  # the running evaluators, while open
 
     @property
     def upstream_mode(self) -> str:
@@ -103,16 +110,18 @@ class RouterService:
             max_connections=up.max_connections,
             http_client=up.http_client,
             transport=self.transport,
+            limits=upstream_limits(settings),
         )
         stack.push_async_callback(client.aclose)
-        breakers = Breakers(self.router, up.breaker_failures, up.breaker_cooldown_s, observer=self.metrics)
+        observer = BreakerLog(self.metrics, LOG_INTERVAL_S)  # the metrics, and breaker changes logged
+        breakers = Breakers(self.router, up.breaker_failures, up.breaker_cooldown_s, observer=observer)
         executor = Executor(
             self.router,
             client,
             breakers,
             attempt_timeout_s=up.attempt_timeout_s,
             max_attempts=up.max_attempts,
-            observer=self.metrics,
+            observer=observer,
         )
         self.metrics.set_info(upstream=self.upstream_mode, cache=cache.backend)
         saved_at = self._load_state()
@@ -131,10 +140,42 @@ class RouterService:
         await self._open_budget(stack, pipeline)
         pipeline.feedback = await self._open_feedback(stack)
         stack.push_async_callback(background.drain)  # charges still in flight, before the budget's last flush
-        pipeline.traffic_log = self._traffic_log()
-        if pipeline.traffic_log is not None:
-            stack.callback(pipeline.traffic_log.close)
-        return Running(self, pipeline, client, shared)
+        pipeline.traffic_log = traffic_log = self._traffic_log()
+        if traffic_log is not None:
+            stack.callback(traffic_log.close)
+            self.metrics.watch_dropped(lambda: traffic_log.dropped)
+        await self._open_evaluations(stack, pipeline)
+        running = Running(self, pipeline, client, shared)
+        install_observers(running, executor, self.tracer)
+        return running
+
+    async def _open_evaluations(self, stack: contextlib.AsyncExitStack, pipeline: Pipeline) -> None:
+        """Evaluators after each answer (see ``evaluation`` in the settings), stopped before the rest."""
+        if not self.settings.evaluation.enabled:
+            return
+        if self.evaluation_stats is None:
+            self.evaluation_stats = EvaluationStats(self.metrics)
+            self.metrics.sections["evaluation"] = self.evaluation_stats.as_dict
+        metrics = self.metrics
+
+        def charged(completion: Completion) -> float:  # a judge's or shadow's call: in the spend too
+            usd = pipeline.cost(completion)
+            tokens = (completion.prompt_tokens or 0, completion.completion_tokens or 0)
+            metrics.usage(completion.model_id, *tokens, usd)
+            return usd
+
+        evaluations = Evaluations(
+            self.settings.evaluation,
+            self.router,
+            pipeline.executor,
+            charged,
+            traffic_log=pipeline.traffic_log,
+            stats=self.evaluation_stats,
+        )
+        pipeline.hooks.add(evaluations)
+        self.evaluations = evaluations
+        await evaluations.start()
+        stack.push_async_callback(evaluations.stop)
 
     def _traffic_log(self) -> TrafficLog | None:
         server = self.settings.server
@@ -145,6 +186,7 @@ class RouterService:
             server.traffic_log_max_bytes,
             server.traffic_log_backups,
             include_prompts=server.log_prompts,
+            include_answers=server.log_answers,
         )
 
     def _replica_id(self) -> str:
@@ -259,6 +301,12 @@ class _Background:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def upstream_limits(settings: Settings) -> Limits:
+    """``settings.limits`` as the upstream client reads them."""
+    limits = settings.limits
+    return Limits(limits.upstream_answer_bytes, limits.upstream_event_bytes, limits.json_depth)
+
+
 def wants_simulator(settings: Settings) -> bool:
     """Simulate when told to, or (``auto``) when no provider has a key and none is configured."""
     return settings.simulated()
@@ -290,7 +338,8 @@ def build_service(
         )
     server = settings.server
     keys = [k.encode() for k in [*server.api_keys, *server.admin_keys]]  # an admin is a client too
-    return RouterService(settings, router, providers, simulated, transport, keys=keys)
+    tracer = tracer_from_settings(settings)
+    return RouterService(settings, router, providers, simulated, transport, keys=keys, tracer=tracer)
 
 
 def start_simulator(settings: Settings) -> str:

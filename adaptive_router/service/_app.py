@@ -20,12 +20,16 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from .._logs import configure_logging
 from .._settings import Settings
 from ..core._catalogue import Catalogue
+from ..pipeline._operations import operations
 from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
 from ._access import retrieve_model
+from ._admin import admin_reload
 from ._endpoints import (
     complete,
     feedback,
@@ -38,8 +42,10 @@ from ._endpoints import (
     route_only,
 )
 from ._error_map import ERROR_MAP, handle_error
+from ._guards import cors_middleware
 from ._proxy import chat_completions
 from ._serving import check_port, started, warn_per_worker_state, worker_gone, worker_metrics_dir
+from ._telemetry import TraceRequests
 
 __all__ = [
     "app_from_environment",
@@ -61,8 +67,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with service.open() as running:
-            yield {"running": running}  # each request's ``request.state.running``
+        async with service.open() as running, operations(running) as ops:
+            yield {"running": running, "ops": ops}  # each request's ``request.state.running``
         worker_gone()
 
     from ._openapi import docs_routes
@@ -80,19 +86,25 @@ def create_app(
         Route("/metrics.json", metrics_json, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
         *docs_routes(),
     ]
     # Every class of the error map goes through Starlette's exception handlers (answered, nothing
     # re-raised); ``Exception`` is the last resort for bugs: a JSON 500, the traceback in the log.
     handlers: dict[Any, Callable[..., Any]] = {cls: handle_error for cls in ERROR_MAP}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    middleware = cors_middleware(settings.server.cors_origins)
+    if service.tracer is not None:
+        middleware.append(Middleware(TraceRequests, tracer=service.tracer))
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers, middleware=middleware)
 
 
 def app_from_environment() -> Starlette:
     """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
     from .._settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logging(settings.server.log_level, settings.server.log_format)  # each worker process
+    return create_app(settings)
 
 
 def serve(settings: Settings) -> None:
@@ -101,13 +113,14 @@ def serve(settings: Settings) -> None:
 
     from .._settings import SETTINGS_FILE_ENV  # noqa: F401  (documented: the factory reads it)
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream call is noise
-    check_port(settings.server.host, settings.server.port)  # before anything starts: exit 2, not uvicorn's 3
+    server_log = settings.server
+    configure_logging(server_log.log_level, server_log.log_format)
+    check_port(server_log.host, server_log.port)  # before anything starts: exit 2, not uvicorn's 3
     if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
         url = start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
         settings = settings.model_copy(update={"simulator_url": url})
+        configure_logging(server_log.log_level, server_log.log_format)  # uvicorn's config replaced ours
     # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully;
     # make that handler a clean exit, so orchestrators see 0 after in-flight requests finish.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -121,11 +134,17 @@ def serve(settings: Settings) -> None:
                 host=server.host,
                 port=server.port,
                 workers=server.workers,
-                log_level="info",
+                log_level=server.log_level,
+                log_config=None,  # our handler and format, set up above
                 access_log=False,
             )
     else:
         with started():
             uvicorn.run(
-                create_app(settings), host=server.host, port=server.port, log_level="info", access_log=False
+                create_app(settings),
+                host=server.host,
+                port=server.port,
+                log_level=server.log_level,
+                log_config=None,  # our handler and format, set up above
+                access_log=False,  # the router's own access line says more (adaptive_router.access)
             )

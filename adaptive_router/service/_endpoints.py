@@ -13,6 +13,7 @@ from .._errors import ApiError, RedisUnavailable
 from ..core._decision import RouteRequest
 from ..state._cache import redis_topology
 from ._access import known_model, may_score, sees_detail
+from ._guards import prepare_globs
 from ._http import authorize, call_headers, json_response, read_call, running
 from ._schemas import (
     CompleteRequest,
@@ -42,6 +43,7 @@ async def route_only(request: Request) -> Response:
     known_model(query.model, state.service.router.catalogue)
     pipeline = state.pipeline
     call = pipeline.call(_query_route(query, request), api_key=api_key, model=query.model)
+    await prepare_globs(pipeline.catalogue, (*call.route.allow, *call.route.deny))
     decision = pipeline.route(call)
     return json_response(decision.to_dict(), headers=call_headers(call, pipeline.upstream_mode))
 
@@ -75,6 +77,7 @@ async def complete(request: Request) -> Response:
         upstream_body["temperature"] = query.temperature
     pipeline = state.pipeline
     call = pipeline.call(route, body=upstream_body, api_key=api_key, model=query.model)
+    await prepare_globs(pipeline.catalogue, (*route.allow, *route.deny))
     options = query.model_dump(
         exclude={"messages", "prompt", "max_tokens", "temperature"}, exclude_defaults=True
     )
@@ -250,6 +253,9 @@ async def ready(request: Request) -> Response:
             "global_cap": snap.global_cap,
             "unsynced_usd": snap.unsynced_usd,
         }
+    ops = getattr(request.state, "ops", None)  # reloads, catalogue refreshes, the pool's health
+    if ops is not None:
+        body.update(ops.ready_info())
     if service.simulated:
         body["warning"] = "answers come from the SIMULATED upstream: set OPENROUTER_API_KEY for real models"
     return json_response(body)

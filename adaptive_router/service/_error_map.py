@@ -36,6 +36,7 @@ from ._schemas import error_body, first_error
 __all__ = ["ERROR_MAP", "ErrorAnswer", "error_answer", "handle_error"]
 
 log = logging.getLogger("adaptive_router.service")
+access_log = logging.getLogger("adaptive_router.access")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,28 @@ def _seconds_to_utc_midnight(now: float | None = None) -> int:
     return max(1, math.ceil(86_400 - now % 86_400))
 
 
+def _log_refused(request: Request, answer: ErrorAnswer, param: str | None) -> None:
+    """The access line of a request refused before any model answered: no message, no body."""
+    if access_log.isEnabledFor(logging.INFO) and running(request).service.settings.server.access_log:
+        fields = {
+            "request_id": request.headers.get("x-request-id"),
+            "path": request.url.path,
+            "status": answer.status,
+            "outcome": "refused",
+            "error": answer.code or answer.kind,
+            "param": param,
+        }
+        access_log.info("access", extra={"fields": fields})
+
+
+def _outcome(exc: BaseException, answer: ErrorAnswer) -> str:
+    """How /metrics counts a request answered with an error: a 5xx other than "no model is
+    eligible" (503 when every breaker is open) is the router's own ``error``."""
+    if isinstance(exc, NoEligibleModel):
+        return "no_eligible"
+    return "error" if answer.status >= 500 else "rejected"
+
+
 async def handle_error(request: Request, exc: Exception) -> Response:
     """Answer ``exc``; count a refused request (not an unauthenticated one: it moves nothing)."""
     answer = error_answer(exc)
@@ -148,6 +171,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     if answer.status == 500:
         log.error("unexpected error while serving a request", exc_info=exc)
     if answer.status != 401 and not isinstance(exc, HTTPException):  # no route (a favicon) is not a request
-        pipeline.refused("no_eligible" if isinstance(exc, NoEligibleModel) else "rejected")
+        pipeline.refused(_outcome(exc, answer))
     message, param = _message_and_param(exc, answer)
+    _log_refused(request, answer, param)
     return json_response(error_body(message, param, answer.kind, answer.code), answer.status, _headers(exc))

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._errors import ApiError
-from .._json import dumps, loads
+from .._json import dumps, loads, too_deep
 from ..pipeline._pipeline import Call
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("adaptive_router.service")
 
 __all__ = [
+    "COST_HEADER",
     "JSON",
     "answer_response",
     "authorize",
@@ -30,11 +31,13 @@ __all__ = [
     "json_response",
     "read_call",
     "read_json",
+    "require_json",
     "router_headers",
     "running",
 ]
 
 JSON = "application/json"
+COST_HEADER = "x-router-cost-usd"
 
 
 def running(request: Request) -> Running:
@@ -47,7 +50,20 @@ async def read_call(request: Request) -> tuple[Running, str | None, dict[str, An
     """The opened service, the caller's key (401 without a valid one) and the JSON body."""
     state = running(request)
     api_key = authorize(request, state.service.keys)
-    return state, api_key, await read_json(request, state.service.settings.server.max_body_bytes)
+    require_json(request)
+    settings = state.service.settings
+    body = await read_json(request, settings.server.max_body_bytes, max_depth=settings.limits.json_depth)
+    return state, api_key, body
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON: a web page can send ``text/plain`` (or no type)
+    cross-origin without a CORS preflight, JSON only after one."""
+    declared = request.headers.get("content-type", "")
+    media = declared.partition(";")[0].strip().lower()
+    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        shown = f"{declared[:64]!r}" if declared else "none"
+        raise ApiError(415, f"Content-Type must be application/json (got {shown})", "content-type")
 
 
 def router_headers(
@@ -71,7 +87,10 @@ def router_headers(
 
 
 def call_headers(call: Call, upstream_mode: str, attempts: int | None = None) -> dict[str, str]:
-    return router_headers(call.decision, call.result, upstream_mode, call.cache_state, attempts)
+    headers = router_headers(call.decision, call.result, upstream_mode, call.cache_state, attempts)
+    if call.outcome == "ok":  # an answer in hand (a stream's cost comes in its usage chunk)
+        headers[COST_HEADER] = repr(call.cost_usd)
+    return headers
 
 
 def answer_response(call: Call, routing: dict[str, Any], headers: dict[str, str]) -> Response:
@@ -86,8 +105,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(dumps(data), status_code=status, media_type=JSON, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refused (413) before more than ``limit`` bytes are read."""
+async def read_json(request: Request, limit: int, *, max_depth: int | None = None) -> dict[str, Any]:
+    """The body as a JSON object, refused (413) before more than ``limit`` bytes are read, and
+    (400 naming the field) when arrays or objects nest deeper than ``max_depth``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -109,6 +129,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise ApiError(400, f"the body is not valid JSON: {exc}", "body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", "body")
+    if max_depth is not None and (path := too_deep(data, max_depth, raw)) is not None:
+        where = ".".join(path[:4]) + (".…" if len(path) > 4 else "")
+        raise ApiError(400, f"{where}: JSON nested deeper than {max_depth} levels", path[0])
     return data
 
 

@@ -171,6 +171,10 @@ def openapi_spec() -> dict[str, Any]:
                 },
             }
             operation["responses"]["413"] = {"description": "body too large"}
+            operation["responses"]["415"] = {
+                "description": "Content-Type is not application/json",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
         if path in _QUERY_PARAMETERS:
             operation["parameters"] = _QUERY_PARAMETERS[path]
         if path in ("/v1/chat/completions", "/complete", "/route", "/v1/models/{model}"):

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from .._json import dumps
-from ..pipeline._pipeline import Call, Pipeline, Streamed, routing_info
+from ..pipeline._pipeline import Call, Pipeline, Streamed, routing_info, with_cost
 from ._access import known_model
-from ._http import answer_response, call_headers, read_call
+from ._guards import prepare_globs
+from ._http import COST_HEADER, answer_response, call_headers, read_call
 from ._schemas import ChatCompletionRequest, route_request
 from ._stream_tail import with_routing
 
@@ -40,6 +41,7 @@ async def chat_completions(request: Request) -> Response:
         request_id=request.headers.get("x-request-id"),
     )
     pipeline = running.pipeline
+    await prepare_globs(pipeline.catalogue, (*route.allow, *route.deny))
     call = pipeline.call(route, body=body, api_key=api_key, model=chat.model, stream=chat.stream)
     pipeline.consider_cache(
         call, options if isinstance(options, dict) else None, bool(chat.route and chat.route.cache)
@@ -71,7 +73,11 @@ def _cached(pipeline: Pipeline, call: Call, data: dict[str, Any], chat: ChatComp
         "x-router-decision-us": "0",
         "x-router-cache": "hit",
         "x-router-upstream": pipeline.upstream_mode,
+        COST_HEADER: "0.0",
     }
+    if isinstance(data.get("usage"), dict):  # a cached answer costs nothing this time
+        data["usage"] = with_cost(data["usage"], 0.0)
+        call.answer_json = None  # serialised again, with the new cost
     if chat.stream:
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         return StreamingResponse(_sse(_replay(data, include_usage)), media_type=EVENT_STREAM, headers=headers)

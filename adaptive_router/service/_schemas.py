@@ -8,9 +8,17 @@ not know are kept and passed to the upstream as they are (providers add their ow
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .._errors import RequestError
 from ..core._decision import RouteRequest
@@ -27,6 +35,11 @@ __all__ = [
 ]
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+MAX_GLOBS = 32  # per route.allow and per route.deny
+MAX_GLOB_CHARS = 128
+MAX_WILDCARD_GLOBS = 8  # per list: each costs a regex built and run per model id; exact ids cost nothing
+MAX_TOKENS = 2**31 - 1  # larger than any context window; bigger numbers overflow downstream
+Glob = Annotated[str, StringConstraints(min_length=1, max_length=MAX_GLOB_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -34,9 +47,9 @@ class _Strict(BaseModel):
 
 
 class WeightsIn(_Strict):
-    latency: float = Field(0.0, ge=0)
-    cost: float = Field(0.0, ge=0)
-    quality: float = Field(0.0, ge=0)
+    latency: float = Field(0.0, ge=0, strict=True)
+    cost: float = Field(0.0, ge=0, strict=True)
+    quality: float = Field(0.0, ge=0, strict=True)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> WeightsIn:
@@ -50,16 +63,28 @@ class RouteOptions(_Strict):
 
     priority: str | None = Field(None, description="speed, cost, quality, balanced, or a mode from settings")
     weights: WeightsIn | None = None
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_ttft_ms: float | None = Field(None, gt=0)
-    max_cost_usd: float | None = Field(None, ge=0)
-    allow: list[str] = Field(default_factory=list, description="model id globs to choose from")
-    deny: list[str] = Field(default_factory=list, description="model id globs never to use")
+    max_latency_ms: float | None = Field(None, gt=0, strict=True)
+    max_ttft_ms: float | None = Field(None, gt=0, strict=True)
+    max_cost_usd: float | None = Field(None, ge=0, strict=True)
+    allow: list[Glob] = Field(
+        default_factory=list, max_length=MAX_GLOBS, description="model id globs to choose from"
+    )
+    deny: list[Glob] = Field(
+        default_factory=list, max_length=MAX_GLOBS, description="model id globs never to use"
+    )
     capabilities: list[
         Literal["tools", "json_mode", "structured_outputs", "vision", "reasoning", "streaming"]
     ] = Field(default_factory=list)
     fallback: bool = Field(True, description="try the next-best model when one fails")
     cache: bool = Field(False, description="allow a cached answer even at temperature > 0")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _few_wildcards(cls, globs: list[str]) -> list[str]:
+        wild = sum(1 for glob in globs if "*" in glob or "?" in glob or "[" in glob)
+        if wild > MAX_WILDCARD_GLOBS:
+            raise ValueError(f"at most {MAX_WILDCARD_GLOBS} globs with wildcards (* ? [), got {wild}")
+        return globs
 
 
 class Message(BaseModel):
@@ -67,6 +92,14 @@ class Message(BaseModel):
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _typed_parts(cls, content: Any) -> Any:
+        for i, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part.get("type"), str):
+                raise ValueError(f"content part {i} needs a string 'type' (text, image_url, ...)")
+        return content
 
     @model_validator(mode="after")
     def _content_present(self) -> Message:
@@ -82,16 +115,29 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field("auto", min_length=1)
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, strict=True)
-    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, strict=True)
+    temperature: float | None = Field(None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(None, ge=0, le=1, strict=True)
     n: int | None = Field(None, ge=1, le=1, strict=True, description="one choice per request")
     stream: bool = Field(False, strict=True)
     stream_options: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
     route: RouteOptions | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _function_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(tools or ()):
+            if not isinstance(tool.get("type", ""), str):
+                raise ValueError(f"tools[{i}].type must be a string")
+            function = tool.get("function")
+            if function is not None and not (
+                isinstance(function, dict) and isinstance(function.get("name"), str)
+            ):
+                raise ValueError(f"tools[{i}].function must be an object with a string 'name'")
+        return tools
 
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -107,7 +153,7 @@ class RouteQuery(RouteOptions):
     messages: list[Message] | None = None
     prompt: str | None = Field(None, min_length=1)
     model: str = "auto"
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _one_input(self) -> RouteQuery:
@@ -121,7 +167,7 @@ class RouteQuery(RouteOptions):
 class CompleteRequest(RouteQuery):
     """``POST /complete``: route and complete in one call (the published design's shape)."""
 
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2, strict=True)
 
 
 class FeedbackRequest(_Strict):
@@ -183,7 +229,7 @@ def route_request(
         mode = model[5:] or None
     else:
         pinned = model
-    weights = (opts.weights.latency, opts.weights.cost, opts.weights.quality) if opts.weights else None
+    weights = _scaled(opts.weights) if opts.weights else None
     return RouteRequest(
         messages=messages,
         prompt=prompt,
@@ -200,6 +246,12 @@ def route_request(
         fallback=opts.fallback,
         request_id=request_id,
     )
+
+
+def _scaled(weights: WeightsIn) -> tuple[float, float, float]:
+    """The weights over their largest, so that 1e308 three times cannot overflow a sum to inf."""
+    top = max(weights.latency, weights.cost, weights.quality)
+    return (weights.latency / top, weights.cost / top, weights.quality / top)
 
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

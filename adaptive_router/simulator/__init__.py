@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._app import CatalogueLike, create_simulator_app, run_simulator, sim_models_from_catalogue
+from ._judge import JUDGE_MODEL, JUDGE_PRICE
 from ._lab import LAB_IDS, LAB_TRUTH, SimClock, Trace, World, lab, run
 from ._scenario import (
     CHARS_PER_TOKEN,
@@ -36,6 +37,8 @@ __all__ = [
     "DEFAULT_TPOT_SIGMA",
     "DEFAULT_TTFT_S",
     "DEFAULT_TTFT_SIGMA",
+    "JUDGE_MODEL",
+    "JUDGE_PRICE",
     "LAB_IDS",
     "LAB_TRUTH",
     "CatalogueLike",

@@ -49,6 +49,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .._errors import ConfigError
+from ._judge import JUDGE_MODEL, Answers, judge_answer, true_quality
 from ._scenario import (
     CHARS_PER_TOKEN,
     DEFAULT_TPOT_S,
@@ -103,11 +104,15 @@ class _Stats:
 class _Simulator:
     def __init__(self, models: Sequence[SimModel], scenario: Scenario) -> None:
         self.scenario = scenario
+        listed = tuple(m.id for m in models)
+        if JUDGE_MODEL not in listed:  # served beside the listed models, not listed itself
+            models = [*models, SimModel(JUDGE_MODEL, ttft_s=0.3, tpot_s=0.01, quality=1.0)]
         self.models = apply_overrides(models, scenario)
-        self.ids = tuple(self.models)
-        self.states = {mid: _ModelState() for mid in self.ids}
+        self.ids = listed
+        self.states = {mid: _ModelState() for mid in self.models}
         # One stream per model, so traffic to one model never shifts another's draws.
-        self.rngs = {mid: random.Random(_digest(scenario.seed, mid)) for mid in self.ids}
+        self.rngs = {mid: random.Random(_digest(scenario.seed, mid)) for mid in self.models}
+        self.answers = Answers()  # what the judge recognises
         self.stats = _Stats(requests=dict.fromkeys(self.ids, 0))
         self.counter = 0
         self.started: float | None = None
@@ -124,7 +129,7 @@ class _Simulator:
         self.start()
         self._fire_due()
         self.counter += 1
-        self.stats.requests[model_id] += 1
+        self.stats.requests[model_id] = self.stats.requests.get(model_id, 0) + 1
         outcome = self._draw(model_id)
         if outcome.status != 200:
             per_model = self.stats.errors.setdefault(model_id, {})
@@ -183,7 +188,7 @@ class _Simulator:
 
     def _apply(self, event: SimEvent) -> None:
         self.stats.events_applied += 1
-        for mid in fnmatch.filter(self.ids, event.model):
+        for mid in fnmatch.filter(self.models, event.model):
             state = self.states[mid]
             if event.action == "slow":
                 state.slow = event.factor if event.factor is not None else 1.0
@@ -193,6 +198,11 @@ class _Simulator:
                 state.limit_prob, state.retry_after_s = event.probability, event.retry_after_s
             else:
                 self.states[mid] = _ModelState()
+
+    def apply_now(self, event: SimEvent) -> list[str]:
+        """Apply ``event`` at once, whatever its trigger; the ids of the models it touched."""
+        self._apply(event)
+        return fnmatch.filter(self.ids, event.model)
 
     def stats_json(self) -> dict[str, Any]:
         s = self.stats
@@ -280,6 +290,8 @@ class _Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    quality_u: float = 0.5  # a uniform draw for the answer's true quality
+    cost_usd: float | None = None  # reported as usage.cost (the judge only)
 
 
 def _plan_completion(req: ChatRequest, scenario: Scenario) -> _Completion:
@@ -301,7 +313,15 @@ def _plan_completion(req: ChatRequest, scenario: Scenario) -> _Completion:
     finish = "stop"
     if cap is not None and tokens > cap:
         tokens, finish = cap, "length"
-    return _Completion(_filler(value, tokens), math.ceil(chars / CHARS_PER_TOKEN), tokens, finish)
+    quality_u = random.Random(value).random()
+    return _Completion(_filler(value, tokens), math.ceil(chars / CHARS_PER_TOKEN), tokens, finish, quality_u)
+
+
+def _judge_completion(sim: _Simulator, req: ChatRequest, planned: _Completion) -> _Completion:
+    """The judge's answer to a grading request: ``{"score": N}``, priced per token."""
+    prompt = _content_text(req.messages[-1].content) if req.messages else ""
+    reply, tokens, cost = judge_answer(sim.answers, prompt, sim.scenario, planned.prompt_tokens)
+    return _Completion(reply, planned.prompt_tokens, tokens, "stop", cost_usd=cost)
 
 
 def _content_text(content: Any) -> str:
@@ -312,12 +332,15 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _usage(c: _Completion) -> dict[str, int]:
-    return {
+def _usage(c: _Completion) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "total_tokens": c.prompt_tokens + c.completion_tokens,
     }
+    if c.cost_usd is not None:
+        usage["cost"] = c.cost_usd
+    return usage
 
 
 def _completion_body(completion_id: str, model: str, c: _Completion) -> bytes:
@@ -450,7 +473,9 @@ async def _drop(request: Request) -> Response:
 def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None = None) -> Starlette:
     """A Starlette app serving ``models`` the OpenAI way; ``app.state.simulator`` holds its state.
 
-    Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /sim/stats``."""
+    Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /sim/stats``,
+    ``POST /sim/events`` (a scenario event applied now, e.g. ``{"model": "x", "action": "fail"}``).
+    Beside ``models`` it serves the judge, ``simulator/judge`` (see :mod:`._judge`), unlisted."""
     sim = _Simulator(models, scenario or Scenario())
     models_body = json.dumps(
         {
@@ -471,6 +496,14 @@ def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None =
     async def stats(request: Request) -> Response:
         return Response(json.dumps(sim.stats_json()), media_type="application/json")
 
+    async def event(request: Request) -> Response:
+        try:  # a scenario event, applied now: {"model": "lab/a", "action": "fail", "status": 503}
+            fields = {"at_request": 0, **json.loads(await request.body())}
+            applied = sim.apply_now(SimEvent.model_validate(fields))
+        except (ValueError, TypeError) as exc:
+            return error_response(400, f"not a scenario event: {exc}", "invalid_request_error", "body", None)
+        return Response(json.dumps({"applied": applied}), media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sim.start()
@@ -481,6 +514,7 @@ def create_simulator_app(models: Sequence[SimModel], scenario: Scenario | None =
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/sim/stats", stats, methods=["GET"]),
+        Route("/sim/events", event, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.simulator = sim
@@ -510,6 +544,13 @@ async def _chat(sim: _Simulator, request: Request) -> Response:
             await _sleep_until(t0 + outcome.ttft_s * scale)
         return await _drop(request) if outcome.status == 0 else _injected_error(outcome, scale)
     completion = _plan_completion(req, sim.scenario)
+    if req.model == JUDGE_MODEL:
+        completion = _judge_completion(sim, req, completion)
+    else:  # what the judge will recognise, with its true quality
+        quality = true_quality(
+            sim.models[req.model].quality, completion.quality_u, sim.scenario.quality_spread
+        )
+        sim.answers.remember(completion.content, req.model, quality)
     completion_id = f"chatcmpl-sim{sim.boot:08x}{sim.counter:010x}"
     headers = {"x-sim-latency-ms": _ms(_total_latency(outcome, completion))}
     if req.stream:
@@ -544,9 +585,12 @@ def sim_models_from_catalogue(catalogue: CatalogueLike) -> list[SimModel]:
     tpot = np.asarray(catalogue.tpot_prior, dtype=np.float64)
     if not len(catalogue.ids) == ttft.shape[0] == tpot.shape[0]:
         raise ConfigError("catalogue", "ids, ttft_prior and tpot_prior must have the same length")
+    # The published quality figure is the simulated models' true quality (the judge's truth).
+    quality = getattr(catalogue, "quality_prior", None)
+    qualities = [0.7] * len(catalogue.ids) if quality is None else np.clip(quality, 0, 1).tolist()
     return [
-        SimModel(mid, ttft_s=_prior(t, DEFAULT_TTFT_S), tpot_s=_prior(p, DEFAULT_TPOT_S))
-        for mid, t, p in zip(catalogue.ids, ttft.tolist(), tpot.tolist(), strict=True)
+        SimModel(mid, ttft_s=_prior(t, DEFAULT_TTFT_S), tpot_s=_prior(p, DEFAULT_TPOT_S), quality=q)
+        for mid, t, p, q in zip(catalogue.ids, ttft.tolist(), tpot.tolist(), qualities, strict=True)
     ]
 
 

@@ -77,6 +77,7 @@ class SimModel:
     tpot_sigma: float = DEFAULT_TPOT_SIGMA
     tail_prob: float = DEFAULT_TAIL_PROB
     tail_factor: float = DEFAULT_TAIL_FACTOR
+    quality: float = 0.7  # the true mean quality of its answers, on [0, 1] (what the judge sees)
 
     def __post_init__(self) -> None:
         key = f"simulator.models[{self.id}]"
@@ -86,7 +87,7 @@ class SimModel:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key}.{name}", f"must be a finite number >= 0, got {value!r}")
-        for name in ("error_rate", "rate_limit_rate", "tail_prob"):
+        for name in ("error_rate", "rate_limit_rate", "tail_prob", "quality"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{key}.{name}", "must be between 0 and 1")
         if not self.tail_factor >= 1.0:
@@ -182,6 +183,7 @@ class ModelOverride(BaseModel):
     tpot_sigma: float | None = Field(default=None, ge=0)
     tail_prob: float | None = Field(default=None, ge=0, le=1)
     tail_factor: float | None = Field(default=None, ge=1)
+    quality: float | None = Field(default=None, ge=0, le=1)
 
 
 class SimEvent(BaseModel):
@@ -239,6 +241,8 @@ class Scenario(BaseModel):
     output_tokens_sigma: float = Field(default=0.6, ge=0)
     max_output_tokens: int = Field(default=4096, ge=1)
     min_chunk_interval_s: float = Field(default=0.02, ge=0)
+    quality_spread: float = Field(default=0.1, ge=0, description="sd of answers' quality about their model's")
+    judge_noise: float = Field(default=0.1, ge=0, description="sd of the judge's error, on [0, 1]")
     models: dict[str, ModelOverride] = Field(default_factory=dict)
     events: list[SimEvent] = Field(default_factory=list)
 

@@ -385,6 +385,19 @@ class SharedState:
                 return False
             return await self._guarded(self._push_pull)
 
+    def use_learner(self, learner: Learner) -> None:
+        """Share ``learner`` from now on (a reload rebuilt it for other models): the other
+        replicas' states are laid out in its models, and it gets their sum at once."""
+        self._take_surprises()  # the old learner's last ones are still ours to publish
+        self._learner = learner
+        self._index = {model_id: i for i, model_id in enumerate(learner.ids)}
+        for remote in self._remotes.values():
+            if remote.state is not None:
+                remote.state = learner.align(remote.state)
+        self._blob = None
+        self._rev += 1  # the new learner's versions start again: an etag never published before
+        self._publish_view()
+
     def stats(self) -> SyncStats:
         age = None if self._last_sync is None else max(0.0, self._clock() - self._last_sync)
         live = sum(1 for r in self._remotes.values() if r.state is not None)

@@ -26,6 +26,8 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
+from ._limits import read_capped
+
 __all__ = ["AiohttpTransport"]
 
 _CACHE_SIZE = 256
@@ -94,6 +96,17 @@ def _body(request: httpx.Request, headers: CIMultiDict[str]) -> Any:
     except httpx.RequestNotRead:  # a streamed body: aiohttp frames it itself
         headers.popall("transfer-encoding", None)
         return request.stream
+
+
+def _decompress(content: bytes, max_bytes: int | None) -> bytes:
+    """gzip or zlib data decoded, refused as soon as it decodes to more than ``max_bytes``."""
+    decoder = zlib.decompressobj(_GZIP_OR_ZLIB)
+    out = decoder.decompress(content, 0 if max_bytes is None else max_bytes + 1)
+    if max_bytes is not None and len(out) > max_bytes:
+        raise httpx.DecodingError(f"answer decodes to more than the limit of {max_bytes} bytes")
+    if not decoder.eof:
+        raise zlib.error("incomplete or truncated stream")
+    return out
 
 
 class _ResponseBody(httpx.AsyncByteStream):
@@ -185,11 +198,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def post_bytes(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeout: Mapping[str, float | None]
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: Mapping[str, float | None],
+        max_bytes: int | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One POST read whole, without httpx's request and response objects (the proxy's hot
         path): status, headers and the decoded body. Failures are raised as httpx's errors, the
-        same ones :meth:`handle_async_request` raises."""
+        same ones :meth:`handle_async_request` raises; a body (read or decoded) over ``max_bytes``
+        is httpx's ``DecodingError``, raised before more than that is held."""
         session = self._session or self._open()
         in_body = False
         try:
@@ -197,10 +216,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 _url(url), headers=headers, data=body, allow_redirects=False, timeout=_timeout(timeout)
             ) as response:
                 in_body = True
-                content = await response.read()
+                if max_bytes is None:
+                    content = await response.read()
+                else:
+                    declared = response.headers.get("content-length")
+                    content = await read_capped(response.content.iter_any(), max_bytes, declared)
                 encoding = response.headers.get("content-encoding", "").lower()
                 if content and encoding in ("gzip", "deflate"):  # the session leaves decoding to us
-                    content = zlib.decompress(content, _GZIP_OR_ZLIB)
+                    content = _decompress(content, max_bytes)
                 return response.status, response.headers, content
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, None, in_body=in_body) from exc

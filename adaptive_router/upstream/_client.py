@@ -39,7 +39,8 @@ from .._errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from .._json import dumps, loads
+from .._json import dumps, loads, too_deep
+from ._limits import DEFAULT_LIMITS, Limits, read_response
 from ._providers import APP_TITLE, Provider, pick_provider
 from ._sse import SSEParser
 
@@ -79,6 +80,7 @@ class Completion:
     headers: dict[str, str]
     finish_reason: str | None = None
     done: bool = True
+    text: str | None = None  # a stream's answer text, gathered from its deltas (None: see ``data``)
 
 
 def _count(value: object) -> int | None:
@@ -109,6 +111,17 @@ def _finish_reason(data: dict[str, Any]) -> str | None:
     return None
 
 
+def _delta_text(chunk: dict[str, Any]) -> str | None:
+    """The text a stream chunk adds (its first choice's ``delta.content``), or None."""
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     kept = {}
     for name, value in headers.items():
@@ -128,7 +141,8 @@ def _map_error(model_id: str, exc: BaseException) -> UpstreamError:
     the rest name their type alone, since a local protocol error quotes the offending header.
     """
     detail = type(exc).__name__
-    if isinstance(exc, httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError):
+    quoted = httpx.NetworkError | httpx.TimeoutException | httpx.RemoteProtocolError | httpx.DecodingError
+    if isinstance(exc, quoted):  # a decoder's message, or the router's size cap
         detail = f"{detail}: {str(exc)[:_MESSAGE_CHARS]}"
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return UpstreamConnectError(model_id, f"could not connect ({detail})")
@@ -186,13 +200,15 @@ def _raise_for_payload(model_id: str, data: dict[str, Any], raw: bytes, headers:
             raise _payload_error(model_id, choice.get("error") or "finish_reason error", raw, headers)
 
 
-def _parse_object(model_id: str, raw: bytes) -> dict[str, Any]:
+def _parse_object(model_id: str, raw: bytes, max_depth: int) -> dict[str, Any]:
     try:
         data = loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise UpstreamProtocolError(model_id, "answer is not JSON") from exc
     if not isinstance(data, dict):
         raise UpstreamProtocolError(model_id, "answer is not a JSON object")
+    if too_deep(data, max_depth, raw) is not None:
+        raise UpstreamProtocolError(model_id, f"answer is JSON nested deeper than {max_depth} levels")
     return data
 
 
@@ -203,11 +219,12 @@ def _completion(
     raw_headers: Mapping[str, str],
     content: bytes,
     latency_s: float,
+    max_depth: int,
 ) -> Completion:
     headers = _kept_headers(raw_headers)
     if not 200 <= status < 300:
         raise UpstreamStatusError(model_id, status, content, headers)
-    data = _parse_object(model_id, content)
+    data = _parse_object(model_id, content, max_depth)
     _raise_for_payload(model_id, data, content, headers)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -281,8 +298,10 @@ class UpstreamClient:
         transport: httpx.AsyncBaseTransport | None = None,
         http_client: Literal["auto", "httpx", "aiohttp"] = "auto",
         clock: Callable[[], float] = time.perf_counter,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.providers = tuple(providers)
+        self.limits = limits
         self._read_timeout_s = read_timeout_s
         self._clock = clock
         if transport is None:
@@ -310,6 +329,16 @@ class UpstreamClient:
             functools.partial(pick_provider, self.providers)
         )
         self._targets: dict[tuple[str, bool], tuple[httpx.URL, dict[str, str]]] = {}
+        # Adds the current trace context (``traceparent``) to each call's headers when tracing is on.
+        self.inject: Callable[[dict[str, str]], None] | None = None
+
+    def set_providers(self, providers: Sequence[Provider]) -> None:
+        """Serve with ``providers`` from the next call on (a settings reload); the pool stays."""
+        self.providers = tuple(providers)
+        self._resolve = functools.lru_cache(maxsize=_ROUTE_CACHE_SIZE)(
+            functools.partial(pick_provider, self.providers)
+        )
+        self._targets = {}
 
     def provider_for(self, model_id: str) -> Provider:
         """The provider that serves ``model_id`` (cached); ``UpstreamError`` when none does."""
@@ -323,20 +352,25 @@ class UpstreamClient:
             async with asyncio.timeout(timeout_s):
                 if self._post is not None:  # aiohttp's connections, no httpx request or response
                     url, headers = self._target(provider, stream=False)
+                    if self.inject is not None:
+                        headers = self._traced(headers)
                     payload = self._payload(provider, model_id, body, stream=False)
                     status, raw_headers, content = await self._post(
-                        str(url), headers, payload, self._timeouts
+                        str(url), headers, payload, self._timeouts, self.limits.answer_bytes
                     )
                 else:
                     response = await self._send(self._request(provider, model_id, body, stream=False))
                     try:
-                        content = await response.aread()
+                        content = await read_response(response, self.limits.answer_bytes)
                     finally:
                         await response.aclose()
                     status, raw_headers = response.status_code, response.headers
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _map_error(model_id, exc) from exc
-        return _completion(model_id, provider.name, status, raw_headers, content, self._clock() - started)
+        latency = self._clock() - started
+        return _completion(
+            model_id, provider.name, status, raw_headers, content, latency, self.limits.json_depth
+        )
 
     def stream(self, model_id: str, body: dict[str, Any], timeout_s: float) -> StreamHandle:
         """A streamed call, not yet sent: ``await handle.start()`` sends it (see :class:`StreamHandle`)."""
@@ -349,6 +383,7 @@ class UpstreamClient:
             timeout_s=timeout_s,
             read_timeout_s=self._read_timeout_s,
             clock=self._clock,
+            limits=self.limits,
         )
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
@@ -377,8 +412,16 @@ class UpstreamClient:
         self, provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool
     ) -> httpx.Request:
         url, headers = self._target(provider, stream)
+        if self.inject is not None:
+            headers = self._traced(headers)
         content = self._payload(provider, model_id, body, stream=stream)
         return httpx.Request("POST", url, headers=headers, content=content, extensions=self._extensions)
+
+    def _traced(self, headers: dict[str, str]) -> dict[str, str]:
+        traced = dict(headers)  # the cached headers stay as they are
+        assert self.inject is not None
+        self.inject(traced)
+        return traced
 
     @staticmethod
     def _payload(provider: Provider, model_id: str, body: dict[str, Any], *, stream: bool) -> bytes:
@@ -430,8 +473,10 @@ class StreamHandle:
         timeout_s: float,
         read_timeout_s: float,
         clock: Callable[[], float],
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.model_id = model_id
+        self._limits = limits
         self.provider = provider
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -440,10 +485,11 @@ class StreamHandle:
         self.usage: dict[str, Any] | None = None
         self._send, self._build, self._clock = send, build, clock
         self._timeout_s, self._read_timeout_s = timeout_s, read_timeout_s
-        self._parser = SSEParser()
+        self._parser = SSEParser(limits.event_bytes)
         self._pending: collections.deque[bytes] = collections.deque()
         self._head_checked = False
         self._summary: dict[str, Any] = {}
+        self._text: list[str] = []
         self._finish_reason: str | None = None
         self._response: httpx.Response | None = None
         self._chunks: AsyncIterator[bytes] | None = None
@@ -513,6 +559,7 @@ class StreamHandle:
             headers=dict(self.headers),
             finish_reason=self._finish_reason,
             done=self.done,
+            text="".join(self._text),
         )
 
     async def aclose(self) -> None:
@@ -537,12 +584,13 @@ class StreamHandle:
         self.status = response.status_code
         self.headers = _kept_headers(response.headers)
         if not response.is_success:
-            body = await response.aread()
+            body = await read_response(response, self._limits.answer_bytes)
             raise UpstreamStatusError(self.model_id, response.status_code, body, self.headers)
         media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type == "application/json":  # an error body, or a server that ignored stream=true
-            raw = await response.aread()
-            _raise_for_payload(self.model_id, _parse_object(self.model_id, raw), raw, self.headers)
+            raw = await read_response(response, self._limits.answer_bytes)
+            data = _parse_object(self.model_id, raw, self._limits.json_depth)
+            _raise_for_payload(self.model_id, data, raw, self.headers)
             raise UpstreamProtocolError(self.model_id, "asked for a stream, got one JSON answer")
 
     async def _pull(self) -> list[bytes]:
@@ -554,7 +602,10 @@ class StreamHandle:
                 chunk = await anext(self._chunks)
             except StopAsyncIteration:
                 return []
-            events = [event for event in self._parser.feed(chunk) if event]
+            try:
+                events = [event for event in self._parser.feed(chunk) if event]
+            except ValueError as exc:  # a line or event over the size cap
+                raise httpx.DecodingError(str(exc)) from exc
             if events:
                 if self.ttft_s is None and self._started_at is not None:
                     self.ttft_s = self._clock() - self._started_at
@@ -564,7 +615,7 @@ class StreamHandle:
         if payload == DONE:
             self.done = True
             return
-        chunk = _parse_object(self.model_id, payload)
+        chunk = _parse_object(self.model_id, payload, self._limits.json_depth)
         _raise_for_payload(self.model_id, chunk, payload, self.headers)
         for key in ("id", "model"):
             if key in chunk and key not in self._summary:
@@ -575,3 +626,6 @@ class StreamHandle:
         reason = _finish_reason(chunk)
         if reason is not None:
             self._finish_reason = reason
+        piece = _delta_text(chunk)
+        if piece:
+            self._text.append(piece)

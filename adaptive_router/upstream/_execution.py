@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from .._errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 from ..core._decision import Decision, Outcome
 from ..core._router import Router
+from ._attempt_trace import NO_TRACE, AttemptTrace
 from ._client import Completion, StreamHandle, UpstreamClient
 
 __all__ = ["Attempt", "Breakers", "Executor", "Result"]
@@ -82,7 +83,8 @@ class Breakers:
         for model in [m for m in self._open if self._state[m].open_until <= now]:
             self._open.discard(model)
             self._set(model, "half_open")
-            self.router.set_available(model, True)
+            if model in self.router.catalogue:  # a catalogue refresh may have removed it
+                self.router.set_available(model, True)
 
     def allow(self, model: str) -> bool:
         """Whether this attempt may go to ``model`` now (one probe at a time when half-open)."""
@@ -213,6 +215,7 @@ class Executor:
         self.max_attempts = max_attempts
         self.observer = observer or _NoObserver()
         self.clock = clock
+        self.tracer: AttemptTrace = NO_TRACE  # a span per attempt when tracing is on
 
     def timeout_for(self, max_latency_ms: float | None) -> float:
         if max_latency_ms is None:
@@ -223,12 +226,15 @@ class Executor:
         result = Result()
         for model in self._candidates(decision, result):
             started = self.clock()
-            try:
-                completion = await self.client.complete(model, body, timeout_s)
-            except UpstreamError as exc:
-                if self._failed(decision, model, exc, self.clock() - started, result):
-                    return result
-                continue
+            with self.tracer.attempt(model) as span:
+                try:
+                    completion = await self.client.complete(model, body, timeout_s)
+                except UpstreamError as exc:
+                    span.failed(exc)
+                    if self._failed(decision, model, exc, self.clock() - started, result):
+                        return result
+                    continue
+                span.answered(completion)
             self._answered(
                 decision, model, completion.latency_s, completion.ttft_s, completion.completion_tokens, result
             )
@@ -245,14 +251,17 @@ class Executor:
         result = Result()
         for model in self._candidates(decision, result):
             started = self.clock()
-            handle = self.client.stream(model, body, timeout_s)
-            try:
-                await handle.start()
-            except UpstreamError as exc:
-                await handle.aclose()
-                if self._failed(decision, model, exc, self.clock() - started, result):
-                    return result
-                continue
+            with self.tracer.attempt(model) as span:
+                handle = self.client.stream(model, body, timeout_s)
+                try:
+                    await handle.start()
+                except UpstreamError as exc:
+                    span.failed(exc)
+                    await handle.aclose()
+                    if self._failed(decision, model, exc, self.clock() - started, result):
+                        return result
+                    continue
+                span.keep(handle)  # the span ends with the stream (finish_stream)
             result.stream = handle
             return result
         return result
@@ -265,6 +274,7 @@ class Executor:
         cancelled: bool,
         result: Result,
     ) -> None:
+        self.tracer.stream_ended(handle, error, cancelled)
         summary = handle.result()
         if cancelled:
             self.breakers.release(handle.model_id)

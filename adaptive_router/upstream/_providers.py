@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
 
 from .._errors import ConfigError, UpstreamError
 from .._settings import UpstreamSettings
@@ -40,6 +41,12 @@ class Provider:
         # whole header; refuse it here, naming the setting but never the value.
         if self.api_key is not None and not _KEY_CHARS.fullmatch(self.api_key):
             raise ConfigError(f"upstream.providers.{self.name}.api_key", "must be visible ASCII, no spaces")
+        if self.api_key is not None and _has_userinfo(self.base_url):
+            raise ConfigError(
+                _base_url_key(self.name),
+                "has user:pass@ credentials and an api_key is set too: give one of them (httpx would "
+                "send both, and the provider refuses every request)",
+            )
         for header, value in self.headers.items():
             if not _HEADER_CHARS.fullmatch(value):
                 key = f"upstream.providers.{self.name}.headers.{header}"
@@ -57,6 +64,18 @@ class Provider:
     @property
     def chat_url(self) -> str:
         return f"{self.base_url.rstrip('/')}/chat/completions"
+
+
+def _has_userinfo(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False  # a malformed URL is reported where it is used
+    return "@" in parts.netloc
+
+
+def _base_url_key(name: str) -> str:
+    return "upstream.openrouter_base_url" if name == "openrouter" else f"upstream.providers.{name}.base_url"
 
 
 def providers_from_settings(upstream: UpstreamSettings, openrouter_key: str | None) -> list[Provider]:

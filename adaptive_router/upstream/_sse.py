@@ -24,11 +24,15 @@ class SSEParser:
         parser = SSEParser()
         parser.feed(b"data: {}\\n\\nda") == [b"{}"]
         parser.feed(b"ta: [DONE]\\r\\n\\r\\n") == [b"[DONE]"]
+
+    With ``max_bytes``, a line still open or an event's data longer than that raises
+    ``ValueError`` from ``feed``: nothing is held beyond it and one chunk.
     """
 
     _BOM = b"\xef\xbb\xbf"
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max = max_bytes
         self._line = bytearray()
         self._data = bytearray()
         self._after_cr = False
@@ -53,6 +57,8 @@ class SSEParser:
             else:
                 start = end + (2 if buffer[end : end + 2] == b"\r\n" else 1)
         del buffer[:start]
+        if self._max is not None and max(len(buffer), len(self._data)) > self._max:
+            raise ValueError(f"a stream line or event exceeds the limit of {self._max} bytes")
         return events
 
     def _strip_bom(self) -> bool:

@@ -1,0 +1,182 @@
+"""The judge: a configured model grades an answer against a rubric, through the same upstream
+client, fallbacks and breakers as client traffic, within a daily spend cap.
+
+    judge = Judge(settings.evaluation.judge, executor, pipeline.cost)
+    outcome, score = await judge.score(decision, sample)   # ("ok", 0.8), ("timeout", None), ...
+
+The prompt puts the request between ``<question>`` tags and the answer between ``<answer>``
+tags after the rubric; the judge replies ``{"score": N}`` on the rubric's scale (``scale``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._evaluation_settings import DEFAULT_RUBRIC, JudgeSettings
+from ..core._decision import Decision, Ranking
+from ..core._scoring import LogScale
+from ..upstream._client import Completion
+from ..upstream._execution import Executor
+from ..upstream._text import answer_text
+from ._builtin import Sample
+
+__all__ = ["JUDGE_OUTCOMES", "DailySpend", "Judge", "judge_messages", "parse_score", "side_decision"]
+
+# What became of one judging: scored, or skipped and why.
+JUDGE_OUTCOMES = ("ok", "sampled_out", "budget", "timeout", "error", "unparsed")
+_SCORE = re.compile(r'"?score"?\s*[:=]\s*(-?\d+(?:\.\d+)?)', re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_DAY_S = 86_400
+
+
+class DailySpend:
+    """What was spent today (UTC) against a cap; the count starts again at midnight."""
+
+    def __init__(self, cap_usd: float, clock: Callable[[], float] = time.time) -> None:
+        self.cap_usd, self.clock = cap_usd, clock
+        self.day = int(clock() // _DAY_S)
+        self.spent_usd = 0.0
+
+    def _roll(self) -> None:
+        day = int(self.clock() // _DAY_S)
+        if day != self.day:
+            self.day, self.spent_usd = day, 0.0
+
+    def allows(self) -> bool:
+        self._roll()
+        return self.spent_usd < self.cap_usd
+
+    def add(self, usd: float) -> None:
+        self._roll()
+        self.spent_usd += usd
+
+
+def side_decision(decision: Decision, request_id: str, chain: Sequence[str], policy: str) -> Decision:
+    """A decision for a call made beside ``decision`` (a judge, a shadow): the same profile,
+    its own id and chain, so its attempts are learned in the right cell and nothing else."""
+    k = len(chain)
+    ranking = Ranking(
+        ids=list(chain),
+        terms=np.zeros((3, k)),
+        value=np.zeros(k),
+        bonus=np.zeros(k),
+        offset=0.0,
+        weights=decision.weights,
+        scales=(LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
+    )
+    return Decision(
+        request_id=request_id,
+        chain=list(chain),
+        propensity=None,
+        policy=policy,
+        explored=False,
+        profile=decision.profile,
+        mode=decision.mode,
+        weights=decision.weights,
+        eligible=k,
+        requested=None,
+        pinned=True,
+        ranking=ranking,
+    )
+
+
+def _render(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The conversation as text: a lone user message as it is, else ``role: content`` lines."""
+    texts = [(str(m.get("role", "user")), _content(m.get("content"))) for m in messages]
+    if len(texts) == 1 and texts[0][0] == "user":
+        return texts[0][1]
+    return "\n\n".join(f"{role}: {text}" for role, text in texts)
+
+
+def _content(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def judge_messages(
+    rubric: str, messages: Sequence[Mapping[str, Any]], answer: str, max_chars: int
+) -> list[dict[str, str]]:
+    """The judge's request: the rubric, then the question and the answer in their tags."""
+    question = _render(messages)[-max_chars:]
+    return [
+        {"role": "system", "content": rubric},
+        {
+            "role": "user",
+            "content": f"<question>\n{question}\n</question>\n\n<answer>\n{answer[:max_chars]}\n</answer>",
+        },
+    ]
+
+
+def parse_score(text: str, scale: float) -> float | None:
+    """The judge's score on [0, 1]: ``{"score": N}``, ``score: N`` or a lone number, over ``scale``."""
+    stripped = text.strip()
+    value: Any
+    try:
+        data = json.loads(stripped)
+        value = data.get("score") if isinstance(data, dict) else data
+    except ValueError:
+        match = _SCORE.search(stripped)
+        value = match.group(1) if match else (stripped if _NUMBER.fullmatch(stripped) else None)
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or not 0 <= number <= scale:
+        return None
+    return number / scale
+
+
+class Judge:
+    """Grades answers with the configured judge model; skips (and says why) rather than fail."""
+
+    def __init__(
+        self,
+        settings: JudgeSettings,
+        executor: Executor,
+        cost: Callable[[Completion], float],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert settings.model is not None
+        self.settings = settings
+        self.executor = executor
+        self.cost = cost
+        self.chain = [settings.model, *settings.fallbacks]
+        self.spend = DailySpend(settings.daily_usd, clock)
+
+    async def score(self, decision: Decision, sample: Sample) -> tuple[str, float | None]:
+        """``("ok", score)``, or the reason it was skipped (``budget``, ``timeout``, ``error``,
+        ``unparsed``) and None."""
+        if not self.spend.allows():
+            return "budget", None
+        s = self.settings
+        body = {
+            "messages": judge_messages(s.rubric or DEFAULT_RUBRIC, sample.messages, sample.text, s.max_chars),
+            "max_tokens": s.max_tokens,
+            "temperature": 0,
+        }
+        side = side_decision(decision, f"{decision.request_id}~judge", self.chain, "judge")
+        try:
+            result = await asyncio.wait_for(
+                self.executor.complete(side, body, s.timeout_s), s.timeout_s * len(self.chain) + 1.0
+            )
+        except TimeoutError:
+            return "timeout", None
+        if result.completion is None:
+            return ("timeout" if result.all_timed_out else "error"), None
+        self.spend.add(self.cost(result.completion))
+        score = parse_score(answer_text(result.completion), s.scale)
+        return ("ok", score) if score is not None else ("unparsed", None)
