@@ -337,7 +337,8 @@ def build_service(
             url,
         )
     server = settings.server
-    keys = [k.encode() for k in [*server.api_keys, *server.admin_keys]]  # an admin is a client too
+    # With client keys, an admin is a client too; admin keys alone do not turn client auth on.
+    keys = [k.encode() for k in [*server.api_keys, *server.admin_keys]] if server.api_keys else []
     tracer = tracer_from_settings(settings)
     return RouterService(settings, router, providers, simulated, transport, keys=keys, tracer=tracer)
 
