@@ -202,6 +202,9 @@ class CacheSettings(_Section):
     memory_max_entries: int = Field(default=10_000, ge=1)
     max_value_bytes: int = Field(default=1_048_576, ge=1)
     decision_ttl_seconds: float = Field(default=1.0, ge=0)
+    shared_across_keys: bool = Field(
+        default=False, description="one cache for every API key (else each key sees only its own answers)"
+    )
 
 
 _DEFAULT_WEIGHTS = {"latency": 0.4, "cost": 0.3, "quality": 0.3}
@@ -299,6 +302,7 @@ class LearningSettings(_Section):
         default=1.0, gt=0, description="pseudo-observations behind 'as fast as the public figures'"
     )
     feedback_memory: int = Field(default=100_000, ge=0, description="request ids kept for /feedback")
+    feedback_ttl_s: float = Field(default=86_400.0, gt=0, description="how long /feedback accepts an id")
     state_path: str | None = Field(default=None, description="save/load learned state here")
     sync_interval_ms: float = Field(default=1000.0, gt=0, description="how often replicas share via Redis")
     replica_id: str | None = Field(
@@ -566,7 +570,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return settings_cls(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(_error_key(first), first["msg"]) from exc
+        raise ConfigError(_error_key(first), first["msg"].removeprefix("Value error, ")) from exc
 
 
 def _check_yaml(file: Path) -> None:

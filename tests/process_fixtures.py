@@ -305,10 +305,19 @@ class ProcessGroup:
         env = {**env, "ROUTER_SIMULATOR_URL": simulator.url + "/v1"}
         return self._start(name, cmd, env, port, "/ready", wait)
 
-    def serve(self, name: str, simulator: Served, env: Mapping[str, str], *, wait: bool = True) -> Served:
-        """The documented way to run a replica: ``adaptive-router serve`` (its own ``uvicorn.run``)."""
+    def serve(
+        self,
+        name: str,
+        simulator: Served,
+        env: Mapping[str, str],
+        *,
+        wait: bool = True,
+        args: Sequence[str] = (),
+    ) -> Served:
+        """The documented way to run a replica: ``adaptive-router serve`` (its own ``uvicorn.run``);
+        ``args`` are more flags, e.g. ``("--workers", "2")``."""
         port = free_port()
-        cmd = [sys.executable, "-m", "adaptive_router", "serve", "--host", HOST, "--port", str(port)]
+        cmd = [sys.executable, "-m", "adaptive_router", "serve", "--host", HOST, "--port", str(port), *args]
         env = {**env, "ROUTER_SIMULATOR_URL": simulator.url + "/v1"}
         return self._start(name, cmd, env, port, "/ready", wait)
 

@@ -97,7 +97,9 @@ class FileStack:
         return decision
 
     def ready(self) -> dict[str, Any]:
-        ready: dict[str, Any] = self.http.get("/ready").json()
+        """``/ready`` in full: with router keys set, that takes a key (the admin's is one)."""
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+        ready: dict[str, Any] = self.http.get("/ready", headers=headers).json()
         return ready
 
     def model_row(self, model: str) -> dict[str, Any]:

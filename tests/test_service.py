@@ -608,7 +608,7 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
     ),
     ("unknown route option", user_body(route={"fastest": True}), 400, "route.fastest"),
     ("max_tokens beyond every context", user_body(max_tokens=100_000), 400, "max_tokens"),
-    ("unknown pinned model", {**user_body(), "model": "nobody/nothing"}, 400, "model"),
+    ("unknown pinned model", {**user_body(), "model": "nobody/nothing"}, 404, "model"),
     ("model empty", {**user_body(), "model": ""}, 400, "model"),
     ("model null", {**user_body(), "model": None}, 400, "model"),
     ("top_p 3", user_body(top_p=3), 400, "top_p"),

@@ -13,10 +13,9 @@ A decision reads arrays held in memory and touches no network and no lock.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
+import os
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,9 +116,6 @@ class Router:
         self._log_low = np.array([[ls.log_low], [cs.log_low]])
         self._log_high = np.array([[ls.log_high], [cs.log_high]])
         self._answered: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        # Unique across replicas and restarts without a uuid4 per request (2-3 us each).
-        self._id_prefix = f"req-{uuid.uuid4().hex[:12]}-"
-        self._id_counter = itertools.count()
         self._capability_masks: dict[frozenset[str], BoolArray] = {}
         self._decisions: dict[tuple[Any, ...], tuple[float, Decision]] = {}
         self._available_version = 0
@@ -325,7 +321,8 @@ class Router:
         return min(expected, float(max_tokens)) if max_tokens is not None else expected
 
     def _new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._id_counter):x}"
+        """96 random bits: unguessable, so one tenant cannot name another's request (~1 us)."""
+        return "req-" + os.urandom(12).hex()
 
     def profile(self, request: RouteRequest) -> Profile:
         if request.messages is not None:
@@ -513,12 +510,17 @@ class Router:
 
     def feedback(self, request_id: str, score: float) -> bool:
         """A quality score in [0, 1] for an answered request; False if the id is unknown or expired."""
+        row, cell = self._answered.get(request_id, (-1, -1))
+        return self.feedback_on(self.catalogue.ids[row] if row >= 0 else "", cell, score)
+
+    def feedback_on(self, model: str, cell: int, score: float) -> bool:
+        """A quality score in [0, 1] for an answer of ``model`` in learner cell ``cell`` (a request
+        remembered elsewhere, e.g. by another replica); False if either is unknown here."""
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise RequestError("score", f"must be in [0, 1], got {score!r}")
-        answered = self._answered.get(request_id)
-        if answered is None:
+        row = self.catalogue.index.get(model)
+        if row is None or not 0 <= cell < len(self.profiler.cells):
             return False
-        row, cell = answered
         self.learner.feedback(row, cell, self.clock(), score)
         return True
 

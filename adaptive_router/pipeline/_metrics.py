@@ -19,6 +19,7 @@ prometheus-client is the optional ``metrics`` extra. Without it everything is re
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 PREFIX = "adaptive_router_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: every worker's series in one exposition
 INSTALL_HINT = "pip install 'adaptive-router[metrics]'"
 REQUEST_OUTCOMES = frozenset(
     {
@@ -152,13 +154,47 @@ class _ModelSeries:
         self.upstream = series.upstream.labels(model)
 
 
+_FILE_BACKED = frozenset({"counter", "gauge", "histogram", "summary"})
+
+
+def _worker_registry() -> CollectorRegistry:
+    """A registry for multiprocess mode: it keeps collectors and ``Info``, but not counters,
+    gauges, histograms or summaries, whose values live in the workers' files and come out of
+    the ``MultiProcessCollector`` (summed); registered here too they would be reported twice.
+    So ``metrics.registry`` takes any metric a module adds, in either mode."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
+
+    class WorkerRegistry(CollectorRegistry):
+        def register(self, collector: Any) -> None:
+            if not (isinstance(collector, MetricWrapperBase) and collector._type in _FILE_BACKED):
+                super().register(collector)
+
+        def unregister(self, collector: Any) -> None:
+            if not (isinstance(collector, MetricWrapperBase) and collector._type in _FILE_BACKED):
+                super().unregister(collector)
+
+    return WorkerRegistry()
+
+
 class _Series:
-    """The Prometheus side, in its own registry so two apps (or two tests) never share a series."""
+    """The Prometheus side, in its own registry so two apps (or two tests) never share a series.
+
+    In prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as ``serve
+    --workers N`` does) the values live in files shared by the workers, and the registry
+    collects them all: counts and histograms summed, a breaker's state the worst any live
+    worker sees; ``info`` and added collectors stay this worker's own.
+    """
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry()
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self.registry = _worker_registry()
+            MultiProcessCollector(self.registry)
         self._declare_counters(self.registry)
         self._declare_timings(self.registry)
         self.cache_hit = self.cache.labels("hit")
@@ -222,6 +258,7 @@ class _Series:
             "Circuit breaker per model: 0 closed, 1 half-open, 2 open.",
             ["model"],
             registry=reg,
+            multiprocess_mode="livemax",
         )
         self.info = Info(PREFIX.rstrip("_"), "Static facts about this router process.", registry=reg)
 
@@ -412,6 +449,7 @@ class Metrics:
     def summary(self) -> dict[str, Any]:
         """The ``/metrics.json`` body: rolling latency percentiles, usage and counts since start."""
         return {
+            "pid": os.getpid(),  # with several workers, whose counts these are
             "uptime_s": self._clock() - self._started,
             "requests": self._requests_summary(),
             "window": self._window_summary(),

@@ -38,6 +38,7 @@ from ..core._router import Router
 from ..offline._trafficlog import TrafficLog
 from ..state._budget import Budget, Hold
 from ..state._cache import Cache, is_cacheable, request_cache_key
+from ..state._feedback import Answered, FeedbackStore, owner_of
 from ..upstream._client import Completion, StreamHandle
 from ..upstream._execution import Breakers, Executor, Result
 from ._admission import pinned_unavailable, worst_case_usd
@@ -152,6 +153,7 @@ class Pipeline:
     budget: Budget | None = None
     cheap_mask: npt.NDArray[np.bool_] | None = None  # the budget's price ceiling as a row mask
     traffic_log: TrafficLog | None = None
+    feedback: FeedbackStore | None = None  # answered request ids for /feedback
     hooks: Hooks = field(default_factory=Hooks)
     spawn: Callable[[Coroutine[Any, Any, Any]], object] = asyncio.ensure_future
     request_timeout_s: float = math.inf  # upstream.request_timeout_s
@@ -178,7 +180,10 @@ class Pipeline:
     def consider_cache(self, call: Call, route_options: Mapping[str, Any] | None, opt_in: bool) -> None:
         """Give ``call`` a response-cache key when its answer may come from or go to the cache."""
         if self.cache_settings.enabled and is_cacheable(call.body, opt_in):
-            call.cache_key = request_cache_key(call.body, route_options)
+            key = request_cache_key(call.body, route_options)
+            if call.api_key and not self.cache_settings.shared_across_keys:
+                key += ":" + owner_of(call.api_key)  # one tenant never learns another's prompts
+            call.cache_key = key
 
     # --- stages --------------------------------------------------------------------------------
 
@@ -391,6 +396,24 @@ class Pipeline:
             await self.cache.set(call.cache_key, call.answer_json, self.cache_settings.ttl_seconds)
             if self.hooks:
                 self.hooks.run("stored", call, guarded=True)
+        if call.completion is not None:
+            await self.remember(call, call.completion)
+
+    async def remember(self, call: Call, completion: Completion) -> None:
+        """Keep what ``/feedback`` needs for an answered call; awaited before the answer leaves,
+        so that another worker or replica can take the feedback the moment the client has it."""
+        if self.feedback is None or call.decision is None:
+            return
+        answer_id = completion.data.get("id")
+        await self.feedback.remember(
+            Answered(
+                call.decision.request_id,
+                answer_id if isinstance(answer_id, str) else None,
+                completion.model_id,
+                call.decision.profile.cell,
+                owner_of(call.api_key),
+            )
+        )
 
     def refused(self, outcome: str) -> None:
         """Count a request refused before it reached a model (a bad body, no eligible model)."""

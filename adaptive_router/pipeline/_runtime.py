@@ -32,6 +32,7 @@ from ..core._router import Router, catalogue_from_settings
 from ..offline._trafficlog import TrafficLog
 from ..state._budget import Budget, price_mask
 from ..state._cache import Cache, build_cache, redis_client
+from ..state._feedback import FeedbackStore
 from ..state._shared import Periodic, SharedState
 from ..upstream._client import Completion, UpstreamClient
 from ..upstream._execution import Breakers, Executor
@@ -139,6 +140,7 @@ class RouterService:
             default_output_tokens=settings.budget.default_output_tokens,
         )
         await self._open_budget(stack, pipeline)
+        pipeline.feedback = await self._open_feedback(stack)
         stack.push_async_callback(background.drain)  # charges still in flight, before the budget's last flush
         pipeline.traffic_log = traffic_log = self._traffic_log()
         if traffic_log is not None:
@@ -227,6 +229,21 @@ class RouterService:
         pushed = await shared.stop() if shared is not None else False
         if not pushed or self.settings.learning.state_path:
             self._save_state()
+
+    async def _open_feedback(self, stack: contextlib.AsyncExitStack) -> FeedbackStore:
+        """Answered request ids for ``/feedback``: in Redis too when it is configured, so that any
+        worker or replica takes a feedback."""
+        redis, learning = self.settings.redis, self.settings.learning
+        timeout_ms = max(redis.op_timeout_ms, 250.0)  # a missed write costs a feedback: be patient
+        client = await self._redis(stack, timeout_ms) if redis.url else None
+        return FeedbackStore(
+            client,
+            redis.prefix,
+            ttl_s=learning.feedback_ttl_s,
+            max_entries=2 * learning.feedback_memory,  # two ids per answer: the request's, the answer's
+            timeout_s=timeout_ms / 1000,
+            retry_after_s=redis.retry_after_s,
+        )
 
     async def _open_budget(self, stack: contextlib.AsyncExitStack, pipeline: Pipeline) -> None:
         settings, budget, redis = self.settings, self.settings.budget, self.settings.redis
@@ -325,7 +342,9 @@ def build_service(
             "Set OPENROUTER_API_KEY (or upstream.providers) for real answers.",
             url,
         )
-    keys = [k.encode() for k in settings.server.api_keys]
+    server = settings.server
+    # With client keys, an admin is a client too; admin keys alone do not turn client auth on.
+    keys = [k.encode() for k in [*server.api_keys, *server.admin_keys]] if server.api_keys else []
     tracer = tracer_from_settings(settings)
     return RouterService(settings, router, providers, simulated, transport, keys=keys, tracer=tracer)
 

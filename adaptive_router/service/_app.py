@@ -29,6 +29,7 @@ from .._settings import Settings
 from ..core._catalogue import Catalogue
 from ..pipeline._operations import operations
 from ..pipeline._runtime import SIMULATOR_URL_ENV, build_service, start_simulator, wants_simulator
+from ._access import retrieve_model
 from ._admin import admin_reload
 from ._endpoints import (
     complete,
@@ -45,6 +46,7 @@ from ._error_map import ERROR_MAP, handle_error
 from ._guards import cors_middleware
 from ._lifecycle import DeadlineHTTPProtocol, drain_on_terminate
 from ._proxy import chat_completions
+from ._serving import check_port, started, warn_per_worker_state, worker_gone, worker_metrics_dir
 from ._telemetry import TraceRequests
 
 __all__ = [
@@ -70,6 +72,7 @@ def create_app(
         async with service.open() as running, operations(running) as ops:
             with drain_on_terminate(running.pipeline.drain, settings.server.shutdown_grace_s):
                 yield {"running": running, "ops": ops}  # each request's ``request.state.running``
+        worker_gone()
 
     from ._openapi import docs_routes
 
@@ -80,6 +83,7 @@ def create_app(
         Route("/complete", complete, methods=["POST"]),
         Route("/feedback", feedback, methods=["POST"]),
         Route("/v1/models", list_models_openai, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/models", list_models, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/metrics.json", metrics_json, methods=["GET"]),
@@ -121,15 +125,12 @@ def serve(settings: Settings) -> None:
 
     server_log = settings.server
     configure_logging(server_log.log_level, server_log.log_format)
+    check_port(server_log.host, server_log.port)  # before anything starts: exit 2, not uvicorn's 3
     if wants_simulator(settings) and not settings.simulator_url:  # one running elsewhere is used as it is
         url = start_simulator(settings)
         os.environ[SIMULATOR_URL_ENV] = url  # for worker processes, which rebuild settings
         settings = settings.model_copy(update={"simulator_url": url})
         configure_logging(server_log.log_level, server_log.log_format)  # uvicorn's config replaced ours
-    # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully
-    # (learned state saved, logs closed); make that handler a clean exit at once, so that
-    # orchestrators see 0 within the grace period: tearing the interpreter down can take seconds.
-    signal.signal(signal.SIGTERM, _exit_now)
     server = settings.server
     # Open streams end inside the grace period (see drain_on_terminate); then uvicorn cancels
     # whatever is left, and the lifespan saves the learned state.
@@ -139,25 +140,34 @@ def serve(settings: Settings) -> None:
         "http": f"{DeadlineHTTPProtocol.__module__}:{DeadlineHTTPProtocol.__qualname__}",
         "timeout_graceful_shutdown": max(1, math.ceil(server.shutdown_grace_s - 0.5)),
     }
+    warn_per_worker_state(settings)
     if server.workers > 1:
-        uvicorn.run(
-            "adaptive_router.service:app_from_environment",
-            factory=True,
-            host=server.host,
-            port=server.port,
-            workers=server.workers,
-            log_level=server.log_level,
-            log_config=None,  # our handler and format, set up above
-            access_log=False,
-            **limits,
-        )
+        # The supervisor holds no learned state: a plain exit lets the metrics directory go.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        with worker_metrics_dir(server.workers), started():
+            uvicorn.run(
+                "adaptive_router.service:app_from_environment",
+                factory=True,
+                host=server.host,
+                port=server.port,
+                workers=server.workers,
+                log_level=server.log_level,
+                log_config=None,  # our handler and format, set up above
+                access_log=False,
+                **limits,
+            )
     else:
-        uvicorn.run(
-            create_app(settings),
-            host=server.host,
-            port=server.port,
-            log_level=server.log_level,
-            log_config=None,  # our handler and format, set up above
-            access_log=False,  # the router's own access line says more (adaptive_router.access)
-            **limits,
-        )
+        # uvicorn re-raises SIGTERM through the previous handler once it has shut down gracefully
+        # (learned state saved, logs closed); make that handler a clean exit at once, so that
+        # orchestrators see 0 within the grace period: tearing the interpreter down can take seconds.
+        signal.signal(signal.SIGTERM, _exit_now)
+        with started():
+            uvicorn.run(
+                create_app(settings),
+                host=server.host,
+                port=server.port,
+                log_level=server.log_level,
+                log_config=None,  # our handler and format, set up above
+                access_log=False,  # the router's own access line says more (adaptive_router.access)
+                **limits,
+            )

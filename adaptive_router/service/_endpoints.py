@@ -9,9 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._errors import ApiError
+from .._errors import ApiError, RedisUnavailable
 from ..core._decision import RouteRequest
 from ..state._cache import redis_topology
+from ._access import known_model, may_score, sees_detail
 from ._guards import prepare_globs
 from ._http import authorize, call_headers, json_response, read_call, running
 from ._schemas import (
@@ -39,6 +40,7 @@ __all__ = [
 async def route_only(request: Request) -> Response:
     state, api_key, body = await read_call(request)
     query = RouteQuery.model_validate(body)
+    known_model(query.model, state.service.router.catalogue)
     pipeline = state.pipeline
     call = pipeline.call(_query_route(query, request), api_key=api_key, model=query.model)
     await prepare_globs(pipeline.catalogue, (*call.route.allow, *call.route.deny))
@@ -59,9 +61,13 @@ def _query_route(query: RouteQuery, request: Request) -> RouteRequest:
 
 
 async def complete(request: Request) -> Response:
-    """The published design's shape: id, model, choices, usage, routing_decision, latency_ms, cached."""
+    """The published design's shape: id, model, choices, usage, routing_decision, latency_ms, cached.
+
+    Identical cacheable requests (``temperature: 0``, or ``cache: true``) are answered from the
+    same response cache as chat, with ``cached: true`` and the first answer's ``id``."""
     state, api_key, body = await read_call(request)
     query = CompleteRequest.model_validate(body)
+    known_model(query.model, state.service.router.catalogue)
     started = time.perf_counter()
     route = _query_route(query, request)
     upstream_body: dict[str, Any] = {"messages": route.messages}
@@ -72,43 +78,90 @@ async def complete(request: Request) -> Response:
     pipeline = state.pipeline
     call = pipeline.call(route, body=upstream_body, api_key=api_key, model=query.model)
     await prepare_globs(pipeline.catalogue, (*route.allow, *route.deny))
-    data = await pipeline.complete(call)
+    options = query.model_dump(
+        exclude={"messages", "prompt", "max_tokens", "temperature"}, exclude_defaults=True
+    )
+    pipeline.consider_cache(call, options, query.cache)
+    data = await pipeline.lookup(call)
+    cached = data is not None
+    if data is None:
+        data = await pipeline.complete(call)
     decision, result = call.decision, call.result
-    assert decision is not None and result is not None
     answer = {
         "id": data.get("id"),
-        "model": data["model"],
+        "model": data.get("model"),
         "choices": data.get("choices", []),
         "usage": data.get("usage"),
         "routing_decision": {
-            "selected_model": data["model"],
-            "reason": decision.reason,
-            "fallbacks": decision.fallbacks,
-            "attempts": [a.as_dict() for a in result.attempts],
-            "request_id": decision.request_id,
+            "selected_model": data.get("model"),
+            "reason": decision.reason if decision else "cached",
+            "fallbacks": decision.fallbacks if decision else [],
+            "attempts": [a.as_dict() for a in result.attempts] if result else [],
+            "request_id": decision.request_id if decision else None,
             "upstream": pipeline.upstream_mode,
         },
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        "cached": False,
+        "cached": cached,
     }
+    if cached:
+        return json_response(answer, headers=_hit_headers(data, pipeline.upstream_mode))
     return json_response(answer, headers=call_headers(call, pipeline.upstream_mode))
 
 
+def _hit_headers(data: dict[str, Any], upstream_mode: str) -> dict[str, str]:
+    return {
+        "x-router-model": str(data.get("model")),
+        "x-router-attempts": "0",
+        "x-router-decision-us": "0",
+        "x-router-cache": "hit",
+        "x-router-upstream": upstream_mode,
+    }
+
+
 async def feedback(request: Request) -> Response:
-    state, _, body = await read_call(request)
+    """A quality score for an answered request, named by ``routing.request_id`` or the answer's
+    ``id``; from the key that made the request (or an admin key); the first score counts (409 after)."""
+    state, api_key, body = await read_call(request)
     item = FeedbackRequest.model_validate(body)
-    service = state.service
-    if not service.router.feedback(item.request_id, item.score):
+    store = state.pipeline.feedback
+    if store is None:  # a pipeline built without a store: the router's own memory
+        if not state.service.router.feedback(item.request_id, item.score):
+            raise _unknown(item.request_id)
+        return json_response({"ok": True, "request_id": item.request_id})
+    try:
+        entry = await store.resolve(item.request_id)
+    except RedisUnavailable:
         raise ApiError(
-            404,
-            f"unknown or expired request_id {item.request_id!r}: feedback needs an answered "
-            "request from this router (see routing.request_id)",
+            503,
+            "the feedback store (Redis) did not answer; retry shortly",
+            None,
+            "service_unavailable",
+            "feedback_unavailable",
+            {"retry-after": "1"},
+        ) from None
+    if entry is None or not may_score(entry, api_key, state.service.settings):
+        raise _unknown(item.request_id)  # another key's request looks unknown: nothing to learn from it
+    if not await store.claim(entry):
+        raise ApiError(
+            409,
+            f"request {entry.request_id!r} was already scored; the first score counts",
             "request_id",
-            code="unknown_request",
+            code="already_scored",
         )
+    state.service.router.feedback_on(entry.model, entry.cell, item.score)
     if state.pipeline.traffic_log is not None:
-        state.pipeline.traffic_log.log_feedback(item.request_id, item.score)
-    return json_response({"ok": True, "request_id": item.request_id})
+        state.pipeline.traffic_log.log_feedback(entry.request_id, item.score)
+    return json_response({"ok": True, "request_id": entry.request_id})
+
+
+def _unknown(request_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"unknown or expired request_id {request_id!r}: feedback needs an answered request from this "
+        "router and this API key (routing.request_id, or the answer's id)",
+        "request_id",
+        code="unknown_request",
+    )
 
 
 async def list_models_openai(request: Request) -> Response:
@@ -164,6 +217,8 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     state = running(request)
+    if not sees_detail(request):  # with router keys, providers, spend and caps are for clients only
+        return json_response({"ready": True})
     service, pipeline = state.service, state.pipeline
     redis_configured = service.settings.redis.url is not None
     body: dict[str, Any] = {

@@ -170,7 +170,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         return json_response(body, answer.status, {**headers, NO_RETRY: "false"})
     if answer.status == 500:
         log.error("unexpected error while serving a request", exc_info=exc)
-    if answer.status != 401:
+    if answer.status != 401 and not isinstance(exc, HTTPException):  # no route (a favicon) is not a request
         pipeline.refused(_outcome(exc, answer))
     message, param = _message_and_param(exc, answer)
     _log_refused(request, answer, param)

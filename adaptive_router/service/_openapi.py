@@ -71,8 +71,15 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, str]] = [
         CompleteRequest,
         "id, model, choices, usage, routing_decision, latency_ms, cached",
     ),
-    ("/feedback", "post", "A quality score in [0, 1] for an answered request", FeedbackRequest, "recorded"),
+    (
+        "/feedback",
+        "post",
+        "A quality score in [0, 1] for an answered request (routing.request_id or the answer's id)",
+        FeedbackRequest,
+        "recorded",
+    ),
     ("/v1/models", "get", "The catalogue in OpenAI's list shape", None, "the models"),
+    ("/v1/models/{model}", "get", "One model in OpenAI's shape (ids may contain '/')", None, "the model"),
     ("/models", "get", "The catalogue with learned estimates and the score per mode", None, "the models"),
     ("/metrics", "get", "Prometheus metrics", None, "Prometheus text"),
     (
@@ -83,7 +90,13 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, str]] = [
         "the summary",
     ),
     ("/health", "get", "Liveness", None, "alive"),
-    ("/ready", "get", "Readiness: catalogue, upstream, Redis", None, "ready"),
+    (
+        "/ready",
+        "get",
+        "Readiness; catalogue, upstream, Redis and spend only with a key when keys are set",
+        None,
+        "ready",
+    ),
 ]
 
 
@@ -114,6 +127,20 @@ _QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
             "example": "speed",
         }
     ],
+    "/v1/models/{model}": [
+        {
+            "name": "model",
+            "in": "path",
+            "required": True,
+            "description": "a catalogue id, auto or auto:<mode>",
+            "schema": {"type": "string"},
+            "example": "openai/gpt-4o-mini",
+        }
+    ],
+}
+_NOT_FOUND_MODEL = {
+    "description": "model_not_found: the model id is not in the catalogue",
+    "content": {"application/json": {"schema": _ERROR}},
 }
 
 
@@ -150,6 +177,8 @@ def openapi_spec() -> dict[str, Any]:
             }
         if path in _QUERY_PARAMETERS:
             operation["parameters"] = _QUERY_PARAMETERS[path]
+        if path in ("/v1/chat/completions", "/complete", "/route", "/v1/models/{model}"):
+            operation["responses"]["404"] = _NOT_FOUND_MODEL
         if path in ("/v1/chat/completions", "/complete", "/route"):
             operation["responses"]["429"] = {
                 "description": "a daily budget is spent (budget.*)",
@@ -164,7 +193,15 @@ def openapi_spec() -> dict[str, Any]:
             operation["responses"]["504"] = {"description": "every candidate timed out"}
         if path == "/feedback":
             operation["responses"]["404"] = {
-                "description": "unknown or expired request_id",
+                "description": "unknown or expired request_id, or another API key's request",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
+            operation["responses"]["409"] = {
+                "description": "already_scored: the first score of a request counts",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
+            operation["responses"]["503"] = {
+                "description": "the feedback store (Redis) did not answer; retry",
                 "content": {"application/json": {"schema": _ERROR}},
             }
         paths.setdefault(path, {})[method] = operation

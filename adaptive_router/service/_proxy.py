@@ -16,9 +16,11 @@ from starlette.responses import Response, StreamingResponse
 
 from .._json import dumps
 from ..pipeline._pipeline import Call, Pipeline, Streamed, routing_info, with_cost
+from ._access import known_model
 from ._guards import prepare_globs
 from ._http import COST_HEADER, answer_response, call_headers, read_call
 from ._schemas import ChatCompletionRequest, route_request
+from ._stream_tail import with_routing
 
 __all__ = ["chat_completions"]
 
@@ -28,6 +30,7 @@ EVENT_STREAM = "text/event-stream"
 async def chat_completions(request: Request) -> Response:
     running, api_key, body = await read_call(request)
     chat = ChatCompletionRequest.model_validate(body)
+    known_model(chat.model, running.service.router.catalogue)
     options = body.pop("route", None)  # routing options never leave the router
     route = route_request(
         chat.model,
@@ -54,7 +57,8 @@ async def chat_completions(request: Request) -> Response:
 
 def _stream(pipeline: Pipeline, call: Call, streamed: Streamed) -> Response:
     headers = call_headers(call, pipeline.upstream_mode, attempts=streamed.attempts)
-    return StreamingResponse(_sse(streamed.events()), media_type=EVENT_STREAM, headers=headers)
+    events = with_routing(pipeline, call, streamed)  # the request id in the final chunk
+    return StreamingResponse(_sse(events), media_type=EVENT_STREAM, headers=headers)
 
 
 async def _sse(payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

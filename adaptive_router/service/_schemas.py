@@ -270,7 +270,8 @@ def first_error(exc: ValidationError) -> tuple[str, str]:
         for p in error["loc"]
         if isinstance(p, int) or (_FIELD.fullmatch(str(p)) and p not in _TYPE_TAGS)
     ]
-    return ".".join(parts) or "body", error["msg"]
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return ".".join(parts) or "body", message
 
 
 def error_body(

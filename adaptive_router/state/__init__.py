@@ -1,5 +1,5 @@
 """State shared across requests and replicas: the response cache, shared learning through Redis,
-and daily budgets."""
+daily budgets, and answered request ids for feedback."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from ._cache import (
     redis_topology,
     request_cache_key,
 )
+from ._feedback import Answered, FeedbackStore, owner_of
 from ._redis import redis_call
 from ._shared import (
     WIRE_VERSION,
@@ -42,10 +43,12 @@ __all__ = [
     "ANSWER_NEUTRAL_FIELDS",
     "REDIS_FAULTS",
     "WIRE_VERSION",
+    "Answered",
     "Budget",
     "BudgetSnapshot",
     "Cache",
     "FailoverCache",
+    "FeedbackStore",
     "MemoryCache",
     "Periodic",
     "Published",
@@ -64,6 +67,7 @@ __all__ = [
     "hash_tag",
     "is_cacheable",
     "key_hash",
+    "owner_of",
     "parse_redis_url",
     "prepare",
     "price_mask",

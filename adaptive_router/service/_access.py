@@ -1,0 +1,63 @@
+"""Who may see and do what: model ids a client may name, who may score a request, who reads
+``/ready`` in full. Each answers the way OpenAI's API does where it has an answer."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .._errors import ApiError
+from .._settings import Settings
+from ..core._catalogue import Catalogue
+from ..state._feedback import Answered, owner_of
+from ._http import authorize, json_response, running
+
+__all__ = ["known_model", "may_score", "retrieve_model", "sees_detail"]
+
+
+def known_model(model: str, catalogue: Catalogue) -> None:
+    """404 ``model_not_found`` (OpenAI's answer) for a model id the catalogue does not have."""
+    if not (model == "auto" or model.startswith("auto:") or model in catalogue.index):
+        raise _not_found(model)
+
+
+def _not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model {model!r} does not exist; use 'auto' to route, or one of the ids GET /v1/models lists",
+        "model",
+        code="model_not_found",
+    )
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{id}``: OpenAI's model object, or 404 ``model_not_found``."""
+    service = running(request).service
+    authorize(request, service.keys)
+    model: str = request.path_params["model"]
+    router = service.router
+    if model == "auto" or (model.startswith("auto:") and model[5:] in router.config.modes):
+        owner = "adaptive-router"
+    elif model in router.catalogue.index:
+        owner = model.split("/", 1)[0]
+    else:
+        raise _not_found(model)
+    return json_response({"id": model, "object": "model", "created": 0, "owned_by": owner})
+
+
+def may_score(answered: Answered, api_key: str | None, settings: Settings) -> bool:
+    """The key that made the request may score it, and so may an admin key (``server.admin_keys``)."""
+    admin = api_key is not None and api_key in settings.server.admin_keys
+    return admin or answered.owner == owner_of(api_key)
+
+
+def sees_detail(request: Request) -> bool:
+    """Whether ``/ready`` may show its detail: always without router keys, else with a valid key."""
+    keys = running(request).service.keys
+    if not keys:
+        return True
+    try:
+        authorize(request, keys)
+    except ApiError:
+        return False
+    return True
