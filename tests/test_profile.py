@@ -37,7 +37,7 @@ def _toy(order: tuple[str, ...] = ("a", "b")) -> Profiler:
 
 @pytest.fixture(scope="module")
 def profiler() -> Profiler:
-    return _default_profiler()
+    return _default_profiler(cells="task")  # the keyword profile (semantic cells: test_semantic.py)
 
 
 @pytest.fixture
@@ -184,8 +184,8 @@ def test_profiler_task_without_expected_output_uses_default_tasks() -> None:
 TASKS = ("code", "math", "translation", "summarisation", "general")
 
 
-def test_profiler_cells_are_the_tasks_by_default(profiler: Profiler) -> None:
-    assert ProfileSettings().cells == "task"
+def test_keyword_profile_cells_are_the_tasks(profiler: Profiler) -> None:
+    assert ProfileSettings().cells == "task_and_semantic"  # the default; the keyword profile is opt-in
     assert profiler.cells == profiler.tasks
     for prompt in ("write python code", "what is 2 + 3", "tell me a story"):
         for tokens in (10, 1000, 10_000):  # length does not matter to the cell
