@@ -17,8 +17,9 @@ FILLER = "lorem ipsum dolor sit amet "
 
 
 def _default_profiler(**changes: Any) -> Profiler:
-    """The profiler the router builds from the default ``profile`` settings (with ``changes``)."""
-    prof = ProfileSettings(**changes)
+    """The profiler the router builds from the default ``profile`` settings (with ``changes``),
+    with keyword cells unless ``changes`` name others (semantic cells: test_semantic.py)."""
+    prof = ProfileSettings(**{"cells": "task", **changes})
     rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
     return Profiler(
         rules,
@@ -37,7 +38,7 @@ def _toy(order: tuple[str, ...] = ("a", "b")) -> Profiler:
 
 @pytest.fixture(scope="module")
 def profiler() -> Profiler:
-    return _default_profiler(cells="task")  # the keyword profile (semantic cells: test_semantic.py)
+    return _default_profiler()
 
 
 @pytest.fixture
