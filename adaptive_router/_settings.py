@@ -270,6 +270,9 @@ class LearningSettings(_Section):
     # observations (20: cells of a class differ by ~0.1 in accuracy; "auto": read off the data
     # per model, from how far cells stray from their class).
     cell_prior_strength: float | Literal["auto"] = Field(default=20.0)
+    # With semantic cells: quality is the cell's difficulty plus the model's strength, so what a
+    # model showed in some cells carries to others at their difficulty (core/_hierarchy.py).
+    cell_difficulty: bool = Field(default=False, description="quality = cell difficulty + model strength")
 
     @field_validator("cell_prior_strength")
     @classmethod

@@ -17,8 +17,9 @@ FILLER = "lorem ipsum dolor sit amet "
 
 
 def _default_profiler(**changes: Any) -> Profiler:
-    """The profiler the router builds from the default ``profile`` settings (with ``changes``)."""
-    prof = ProfileSettings(**changes)
+    """The profiler the router builds from the default ``profile`` settings (with ``changes``),
+    with keyword cells unless ``changes`` name others (semantic cells: test_semantic.py)."""
+    prof = ProfileSettings(**{"cells": "task", **changes})
     rules = {name: TaskRules(rule.keywords, rule.patterns) for name, rule in prof.tasks.items()}
     return Profiler(
         rules,
@@ -184,8 +185,8 @@ def test_profiler_task_without_expected_output_uses_default_tasks() -> None:
 TASKS = ("code", "math", "translation", "summarisation", "general")
 
 
-def test_profiler_cells_are_the_tasks_by_default(profiler: Profiler) -> None:
-    assert ProfileSettings().cells == "task"
+def test_keyword_profile_cells_are_the_tasks(profiler: Profiler) -> None:
+    assert ProfileSettings().cells == "task_and_semantic"  # the default; the keyword profile is opt-in
     assert profiler.cells == profiler.tasks
     for prompt in ("write python code", "what is 2 + 3", "tell me a story"):
         for tokens in (10, 1000, 10_000):  # length does not matter to the cell

@@ -13,7 +13,7 @@ from ._catalogue import (
     load_openrouter,
 )
 from ._decision import Candidate, Decision, Outcome, RouteRequest
-from ._hierarchy import CellLevels, between_cell_strength, shrunk_quality
+from ._hierarchy import Baseline, CellLevels, between_cell_strength, cell_baseline, shrunk_quality
 from ._learning import Learner
 from ._profile import CellMode, FastRoute, Profile, Profiler, TaskRules, estimate_tokens
 from ._router import Router, catalogue_from_settings, provider_groups
@@ -51,6 +51,7 @@ __all__ = [
     "MAX_TOKENS",
     "POLICIES",
     "SUM_NAMES",
+    "Baseline",
     "Candidate",
     "Catalogue",
     "CellLevels",
@@ -82,6 +83,7 @@ __all__ = [
     "apply_overlay",
     "between_cell_strength",
     "catalogue_from_settings",
+    "cell_baseline",
     "estimate_tokens",
     "fetch_openrouter",
     "load_bundled",

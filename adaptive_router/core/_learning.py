@@ -422,6 +422,8 @@ class Learner:
             quality_var = quality * (1.0 - quality) / (k + qn)
         else:
             prior = self.prior_quality[0, models]
+            if isinstance(models, slice):  # every column: the cells' difficulty is refitted
+                self.cell_levels.refit(quality_s.s1 * fq, qn, prior, k)
             quality, quality_var = shrunk_quality(
                 quality_s.s1[:, models] * fq, qn, prior, self.cell_levels, k, self.k_cell
             )

@@ -151,6 +151,7 @@ class Router:
             token_prior_strength=learning.prior_strength,
         )
         profiler = profiler_from_settings(settings)
+        difficulty = learning.cell_difficulty
         groups = provider_groups(catalogue, settings.routes())
         learner = Learner(
             catalogue.ids,
@@ -175,7 +176,7 @@ class Router:
                 latency_z=normal_quantile(routing.latency_quantile),
                 stale_after=learning.stale_after,
             ),
-            cell_levels=profiler.levels,
+            cell_levels=None if profiler.levels is None else profiler.levels.with_difficulty(difficulty),
             cell_prior_strength=cell_strength(learning.cell_prior_strength),
         )
         policy = make_policy(

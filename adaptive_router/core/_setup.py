@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
 from .._settings import Settings
 from ._catalogue import Catalogue, load_catalogue
 from ._profile import FastRoute, Profiler, TaskRules
+
+if TYPE_CHECKING:
+    from ._semantic import StaticEmbedder
 
 __all__ = ["catalogue_from_settings", "cell_strength", "profiler_from_settings"]
 
@@ -27,9 +33,9 @@ def profiler_from_settings(settings: Settings) -> Profiler:
     ]
     semantic = None
     if prof.cells == "task_and_semantic":
-        from ._semantic import SemanticCells, StaticEmbedder  # numpy only; the table ships as data
+        from ._semantic import SemanticCells  # numpy only; the table ships as data
 
-        embedder = StaticEmbedder.load(prof.semantic_table)
+        embedder = _embedder(prof.semantic_table)
         semantic = (embedder, SemanticCells(embedder.dims, prof.semantic_bits, embedder.centre))
     return Profiler(
         rules,
@@ -41,6 +47,15 @@ def profiler_from_settings(settings: Settings) -> Profiler:
         semantic=semantic,
         fast_path=fast,
     )
+
+
+@lru_cache(maxsize=4)
+def _embedder(path: str | None) -> StaticEmbedder:
+    """One embedding table per process and path, shared by every router built in it (the
+    table is read-only; its word cache holds only what the table determines)."""
+    from ._semantic import StaticEmbedder
+
+    return StaticEmbedder.load(path)
 
 
 def cell_strength(value: float | str) -> float | None:
