@@ -70,15 +70,18 @@ class DecayedSums:
         self.s1 = np.zeros(shape)
         self.s2 = np.zeros(shape)
 
-    def add(self, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> None:
+    def add(self, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> float:
+        """Add one observation ``x`` of ``weight`` at ``t``; returns what ``w`` took (stored units)."""
         exponent = self.rate * (t - self.t0)
         if exponent > _REBASE_EXPONENT:
             self.rebase(t)
             exponent = 0.0
         g = weight * math.exp(exponent)
+        gx = g * x
         self.w[cell] += g
-        self.s1[cell] += g * x
-        self.s2[cell] += g * x * x
+        self.s1[cell] += gx
+        self.s2[cell] += gx * x
+        return g
 
     def factor(self, t: float) -> float:
         """Multiply the stored sums by this to read them as of time ``t``."""
