@@ -166,7 +166,8 @@ def recheck_bonus(
     change, no model is displaced and this adds nothing.
     """
     stale = np.subtract(est.observations[0], est.seen_at, out=out)  # -inf if never measured: no bonus
-    np.clip(stale, 0.0, patience, out=stale)
+    np.maximum(stale, 0.0, out=stale)  # what np.clip does, without its Python wrapper
+    np.minimum(stale, patience, out=stale)
     stale *= (weights[0] * latency_inv_range) / patience
     stale *= est.displacement
     bonus: FloatArray = stale
@@ -190,7 +191,7 @@ def _add_recheck(
     bonus: FloatArray, est: Estimates, weights: Weights3, inv_range: float, patience: float, buf: _Scratch
 ) -> None:
     """``bonus += recheck_bonus(...)``; skipped when no model is displaced (it would add zeros)."""
-    if est.displacement.any():
+    if np.count_nonzero(est.displacement):
         bonus += recheck_bonus(est, weights, inv_range, patience, out=buf.recheck)
 
 
