@@ -71,7 +71,7 @@ class DecayedSums:
         self.s2 = np.zeros(shape)
         # One cell is read and written through memoryviews of the arrays: Python floats, about
         # half the cost of NumPy's scalar indexing (the arrays are never replaced, only written).
-        self._cells = (memoryview(self.w), memoryview(self.s1), memoryview(self.s2))
+        self._cells: tuple[Any, Any, Any] = (self.w.data, self.s1.data, self.s2.data)
 
     def add(self, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> float:
         """Add one observation ``x`` of ``weight`` at ``t``; returns what ``w`` took (stored units)."""

@@ -61,8 +61,9 @@ class ViewTotals:
         self.cell_q: FloatArray = quality.w.sum(axis=1)  # a cell's quality scores
         self.cell_tokens_w: FloatArray = tokens.w.sum(axis=1)
         self.cell_tokens: FloatArray = tokens.s1.sum(axis=1)
-        self.group_w: FloatArray = np.bincount(self._groups, weights=calib.w, minlength=self._n_groups)
-        self.group_s1: FloatArray = np.bincount(self._groups, weights=calib.s1, minlength=self._n_groups)
+        n = self._n_groups
+        self.group_w: FloatArray = np.bincount(self._groups, calib.w, n).astype(np.float64, copy=False)
+        self.group_s1: FloatArray = np.bincount(self._groups, calib.s1, n).astype(np.float64, copy=False)
         self._t0 = {name: self._view[name].t0 for name in _TOTALLED}
 
     def added(self, name: str, cell: int | tuple[int, int], g: float, x: float) -> None:
