@@ -249,3 +249,48 @@ def test_learner_one_model_line_is_the_estimates_arithmetic(stream: list[tuple])
         assert ttft == pytest.approx(est.ttft[model], rel=1e-9)
         assert tpot == pytest.approx(est.tpot[model], rel=1e-9)
         assert sd == pytest.approx(est.latency_log_sd[model], rel=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events)
+def test_learner_recording_keeps_the_estimates_a_full_rebuild_would_give(stream: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Each outcome updates its own model's row when recorded (O(1), from running totals): read
+    at the time it was recorded, the estimates equal a rebuild of every column from the sums."""
+    learner = make_learner(refresh_interval_s=1e9, calibration_strength=1e12)
+    t = 5.0
+    learner.estimates(t)
+    for _, model, task, success, ttft, tpot, score, _ in stream:
+        learner.observe(model, task, t, success, ttft, tpot)
+        if score is not None:
+            learner.feedback(model, task, t, score)
+        current = learner.estimates(t)
+        for name, value in vars(learner._compute(t, slice(None))).items():
+            np.testing.assert_allclose(getattr(current, name), value, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_learner_running_totals_survive_a_rebase_of_the_sums() -> None:
+    """Sums move their reference time when exp() would overflow; the totals follow them: the
+    answered model's row and its cell's pooled values are what a full rebuild gives."""
+    learner = make_learner(
+        latency_half_life_s=1.0, quality_half_life_s=1.0, refresh_interval_s=1e9, calibration_strength=1e12
+    )
+    learner.estimates(0.0)
+    for i, t in enumerate((0.0, 300.0, 600.0, 601.0)):  # 300 half-lives: past the rebase point
+        model, cell = i % 3, i % 2
+        learner.observe(model, cell, t, True, 0.5 + i, 0.01)
+        learner.feedback(model, cell, t, 0.25 * i)
+        assert (learner.sums("success").t0 > 0.0) == (t >= 300.0)
+        current = learner.estimates(t)
+        for name, value in vars(learner._compute(t, slice(None))).items():
+            if name == "observations":
+                continue
+            pooled = name in ("task_evidence", "feedback_rate", "tokens_sum", "tokens_weight")
+            got, want = (
+                (getattr(current, name)[cell], value[cell])
+                if pooled
+                else (
+                    getattr(current, name)[..., model],
+                    value[..., model],
+                )
+            )
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=name)

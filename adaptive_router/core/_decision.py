@@ -7,7 +7,7 @@ built only when read), ``Outcome`` reports one attempt back to ``Router.record``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -221,8 +221,16 @@ class Decision:
             "mode": self.mode,
             "weights": dict(zip(("latency", "cost", "quality"), self.weights, strict=True)),
             "eligible": self.eligible,
-            "candidates": [asdict(c) for c in self.candidates],
+            "candidates": [_candidate_dict(c) for c in self.candidates],
         }
+
+
+def _candidate_dict(c: Candidate) -> dict[str, Any]:
+    """``dataclasses.asdict(c)`` without its deep copy (every field is a str or a float)."""
+    return {name: getattr(c, name) for name in _CANDIDATE_FIELDS}
+
+
+_CANDIDATE_FIELDS = tuple(f.name for f in fields(Candidate))
 
 
 @dataclass(slots=True)

@@ -3,10 +3,9 @@
 Every statistic is a set of exponentially decayed sums (``_sums.DecayedSums``): O(1) per
 observation, and two learners merge by plain addition, which is how replicas share state.
 
-A learner keeps two sets of sums: its *local* evidence (what this replica observed itself, and
-what it publishes) and the *view* its estimates read, the local evidence plus the other
-replicas' (``set_remote``). Sums are linear, so the view never counts anything twice, and a
-replica that lost the shared store only has to publish its whole local state again.
+A learner keeps its *local* evidence (what this replica observed and publishes) and the *view*
+its estimates read, local plus the other replicas' (``set_remote``): sums are linear, so nothing
+counts twice, and a replica that lost the shared store just publishes its local state again.
 
 **Latency** is a line per model, ``latency(N) = ttft + tpot * N`` for an answer of N output
 tokens, fitted by decayed least squares to what requests show and never split by a prior: a
@@ -60,6 +59,7 @@ from ._sums import (
     sum_shapes,
     write_state,
 )
+from ._totals import ViewTotals
 
 __all__ = ["Learner"]
 
@@ -142,10 +142,11 @@ class Learner:
         self.surprise_log: deque[Surprise] = deque(maxlen=_SURPRISE_LOG_MAX)
         self._refreshed_at = -math.inf
         self._est: Estimates | None = None
-        self._dirty: set[int] = set()  # models observed since the estimates were computed
         self._count = 0.0  # latency observations so far (this process): exploration's clock
         self._seen_at = np.full(m, np.inf)
         self._group_log: FloatArray | None = None  # each provider's pooled log ratio, as last pooled
+        self._totals = ViewTotals(self._view, self.groups, self._n_groups)
+        self._stale: set[int] = set()  # rows changed without a time (another replica's surprise)
 
     # Read-only views kept for tools and tests that look at the sums by name.
     @property
@@ -191,13 +192,26 @@ class Learner:
                 self._add("tokens", (task, model), float(tokens), t)
             if points:
                 self._observe_latency(model, t, points)
-        self._dirty.add(model)
-        self.version += 1
+        self._touch(model, t, task)
 
     def _add(self, name: str, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> None:
-        self._view[name].add(cell, x, t, weight)
+        self._totals.added(name, cell, self._view[name].add(cell, x, t, weight), x)
         self._local[name].add(cell, x, t, weight)
         self.local_version += 1
+
+    def _touch(self, model: int, t: float, cell: int | None = None, quality: bool = False) -> None:
+        """Model ``model``'s evidence changed at ``t``: its estimates follow now (one row), or the
+        next read rebuilds them all (a full refresh is due, or its provider's calibration moved)."""
+        self.version += 1
+        est = self._est
+        if est is None:
+            return
+        if t - self._refreshed_at >= self.refresh_interval_s or self._calibration_moved(model, t):
+            self._est = None
+            return
+        self._refresh_one(est, model, t, cell)
+        if quality:
+            self._refresh_quality(est, model, t)
 
     def _observe_latency(self, model: int, t: float, points: list[tuple[float, float]]) -> None:
         stale = self._count + 1.0 - self._seen_at[model]  # requests since it was last measured
@@ -215,7 +229,7 @@ class Learner:
             # square at twice the limit. The whole view forgets, the other replicas' part
             # included; they are told through surprise_log so that their copies forget too.
             factor = self.surprise_forget ** (abs(resid) / limit)
-            self.forget("latency", model, factor)
+            self._forget(model, factor)
             self.surprises += 1
             self.surprise_log.append(Surprise("latency", model, t, factor))
         prior = self.prior_ttft[model] + self.prior_tpot[model] * _TOKEN_SCALE * x
@@ -271,7 +285,7 @@ class Learner:
 
     def _discount(self, model: int, t: float, factor: float) -> None:
         if factor < 0.99:
-            self.forget("latency", model, factor)
+            self._forget(model, factor)
             self.surprise_log.append(Surprise("latency", model, t, factor))
 
     def forget(self, name: str, model: int, factor: float) -> None:
@@ -279,13 +293,16 @@ class Learner:
         the local evidence and in the view: how a surprise seen by another replica reaches this one."""
         if name not in LATENCY_SUMS or not 0.0 <= factor <= 1.0:
             raise ValueError(f"cannot forget {factor!r} of {name!r}")
+        self._forget(model, factor)
+        self.version += 1
+        self._stale.add(model)  # no clock here: its row follows at the next read
+
+    def _forget(self, model: int, factor: float) -> None:
         for sums in FIT_SUMS:
             self._view[sums].scale(model, factor)
             self._local[sums].scale(model, factor)
             if self._remote is not None:
                 self._remote[sums].scale(model, factor)
-        self._dirty.add(model)
-        self.version += 1
         self.local_version += 1
 
     def feedback(self, model: int, task: int, t: float, score: float, weight: float = 1.0) -> None:
@@ -294,26 +311,24 @@ class Learner:
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise ValueError(f"score must be in [0, 1], got {score!r}")
         self._add("quality", (task, model), score, t, weight)
-        self._dirty.add(model)
-        self.version += 1
+        self._touch(model, t, task, quality=True)
 
     # --- reading -----------------------------------------------------------------------
 
     def estimates(self, t: float) -> Estimates:
         """Current estimates. Rebuilt in full when older than ``refresh_interval_s`` (decay moves
-        every cell) or when a provider's calibration gained much evidence; in between, only the
-        columns of models observed since are recomputed."""
+        every cell) or when a provider's calibration gained much evidence; in between, each
+        outcome updates its model's row when it is recorded, so a read costs nothing."""
         est = self._est
-        if (
-            est is None
-            or t - self._refreshed_at >= self.refresh_interval_s
-            or (self._dirty and self._calibration_moved(t))
-        ):
+        if est is None or t - self._refreshed_at >= self.refresh_interval_s:
+            self._totals.sync()  # a full rebuild also clears the running totals' rounding
             est = self._est = self._compute(t, slice(None))
             self._refreshed_at = t
-            self._dirty.clear()
-        elif self._dirty:
-            self._refresh_columns(est, t)
+            self._stale.clear()
+        elif self._stale:
+            for model in self._stale:
+                self._refresh_one(est, model, t)
+            self._stale.clear()
         est.observations[0] = self._count
         return est
 
@@ -323,15 +338,15 @@ class Learner:
         self._est = None
         return self.estimates(t)
 
-    def _calibration_moved(self, t: float) -> bool:
-        """Whether a provider's pooled calibration moved more than 1% since it was last pooled:
-        then every one of its models' priors moves, and the estimates are rebuilt in full (a
-        new endpoint's first answers re-scale its untried models at once)."""
+    def _calibration_moved(self, model: int, t: float) -> bool:
+        """Whether ``model``'s provider's pooled calibration moved more than 1% since it was last
+        pooled: then every one of its models' priors moves, and the estimates are rebuilt in
+        full (a new endpoint's first answers re-scale its untried models at once)."""
         if self._group_log is None:
             return True
-        return bool(
-            np.max(np.abs(np.log(self.provider_factors(t)) - self._group_log)) > _CALIBRATION_TOLERANCE
-        )
+        group = self.groups[model]
+        now = self._totals.group_log(group, t, self.config.calibration_strength)
+        return abs(now - float(self._group_log[group])) > _CALIBRATION_TOLERANCE
 
     def _calibration(self, t: float, models: slice | IntArray, pooled: bool) -> FloatArray:
         """Each model's prior scale: its own long-run log ratio to the public figures, shrunk
@@ -341,9 +356,7 @@ class Learner:
         f = calib.factor(t)
         kf = self.config.calibration_strength
         if pooled or self._group_log is None:
-            g_w = np.bincount(self.groups, weights=calib.w, minlength=self._n_groups) * f
-            g_s = np.bincount(self.groups, weights=calib.s1, minlength=self._n_groups) * f
-            self._group_log = g_s / (kf + g_w)
+            self._group_log = self._totals.group_logs(t, kf)
         w, s1 = calib.w[models] * f, calib.s1[models] * f
         own_log = (kf * self._group_log[self.groups[models]] + s1) / (kf + w)
         result: FloatArray = np.exp(own_log)
@@ -351,11 +364,7 @@ class Learner:
 
     def provider_factors(self, t: float) -> FloatArray:
         """Each provider's speed against the public figures (1: as published), pooled now."""
-        calib = self._view["calib"]
-        f, kf = calib.factor(t), self.config.calibration_strength
-        g_w = np.bincount(self.groups, weights=calib.w, minlength=self._n_groups) * f
-        g_s = np.bincount(self.groups, weights=calib.s1, minlength=self._n_groups) * f
-        factors: FloatArray = np.exp(g_s / (kf + g_w))
+        factors: FloatArray = np.exp(self._totals.group_logs(t, self.config.calibration_strength))
         return factors
 
     def _fit(
@@ -458,13 +467,13 @@ class Learner:
             tokens_weight=tokens_s.w.sum(axis=1) * ft,
         )
 
-    _SHARED_COLUMNS = frozenset(
-        {"task_evidence", "feedback_rate", "observations", "tokens_sum", "tokens_weight"}
-    )
-
-    def _refresh_one(self, est: Estimates, m: int, t: float) -> None:
-        """``_compute``'s arithmetic for one model's columns, written into ``est`` in place: the
-        usual case between full refreshes (one answer recorded since the last decision)."""
+    def _refresh_one(self, est: Estimates, m: int, t: float, cell: int | None = None) -> None:
+        """``_compute``'s arithmetic for model ``m``'s row at ``t``, written into ``est`` in place
+        (what recording one outcome does): the latency line in Python floats, the success and
+        cell ``cell``'s pooled values from the running totals (every cell when ``None``), so no
+        sum runs over every model. Its quality column moves with its feedback (``feedback``
+        refreshes it); other cells' pooled values and the slow decay of quality follow at the
+        next full refresh (``refresh_interval_s``)."""
         k = self.k
         ttft, tpot, sd, w, mean_x, factor = self._line_one(m, t)
         est.ttft[m], est.tpot[m], est.latency_log_sd[m] = ttft, tpot, sd
@@ -476,10 +485,26 @@ class Learner:
         moved = math.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED if w > 0 else 0.0
         est.displacement[m] = max(moved, 0.0)
         est.seen_at[m] = self._seen_at[m]
-        success_s, quality_s, tokens_s = self._view["success"], self._view["quality"], self._view["tokens"]
-        fs, fq, ft = success_s.factor(t), quality_s.factor(t), tokens_s.factor(t)
-        n = success_s.w[:, m] * fs
-        qn = quality_s.w[:, m] * fq
+        success_s, tot = self._view["success"], self._totals
+        fs = success_s.factor(t)
+        success = (k * self.success0 + float(tot.model_ok[m]) * fs) / (k + float(tot.model_n[m]) * fs)
+        est.success[m] = success
+        np.multiply(success_s.w[:, m], fs, out=est.evidence[:, m])
+        np.multiply(est.quality[:, m], success, out=est.value[:, m])
+        cells = range(len(self.tasks)) if cell is None else (cell,)
+        fq, ft = self._view["quality"].factor(t), self._view["tokens"].factor(t)
+        for c in cells:
+            n = est.task_evidence[c] = float(tot.cell_n[c]) * fs
+            est.feedback_rate[c] = min(float(tot.cell_q[c]) * fq / max(n, 1.0), 1.0)
+            est.tokens_sum[c] = float(tot.cell_tokens[c]) * ft
+            est.tokens_weight[c] = float(tot.cell_tokens_w[c]) * ft
+
+    def _refresh_quality(self, est: Estimates, m: int, t: float) -> None:
+        """Model ``m``'s quality column (every cell), its variance and value, as ``_compute``."""
+        k, quality_s = self.k, self._view["quality"]
+        fq = quality_s.factor(t)
+        qn = est.quality_evidence[:, m]
+        np.multiply(quality_s.w[:, m], fq, out=qn)
         if self.cell_levels is None:
             quality = (k * self.prior_quality[:, m] + quality_s.s1[:, m] * fq) / (k + qn)
             quality_var = quality * (1.0 - quality) / (k + qn)
@@ -494,33 +519,8 @@ class Learner:
                 self.k_cell,
             )
             quality, quality_var = q2[:, 0], v2[:, 0]
-        success = (k * self.success0 + float(success_s.s1[:, m].sum()) * fs) / (k + float(n.sum()))
-        est.success[m] = success
-        est.quality[:, m], est.quality_var[:, m], est.value[:, m] = quality, quality_var, quality * success
-        est.evidence[:, m], est.quality_evidence[:, m] = n, qn
-        est.task_evidence[...] = success_s.w.sum(axis=1) * fs
-        est.feedback_rate[...] = np.minimum(
-            (quality_s.w.sum(axis=1) * fq) / np.maximum(est.task_evidence, 1.0), 1.0
-        )
-        est.tokens_sum[...] = tokens_s.s1.sum(axis=1) * ft
-        est.tokens_weight[...] = tokens_s.w.sum(axis=1) * ft
-
-    def _refresh_columns(self, est: Estimates, t: float) -> None:
-        """Recompute the columns of the models observed since the last refresh (same arithmetic)."""
-        if len(self._dirty) == 1:
-            self._refresh_one(est, self._dirty.pop(), t)
-            return
-        columns = np.fromiter(self._dirty, dtype=np.intp, count=len(self._dirty))
-        self._dirty.clear()
-        fresh = self._compute(t, columns)
-        for name, values in vars(fresh).items():
-            target = getattr(est, name)
-            if name in self._SHARED_COLUMNS:
-                target[...] = values
-            elif target.ndim == 1:
-                target[columns] = values
-            else:
-                target[:, columns] = values
+        est.quality[:, m], est.quality_var[:, m] = quality, quality_var
+        np.multiply(quality, est.success[m], out=est.value[:, m])
 
     # --- sharing, saving ---------------------------------------------------------------
 
@@ -575,7 +575,8 @@ class Learner:
                 view.merge(self._remote[name])
         self._est = None
         self._group_log = None
-        self._dirty.clear()
+        self._stale.clear()
+        self._totals.sync()
         self.version += 1
 
     def reset(self) -> None:
@@ -584,6 +585,7 @@ class Learner:
                 array[...] = 0.0
         self._remote = None
         self._est = None
+        self._totals.sync()
         self._seen_at[...] = np.inf
         self.version += 1
         self.local_version += 1

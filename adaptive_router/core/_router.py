@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from .._errors import ConfigError, RequestError
 from .._settings import Settings
+from ._buffers import ScoreBuffers
 from ._catalogue import Catalogue, provider_groups
 from ._constraints import required_bits, why_none
 from ._decision import Decision, Outcome, Ranking, RouteRequest
@@ -43,22 +44,6 @@ _PRICE_FLOOR = 1e-15  # keeps log(cost) finite for free models; far below any co
 _GREEDY = Greedy()
 _CACHEABLE_POLICIES = frozenset({"greedy"})  # every other policy explores: never reuse its choice
 _DECISION_CACHE_SIZE = 4096
-
-
-class _Buffers:
-    """Scratch arrays reused by every decision, so the hot path allocates little.
-
-    Score, latency and cost are rows of one array: one fancy index takes all three for a chain.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.terms = np.empty((3, n))
-        self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
-        self.logs = np.empty((3, n))  # clipped log latency, clipped log cost, quality value
-        self.tmp = np.empty(n)
-        self.tmp2 = np.empty(n)
-        self.mask = np.empty(n, dtype=np.bool_)
-        self.mask2 = np.empty(n, dtype=np.bool_)
 
 
 @dataclass
@@ -109,12 +94,9 @@ class Router:
         if config.deny:
             self.permitted &= ~catalogue.glob_mask(tuple(config.deny))
         self.available = self.permitted.copy()
-        self._buf = _Buffers(n)
+        self._buf = ScoreBuffers(n, config.latency_scale, config.cost_scale)
         self._price_prompt = np.maximum(catalogue.price_prompt, _PRICE_FLOOR)
         self._price_completion = np.maximum(catalogue.price_completion, _PRICE_FLOOR)
-        ls, cs = config.latency_scale, config.cost_scale
-        self._log_low = np.array([[ls.log_low], [cs.log_low]])
-        self._log_high = np.array([[ls.log_high], [cs.log_high]])
         self._answered: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._capability_masks: dict[frozenset[str], BoolArray] = {}
         self._decisions: dict[tuple[Any, ...], tuple[float, Decision]] = {}
@@ -278,7 +260,7 @@ class Router:
                 out_tokens=out_tokens,
                 quantile=self.config.latency_quantile,
             )
-        np.copyto(score, -np.inf, where=~mask)
+        np.copyto(score, -np.inf, where=np.logical_not(mask, out=self._buf.mask2))
         choice = policy.choose(score, est, profile.cell, weights, self.rng)
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
@@ -348,16 +330,13 @@ class Router:
         np.multiply(self._price_completion, out, out=b.cost)
         np.multiply(self._price_prompt, float(profile.prompt_tokens), out=b.tmp)
         b.cost += b.tmp
-        terms = b.logs[:2]
-        np.log(b.terms[1:], out=terms)
-        np.maximum(terms, self._log_low, out=terms)
-        np.minimum(terms, self._log_high, out=terms)
+        np.log(b.terms[1:], out=b.logs[:2])
+        ls, cs = self.config.latency_scale, self.config.cost_scale
+        for row, scale in ((b.logs[0], ls), (b.logs[1], cs)):  # row by row: scalar bounds are fast
+            np.maximum(row, scale.log_low, out=row)
+            np.minimum(row, scale.log_high, out=row)
         b.logs[2] = est.value[profile.cell]
-        cfg = self.config
-        coef = np.array(
-            [-weights[0] * cfg.latency_scale.inv_range, -weights[1] * cfg.cost_scale.inv_range, weights[2]]
-        )
-        np.dot(coef, b.logs, out=b.score)
+        np.dot(b.coefficients(weights), b.logs, out=b.score)
         score: FloatArray = b.score
         return score
 
@@ -444,10 +423,10 @@ class Router:
         n = score.shape[0]
         k = min(top_k + 1, eligible)
         if k >= n:
-            top = np.argsort(score)[::-1][:k]
-        else:
-            part = np.argpartition(score, n - k)[n - k :]
-            top = part[np.argsort(score[part])[::-1]]
+            top = score.argsort()[::-1][:k]
+        else:  # the methods: np.argpartition's Python wrapper costs as much as the partition
+            part = score.argpartition(n - k)[n - k :]
+            top = part[score[part].argsort()[::-1]]
         ranked: list[int] = top.tolist()
         return ranked
 

@@ -130,19 +130,34 @@ class Greedy:
         return Choice(int(score.argmax()), 1.0, None)
 
 
-def score_sd(est: Estimates, task: int, weights: Weights3, latency_inv_range: float) -> FloatArray:
-    """The standard deviation of each model's score that more evidence could still remove.
+def score_sd(
+    est: Estimates,
+    task: int,
+    weights: Weights3,
+    latency_inv_range: float,
+    out: FloatArray | None = None,
+    scratch: FloatArray | None = None,
+) -> FloatArray:
+    """The standard deviation of each model's score that more evidence could still remove
+    (written into ``out`` when given; ``scratch`` is a second buffer of the same shape).
 
     Latency term: ``w_latency / log-range`` times the spread of the mean log-latency; quality
     term: ``w_quality`` times the spread of the mean quality (zero when no feedback arrives).
     """
     slope = weights[0] * latency_inv_range
-    var = est.latency_var * (slope * slope)
-    var += est.quality_var[task] * (weights[2] * weights[2] * float(est.feedback_rate[task]))
+    var: FloatArray = np.multiply(est.latency_var, slope * slope, out=out)
+    quality_weight = weights[2] * weights[2] * float(est.feedback_rate[task])
+    var += np.multiply(est.quality_var[task], quality_weight, out=scratch)
     return np.sqrt(var, out=var)
 
 
-def recheck_bonus(est: Estimates, weights: Weights3, latency_inv_range: float, patience: float) -> FloatArray:
+def recheck_bonus(
+    est: Estimates,
+    weights: Weights3,
+    latency_inv_range: float,
+    patience: float,
+    out: FloatArray | None = None,
+) -> FloatArray:
     """What a displaced model may win back, in score units: its displacement (how far its recent
     latency sits above its long-run level, log units) times the latency slope, in full once
     ``patience`` latency observations went to other models since it was last measured, in
@@ -150,12 +165,34 @@ def recheck_bonus(est: Estimates, weights: Weights3, latency_inv_range: float, p
     requests elsewhere; if it recovered, it wins its traffic back. In a world that does not
     change, no model is displaced and this adds nothing.
     """
-    stale = est.observations[0] - est.seen_at  # -inf for models never measured: no bonus
-    np.clip(stale, 0.0, patience, out=stale)
+    stale = np.subtract(est.observations[0], est.seen_at, out=out)  # -inf if never measured: no bonus
+    np.maximum(stale, 0.0, out=stale)  # what np.clip does, without its Python wrapper
+    np.minimum(stale, patience, out=stale)
     stale *= (weights[0] * latency_inv_range) / patience
     stale *= est.displacement
     bonus: FloatArray = stale
     return bonus
+
+
+class _Scratch:
+    """A policy's buffers, sized to the catalogue at the first decision: no allocation after."""
+
+    __slots__ = ("bonus", "recheck", "total")
+
+    def __init__(self, n: int) -> None:
+        self.bonus, self.recheck, self.total = np.empty(n), np.empty(n), np.empty(n)
+
+    @staticmethod
+    def of(scratch: _Scratch | None, n: int) -> _Scratch:
+        return scratch if scratch is not None and scratch.bonus.shape[0] == n else _Scratch(n)
+
+
+def _add_recheck(
+    bonus: FloatArray, est: Estimates, weights: Weights3, inv_range: float, patience: float, buf: _Scratch
+) -> None:
+    """``bonus += recheck_bonus(...)``; skipped when no model is displaced (it would add zeros)."""
+    if np.count_nonzero(est.displacement):
+        bonus += recheck_bonus(est, weights, inv_range, patience, out=buf.recheck)
 
 
 class Ucb:
@@ -170,14 +207,17 @@ class Ucb:
         self.c = c
         self.latency_inv_range = latency_inv_range
         self.patience = patience
+        self._scratch: _Scratch | None = None
 
     def choose(
         self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
     ) -> Choice:
-        bonus = score_sd(est, task, weights, self.latency_inv_range)
+        """The returned ``bonus`` is the policy's own buffer: valid until its next decision."""
+        buf = self._scratch = _Scratch.of(self._scratch, score.shape[0])
+        bonus = score_sd(est, task, weights, self.latency_inv_range, out=buf.bonus, scratch=buf.total)
         bonus *= self.c * math.sqrt(math.log1p(float(est.task_evidence[task])))
-        bonus += recheck_bonus(est, weights, self.latency_inv_range, self.patience)
-        return Choice(int((score + bonus).argmax()), 1.0, bonus)
+        _add_recheck(bonus, est, weights, self.latency_inv_range, self.patience, buf)
+        return Choice(int(np.add(score, bonus, out=buf.total).argmax()), 1.0, bonus)
 
 
 class Thompson:
@@ -194,15 +234,18 @@ class Thompson:
         self.latency_inv_range = latency_inv_range
         self.patience = patience
         self.scale = scale
+        self._scratch: _Scratch | None = None
 
     def choose(
         self, score: FloatArray, est: Estimates, task: int, weights: Weights3, rng: np.random.Generator
     ) -> Choice:
-        bonus = score_sd(est, task, weights, self.latency_inv_range)
-        bonus *= rng.standard_normal(score.shape[0])
+        """The returned ``bonus`` is the policy's own buffer: valid until its next decision."""
+        buf = self._scratch = _Scratch.of(self._scratch, score.shape[0])
+        bonus = score_sd(est, task, weights, self.latency_inv_range, out=buf.bonus, scratch=buf.total)
+        bonus *= rng.standard_normal(score.shape[0], out=buf.total)
         bonus *= self.scale
-        bonus += recheck_bonus(est, weights, self.latency_inv_range, self.patience)
-        return Choice(int((score + bonus).argmax()), None, bonus)
+        _add_recheck(bonus, est, weights, self.latency_inv_range, self.patience, buf)
+        return Choice(int(np.add(score, bonus, out=buf.total).argmax()), None, bonus)
 
 
 class Softmax:

@@ -26,18 +26,8 @@ from ._cache import (
 )
 from ._feedback import Answered, FeedbackStore, owner_of
 from ._redis import redis_call
-from ._shared import (
-    WIRE_VERSION,
-    Periodic,
-    Published,
-    SharedState,
-    SyncStats,
-    WireEvent,
-    decode_state,
-    encode_state,
-    hash_tag,
-    run_script,
-)
+from ._shared import Periodic, SharedState, SyncStats, hash_tag, run_script
+from ._wire import WIRE_VERSION, Published, WireEvent, decode_state, encode_state
 
 __all__ = [
     "ANSWER_NEUTRAL_FIELDS",

@@ -1,0 +1,43 @@
+"""Scratch arrays a router reuses for every decision, so the hot path allocates nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ._scoring import LogScale
+
+__all__ = ["ScoreBuffers"]
+
+FloatArray = npt.NDArray[np.float64]
+_COEFFICIENTS_KEPT = 4096  # distinct weight triples (clients may send their own): bounded
+
+
+class ScoreBuffers:
+    """Score, latency and cost are rows of one array: one fancy index takes all three for a chain.
+
+    ``logs`` holds the clipped log latency, the clipped log cost and the quality value; the score
+    is their dot product with ``coefficients(weights)``, kept per weights seen.
+    """
+
+    def __init__(self, n: int, latency_scale: LogScale, cost_scale: LogScale) -> None:
+        self.terms = np.empty((3, n))
+        self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
+        self.logs = np.empty((3, n))
+        self.tmp = np.empty(n)
+        self.tmp2 = np.empty(n)
+        self.mask = np.empty(n, dtype=np.bool_)
+        self.mask2 = np.empty(n, dtype=np.bool_)
+        self._scales = (latency_scale, cost_scale)
+        self._coef: dict[tuple[float, float, float], FloatArray] = {}
+
+    def coefficients(self, weights: tuple[float, float, float]) -> FloatArray:
+        """The score's weights on (log latency, log cost, value)."""
+        coef = self._coef.get(weights)
+        if coef is None:
+            ls, cs = self._scales
+            coef = np.array([-weights[0] * ls.inv_range, -weights[1] * cs.inv_range, weights[2]])
+            if len(self._coef) >= _COEFFICIENTS_KEPT:
+                self._coef.clear()
+            self._coef[weights] = coef
+        return coef
