@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -445,6 +446,11 @@ def _asdict(value: Any) -> dict[str, Any]:
     return asdict(value)
 
 
+def _ratio(value: float) -> float | None:
+    """A ratio to print: None when its reference is zero (NaN is not JSON)."""
+    return round(value, 4) if math.isfinite(value) else None
+
+
 def _ci(interval: Any) -> str:
     return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
 
@@ -498,7 +504,9 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
             )
     if args.json:
         data = report.to_dict()
-        data["curve"] = [_asdict(p) for p in curve]
+        data["curve"] = [
+            {k: _ratio(v) if k.endswith("_ratio") else v for k, v in _asdict(p).items()} for p in curve
+        ]
         print(json.dumps(data, indent=2))
         return EXIT_OK
     s = report.summary()
@@ -508,9 +516,14 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     )
     columns = ["name", "quality", "cost_usd", "latency_s", "utility", "quality_vs_ref", "cost_vs_ref"]
     print_table(title, columns, report.rows())
+    cost = (
+        "n/a of its cost: the table has no costs"
+        if s["cost_ratio"] is None
+        else f"{s['cost_ratio']:.1%} of its cost"
+    )
+    quality = "n/a" if s["quality_ratio"] is None else f"{s['quality_ratio']:.1%}"
     print(
-        f"router: {s['quality_ratio']:.1%} of {s['reference']}'s quality "
-        f"at {s['cost_ratio']:.1%} of its cost; "
+        f"router: {quality} of {s['reference']}'s quality at {cost}; "
         f"quality regret vs best fixed {s['regret_vs_best_fixed']:+.4f}, "
         f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times; "
         f"{s['dropped']} prompts dropped (incomplete rows)"
@@ -521,8 +534,8 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
                 "quality_weight": p.quality_weight,
                 "quality": round(p.quality, 4),
                 "cost_usd": round(p.cost_usd, 4),
-                "quality_vs_ref": round(p.quality_ratio, 4),
-                "cost_vs_ref": round(p.cost_ratio, 4),
+                "quality_vs_ref": _ratio(p.quality_ratio),
+                "cost_vs_ref": _ratio(p.cost_ratio),
             }
             for p in curve
         ]

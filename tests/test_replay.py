@@ -5,6 +5,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -451,3 +452,25 @@ def test_the_cli_prints_the_reward_and_flags_instead_of_a_figure(
     out = capsys.readouterr().out
     assert "reward: the feedback score" in out
     assert "out of range" in out and "warning:" in out
+
+
+def _strict_json(text: str) -> Any:
+    """What jq or a browser accepts: NaN and Infinity are not JSON."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_table_without_costs_prints_no_nan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # examples/data's RouteLLM sample has no costs: the cost ratio has no reference to divide by
+    table = write_table(tmp_path / "d", 30, {"x": 0.8, "y": 0.3}, {"x": 0.0, "y": 0.0})
+    code, out, err = run_cli(capsys, str(table), "--mode", "quality", "--curve", "--json")
+    assert code == 0, err
+    data = _strict_json(out)
+    assert data["cost_ratio"] is None and data["curve"][0]["cost_ratio"] is None
+    assert data["quality_ratio"] is not None
+    code, out, err = run_cli(capsys, str(table), "--mode", "quality", "--curve")
+    assert code == 0, err
+    assert "nan" not in out.lower() and "of its cost: the table has no costs" in out
