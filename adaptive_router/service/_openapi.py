@@ -97,6 +97,13 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, str]] = [
         None,
         "ready",
     ),
+    (
+        "/admin/reload",
+        "post",
+        "Read the settings file again (behind server.admin_keys; SIGHUP does the same)",
+        None,
+        "the reload report: what changed, what needs a restart",
+    ),
 ]
 
 
@@ -141,6 +148,18 @@ _QUERY_PARAMETERS: dict[str, list[dict[str, Any]]] = {
 _NOT_FOUND_MODEL = {
     "description": "model_not_found: the model id is not in the catalogue",
     "content": {"application/json": {"schema": _ERROR}},
+}
+
+_ADMIN_RESPONSES = {
+    "401": {"description": "missing or wrong admin key (server.admin_keys)"},
+    "403": {
+        "description": "admin_disabled: server.admin_keys is not set",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
+    "422": {
+        "description": "invalid_settings: the file does not validate; the running settings stay",
+        "content": {"application/json": {"schema": _ERROR}},
+    },
 }
 
 
@@ -191,6 +210,9 @@ def openapi_spec() -> dict[str, Any]:
         if path in ("/v1/chat/completions", "/complete"):
             operation["responses"]["502"] = {"description": "every candidate failed (attempts listed)"}
             operation["responses"]["504"] = {"description": "every candidate timed out"}
+        if path == "/admin/reload":
+            operation["responses"].update(_ADMIN_RESPONSES)
+            del operation["responses"]["400"]
         if path == "/feedback":
             operation["responses"]["404"] = {
                 "description": "unknown or expired request_id, or another API key's request",
