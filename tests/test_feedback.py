@@ -152,9 +152,11 @@ def test_complete_answers_identical_requests_from_the_cache(open_stack: Stack) -
     assert warm["cached"] is False and warm["id"] != first["id"]
 
 
+@pytest.mark.parametrize("model", ["nobody/nothing", "auto:nope"])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/complete", "/route"])
-def test_an_unknown_model_is_404_model_not_found(open_stack: Stack, path: str) -> None:
-    body = {"model": "nobody/nothing", "messages": [{"role": "user", "content": "hi"}]}
+def test_an_unknown_model_is_404_model_not_found(open_stack: Stack, path: str, model: str) -> None:
+    # as GET /v1/models/{id} answers: a mode nobody configured is a model that does not exist
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     response = open_stack.http.post(path, json=body)
     assert response.status_code == 404, response.text
     error = response.json()["error"]
@@ -166,7 +168,8 @@ def test_an_unknown_model_is_404_model_not_found(open_stack: Stack, path: str) -
 
 
 def test_a_model_can_be_retrieved_by_id(open_stack: Stack) -> None:
-    for model, owner in ((FAST, "lab"), ("auto", "adaptive-router"), ("auto:speed", "adaptive-router")):
+    routed = [(m, "adaptive-router") for m in ("auto", "auto:speed", "auto:default")]
+    for model, owner in ((FAST, "lab"), *routed):
         found = open_stack.http.get(f"/v1/models/{model}")
         assert found.status_code == 200, found.text
         assert found.json() == {"id": model, "object": "model", "created": 0, "owned_by": owner}

@@ -592,7 +592,7 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
     ("negative max_tokens", user_body(max_tokens=-1), 400, "max_tokens"),
     ("temperature 5", user_body(temperature=5), 400, "temperature"),
     ("temperature as text", user_body(temperature="hot"), 400, "temperature"),
-    ("unknown mode", {**user_body(), "model": "auto:warp"}, 400, "model"),
+    ("unknown mode", {**user_body(), "model": "auto:warp"}, 404, "model"),  # as /v1/models/auto:warp
     ("unknown route.priority", user_body(route={"priority": "warp"}), 400, "route.priority"),
     (
         "negative weight",
@@ -690,7 +690,7 @@ def test_wrong_method_is_a_json_405(shared: Stack) -> None:
 
 def test_bad_input_on_route_and_complete(shared: Stack) -> None:
     _assert_error_shape(shared.http.post("/route", json={}), 400, "body")
-    _assert_error_shape(shared.http.post("/route", json={"prompt": "hi", "model": "auto:warp"}), 400, "model")
+    _assert_error_shape(shared.http.post("/route", json={"prompt": "hi", "model": "auto:warp"}), 404, "model")
     _assert_error_shape(shared.http.post("/complete", json={"prompt": ""}), 400, "prompt")
     _assert_error_shape(shared.http.post("/feedback", json={"score": 0.5}), 400, "request_id")
 

@@ -8,17 +8,26 @@ from starlette.responses import Response
 
 from .._errors import ApiError
 from .._settings import Settings
-from ..core._catalogue import Catalogue
+from ..core._router import Router
 from ..state._feedback import Answered, owner_of
 from ._http import authorize, json_response, running
 
 __all__ = ["known_model", "may_score", "retrieve_model", "sees_detail"]
 
 
-def known_model(model: str, catalogue: Catalogue) -> None:
-    """404 ``model_not_found`` (OpenAI's answer) for a model id the catalogue does not have."""
-    if not (model == "auto" or model.startswith("auto:") or model in catalogue.index):
+def known_model(model: str, router: Router) -> None:
+    """404 ``model_not_found`` (OpenAI's answer) for a model id the catalogue does not have,
+    ``auto:<mode>`` with a mode the settings do not name included."""
+    if not (_routes(model, router) or model in router.catalogue.index):
         raise _not_found(model)
+
+
+def _routes(model: str, router: Router) -> bool:
+    """``auto`` or ``auto:<mode>`` for a mode the router has (``default`` is always one)."""
+    if model == "auto":
+        return True
+    mode = model.removeprefix("auto:")
+    return mode != model and (mode == "default" or mode in router.config.modes)
 
 
 def _not_found(model: str) -> ApiError:
@@ -36,7 +45,7 @@ async def retrieve_model(request: Request) -> Response:
     authorize(request, service.keys)
     model: str = request.path_params["model"]
     router = service.router
-    if model == "auto" or (model.startswith("auto:") and model[5:] in router.config.modes):
+    if _routes(model, router):
         owner = "adaptive-router"
     elif model in router.catalogue.index:
         owner = model.split("/", 1)[0]

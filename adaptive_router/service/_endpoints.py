@@ -40,7 +40,7 @@ __all__ = [
 async def route_only(request: Request) -> Response:
     state, api_key, body = await read_call(request)
     query = RouteQuery.model_validate(body)
-    known_model(query.model, state.service.router.catalogue)
+    known_model(query.model, state.service.router)
     pipeline = state.pipeline
     call = pipeline.call(_query_route(query, request), api_key=api_key, model=query.model)
     await prepare_globs(pipeline.catalogue, (*call.route.allow, *call.route.deny))
@@ -67,7 +67,7 @@ async def complete(request: Request) -> Response:
     same response cache as chat, with ``cached: true`` and the first answer's ``id``."""
     state, api_key, body = await read_call(request)
     query = CompleteRequest.model_validate(body)
-    known_model(query.model, state.service.router.catalogue)
+    known_model(query.model, state.service.router)
     started = time.perf_counter()
     route = _query_route(query, request)
     upstream_body: dict[str, Any] = {"messages": route.messages}

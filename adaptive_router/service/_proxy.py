@@ -30,7 +30,7 @@ EVENT_STREAM = "text/event-stream"
 async def chat_completions(request: Request) -> Response:
     running, api_key, body = await read_call(request)
     chat = ChatCompletionRequest.model_validate(body)
-    known_model(chat.model, running.service.router.catalogue)
+    known_model(chat.model, running.service.router)
     options = body.pop("route", None)  # routing options never leave the router
     route = route_request(
         chat.model,
