@@ -42,6 +42,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535, as ``server.port`` takes."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {text}")
+    return int(text)
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -115,14 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_service_commands(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--workers", type=_positive_int, default=None)
+    serve.add_argument("--host", default=None, help="address to bind (server.host, default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=None, help="server.port (default 8000)")
+    serve.add_argument(
+        "--workers", type=_positive_int, default=None, help="worker processes (server.workers)"
+    )
 
     sim = sub.add_parser("simulate-upstream", help="run the simulated OpenAI-compatible upstream")
-    sim.add_argument("--scenario", default=None, metavar="FILE")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9000)
+    sim.add_argument("--scenario", default=None, metavar="FILE", help="YAML or JSON (examples/scenario.yaml)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to bind")
+    sim.add_argument("--port", type=_port, default=9000, help="default 9000")
 
 
 def _settings_path(path: str | None) -> str | None:

@@ -223,6 +223,14 @@ def test_benchmark_bad_iterations_exit_2(capsys: pytest.CaptureFixture[str], ite
     assert "--iterations" in err
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+@pytest.mark.parametrize("command", ["serve", "simulate-upstream"])
+def test_a_port_out_of_range_exits_2(capsys: pytest.CaptureFixture[str], command: str, port: str) -> None:
+    # serve --port 99999 was a traceback (bind overflow); simulate-upstream served on another port
+    err = _usage_error(capsys, command, "--port", port)
+    assert "--port" in err and "65535" in err and "Traceback" not in err
+
+
 # --- configuration --------------------------------------------------------------------------
 
 
