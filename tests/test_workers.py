@@ -161,6 +161,8 @@ def test_two_workers_score_each_others_requests_and_sum_metrics(
             assert status == 200 and _answered_total(text) == 5, text
         own = [conn.get("/metrics.json")[1]["requests"]["by_outcome"]["ok"] for conn in (a, b)]
         assert own == [3, 2]
+        # One access line per request, the router's: uvicorn's is off in workers too.
+        assert "uvicorn.access" not in served.log_path.read_text(), served.log_tail()
     finally:
         a.close()
         b.close()

@@ -107,6 +107,9 @@ def app_from_environment() -> Starlette:
 
     settings = load_settings()
     configure_logging(settings.server.log_level, settings.server.log_format)  # each worker process
+    # serve passes access_log=False (our access line says more); uvicorn applied that before this
+    # factory ran, and configure_logging just let uvicorn.access propagate again: off once more.
+    logging.getLogger("uvicorn.access").propagate = False
     return create_app(settings)
 
 
