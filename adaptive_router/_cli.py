@@ -311,13 +311,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.settings_path and (args.workers or settings.server.workers) > 1:
         os.environ[SETTINGS_FILE_ENV] = args.settings_path  # worker processes rebuild settings from it
 
-    server = settings.server.model_copy(
-        update={
-            k: v
-            for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
-            if v is not None
-        }
-    )
+    flags = {"host": args.host, "port": args.port, "workers": args.workers}
+    given = {k: v for k, v in flags.items() if v is not None}
+    for key, value in given.items():  # as the environment: a reload and the workers keep them
+        os.environ[f"ROUTER_SERVER__{key.upper()}"] = str(value)
+    server = settings.server.model_copy(update=given)
     serve(settings.model_copy(update={"server": server}))
     return EXIT_OK
 

@@ -202,6 +202,15 @@ def test_several_workers_without_redis_say_so_at_start(group: tuple[ProcessGroup
     assert wait_for(lambda: "2 WORKERS WITHOUT REDIS" in served.log_path.read_text(), START_LIMIT_S)
 
 
+def test_a_reload_keeps_what_the_command_line_set(group: tuple[ProcessGroup, Catalogue, Served]) -> None:
+    # serve --port P, then a reload that changes nothing: no 'server.port' to restart for
+    processes, catalogue, sim = group
+    served = processes.serve("cli-reload", sim, router_env(catalogue, SERVER__ADMIN_KEYS=["adm"]))
+    reloaded = served.http.post("/admin/reload", headers={"authorization": "Bearer adm"})
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["restart_needed"] == [] and reloaded.json()["changed"] == [], reloaded.text
+
+
 def test_serve_on_a_port_in_use_exits_2_naming_it(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind((HOST, free_port()))
