@@ -117,7 +117,8 @@ def test_a_refresh_adds_a_new_model_and_removes_one_that_left(monkeypatch: pytes
         assert stack.http.get("/ready").json()["catalogue"]["models"] == 2
 
         pinned_gone = stack.http.post("/route", json={"model": B, "prompt": "hi"})
-        assert pinned_gone.status_code == 400 and pinned_gone.json()["error"]["param"] == "model"
+        assert pinned_gone.status_code == 404 and pinned_gone.json()["error"]["param"] == "model"
+        assert pinned_gone.json()["error"]["code"] == "model_not_found"
         new = stack.http.post("/v1/chat/completions", json=user_body(model=C))
         assert new.status_code == 200 and new.headers["x-router-model"] == C
         assert stack.row(A)["evidence"] == pytest.approx(learned, rel=0.05)  # kept
