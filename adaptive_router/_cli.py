@@ -90,20 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     route = sub.add_parser("route", help="route one prompt (with --dry-run: the decision only)")
-    route.add_argument("prompt")
+    route.add_argument("prompt", help="the user message")
     route.add_argument("--dry-run", action="store_true", help="decide without calling any model")
-    route.add_argument("--priority", "--mode", dest="mode", default=None)
-    route.add_argument("--weights", type=_weights, default=None, metavar="L,C,Q")
-    route.add_argument("--max-latency", type=_non_negative_float, default=None, metavar="MS")
+    route.add_argument("--priority", "--mode", dest="mode", default=None, help="speed, cost, quality, ...")
+    route.add_argument("--weights", type=_weights, default=None, metavar="L,C,Q", help="e.g. 1,3,1")
+    route.add_argument(
+        "--max-latency", type=_non_negative_float, metavar="MS", help="p90 of the whole answer"
+    )
     route.add_argument(
         "--max-ttft", type=_non_negative_float, default=None, metavar="MS", help="time to first token"
     )
-    route.add_argument("--max-cost", type=_non_negative_float, default=None, metavar="USD")
-    route.add_argument("--max-tokens", type=_positive_int, default=None)
+    route.add_argument("--max-cost", type=_non_negative_float, metavar="USD", help="at max_tokens")
+    route.add_argument("--max-tokens", type=_positive_int, metavar="N", help="answer length cap")
     route.add_argument("--capability", action="append", default=[], help="required, e.g. tools, vision")
-    route.add_argument("--allow", action="append", default=[], metavar="GLOB")
-    route.add_argument("--deny", action="append", default=[], metavar="GLOB")
-    route.add_argument("--json", action="store_true")
+    route.add_argument("--allow", action="append", default=[], metavar="GLOB", help="only these model ids")
+    route.add_argument(
+        "--deny", action="append", default=[], metavar="GLOB", help="never these, e.g. '*:free'"
+    )
+    route.add_argument("--json", action="store_true", help="every field, as JSON")
 
     bench = sub.add_parser("benchmark", help="time the decision in-process")
     bench.add_argument("--iterations", "--requests", type=_positive_int, default=20_000)

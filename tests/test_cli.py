@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -275,3 +276,12 @@ def test_settings_yaml_in_working_directory_is_read(
 
 def test_no_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     _usage_error(capsys)
+
+
+def test_route_help_explains_every_option() -> None:
+    # `route` is the first command a user tries; its --help listed bare flags
+    from adaptive_router._cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [a.dest for a in sub.choices["route"]._actions if not a.help]
+    assert bare == []
