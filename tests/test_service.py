@@ -278,9 +278,13 @@ def test_stream_attempts_header_counts_like_a_plain_answer(monkeypatch: pytest.M
     with service_stack(monkeypatch, events=[fail(FAST, 500)]) as stack:
         plain = stack.chat()
         with stack.http.stream("POST", "/v1/chat/completions", json=user_body(stream=True)) as streamed:
-            streamed.read()
+            text = streamed.read().decode()
         assert plain.headers["x-router-attempts"] == "2"
         assert streamed.headers["x-router-attempts"] == plain.headers["x-router-attempts"]
+        # the final chunk's routing lists them too, the stream that answered included
+        final = json.loads(_sse_payloads(text)[-2])
+        tried = [(a["model"], a["outcome"], a["status"]) for a in final["routing"]["attempts"]]
+        assert tried == _attempts(plain)
 
 
 def test_pinned_model_answers_and_falls_back_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,8 +30,23 @@ async def with_routing(pipeline: Pipeline, call: Call, streamed: Streamed) -> As
         if payload == DONE:
             await pipeline.remember(call, streamed.handle.result())
         elif _FINISHED.search(payload) or _NO_CHOICES.search(payload):
-            payload = _add_routing(payload, routing)
+            payload = _add_routing(payload, {**routing, "attempts": _attempts(routing, streamed)})
         yield payload
+
+
+def _attempts(routing: dict[str, Any], streamed: Streamed) -> list[dict[str, Any]]:
+    """The attempts before the stream, then the stream's own: it has answered by its last chunk
+    (the learner records it when the stream ends), as a plain answer's list ends with the one
+    that answered."""
+    so_far = streamed.handle.result()
+    answering = {
+        "model": so_far.model_id,
+        "outcome": "ok",
+        "latency_ms": round(so_far.latency_s * 1000.0, 2),
+        "status": None,
+        "error": None,
+    }
+    return [*routing["attempts"], answering]
 
 
 def _add_routing(payload: bytes, routing: dict[str, Any]) -> bytes:
