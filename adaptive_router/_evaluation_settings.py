@@ -9,7 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from ._profile_settings import Section
+from ._profile_settings import Section, compiled_patterns
 
 __all__ = ["BUILTIN_EVALUATORS", "DEFAULT_RUBRIC", "EvaluationSettings", "JudgeSettings", "ShadowSettings"]
 
@@ -105,12 +105,7 @@ class EvaluationSettings(Section):
     @field_validator("refusal_patterns")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a valid regex: {exc}") from None
-        return patterns
+        return compiled_patterns(patterns)
 
     @model_validator(mode="after")
     def _shadow_needs_judge(self) -> EvaluationSettings:

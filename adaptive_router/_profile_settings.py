@@ -12,7 +12,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["FastPathRule", "ProfileSettings", "Section", "TaskRule"]
+__all__ = ["FastPathRule", "ProfileSettings", "Section", "TaskRule", "compiled_patterns"]
+
+
+def compiled_patterns(patterns: list[str]) -> list[str]:
+    """``patterns`` when each is a valid regex, else a ValueError naming the bad one."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"bad pattern {pattern!r}: {exc}") from None
+    return patterns
 
 
 class Section(BaseModel):
@@ -35,12 +45,7 @@ class TaskRule(Section):
     @field_validator("patterns")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"bad pattern {pattern!r}: {exc}") from exc
-        return patterns
+        return compiled_patterns(patterns)
 
     @field_validator("keywords")
     @classmethod
