@@ -562,3 +562,16 @@ def test_shared_timer_syncs_and_stop_pushes_last_evidence(redis_server: RedisSer
 def test_shared_ttl_must_exceed_interval() -> None:
     with pytest.raises(ValueError, match="interval"):
         SharedState(None, PREFIX, "a", make_learner(), interval_s=2.0, ttl_s=1.0)  # type: ignore[arg-type]
+
+
+def test_a_command_on_a_closed_transport_is_redis_unavailable() -> None:
+    """uvloop raises RuntimeError when a connection's transport closed under a command (a lost
+    cluster master): that is a Redis fault, local state takes over, never a 500."""
+    from adaptive_router import RedisUnavailable
+    from adaptive_router.state import redis_call
+
+    async def closed() -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    with pytest.raises(RedisUnavailable):
+        asyncio.run(redis_call("budget reserve", closed(), 1.0))

@@ -35,3 +35,5 @@ async def redis_call(
             return await awaitable
     except REDIS_FAULTS as exc:
         raise error(f"redis {op} failed: {exc!r}") from exc
+    except RuntimeError as exc:  # a write on a transport the loop closed under it (uvloop says so)
+        raise error(f"redis {op} failed: {exc!r}") from exc
