@@ -126,6 +126,7 @@ def test_learned_evidence_is_equal_on_both(setup: Setup) -> None:
     for _ in range(15):
         for replica in (setup.a, setup.b):
             chat(replica, CHAT_BODY)
+
     # Equal, and holding both replicas' requests: each missing the other's last push is equal too.
     def settled() -> bool:
         a = evidence(setup.a)

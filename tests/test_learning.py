@@ -126,6 +126,70 @@ def test_learner_surprise_makes_a_fivefold_slowdown_believed_quickly() -> None:
     assert learner.surprises >= 1
 
 
+def _noisy_slowdown(learner: Learner, factor: float, after: int, seed: int = 1) -> list[float]:
+    """300 answers of ~0.5 s with a log spread of 0.3 (a jittery network), then ``after`` answers
+    ``factor`` times slower: the estimate of a 20-token answer after each of those."""
+    rng, t, seen = np.random.default_rng(seed), 0.0, []
+    for i in range(300 + after):
+        t += 0.05
+        level = 0.5 * (factor if i >= 300 else 1.0)
+        learner.observe(0, 1, t, True, latency_s=level * math.exp(rng.normal(0.0, 0.3)), tokens=20)
+        if i >= 300:
+            est = learner.estimates(t)
+            seen.append(float(est.ttft[0] + est.tpot[0] * 20))
+    return seen
+
+
+def test_learner_believes_a_doubling_hidden_in_noise_within_a_few_answers() -> None:
+    # A 2x slowdown is 2.3 standard deviations of this noise: under the one-answer surprise limit
+    # most of the time, so only a run of answers shows it. Plain decay would take hundreds.
+    seen = _noisy_slowdown(make_learner(), 2.0, 8)
+    assert seen[-1] > 0.85, seen  # the new level is 1.0 s; the old fit 0.5 s
+    assert _noisy_slowdown(exact_learner(), 2.0, 8)[-1] < 0.6
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_learner_noise_alone_rarely_looks_like_a_shift(seed: int) -> None:
+    learner = make_learner()
+    seen = _noisy_slowdown(learner, 1.0, 100, seed)
+    # Forgetting on noise makes the estimate jumpy: it stays near the truth all the same.
+    assert all(0.35 < s < 0.8 for s in seen), (min(seen), max(seen))
+    assert learner.surprises <= 40  # of 400 answers, single-answer surprises included
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.lists(st.floats(-0.4, 0.4), max_size=30),
+    z=st.floats(0.6, 2.5),
+    drift=st.floats(0.0, 0.5),
+    threshold=st.floats(1.0, 8.0),
+)
+def test_shift_detector_finds_a_steady_run_and_returns_only_its_answers(
+    before: list[float], z: float, drift: float, threshold: float
+) -> None:
+    """Residuals within the drift never build a run; a steady excess is found after about
+    threshold / (z - drift) answers, and what is returned is that run's answers alone."""
+    from adaptive_router.core._shift import _RUN_MAX as RUN_MAX
+    from adaptive_router.core._shift import ShiftDetector
+
+    detector = ShiftDetector(drift=max(drift, 0.4), threshold=threshold)
+    for i, r in enumerate(before):
+        assert detector.observe(0, r) is None
+        detector.remember(0, (float(i), ((0.0, r),), 1.0))
+    excess = z - detector.drift
+    for k in range(1, 200):
+        regime = detector.observe(0, z)
+        if regime is not None:
+            break
+        detector.remember(0, (1000.0 + k, ((0.0, z),), 1.0))
+    assert regime is not None
+    assert k <= math.floor(threshold / excess) + 2  # (+1 for rounding in the running sum)
+    # The run's earlier answers, the current one not included (a long run: its latest ones).
+    assert len(regime) == min(k - 1, RUN_MAX)
+    assert all(at >= 1000.0 for at, _, _ in regime)
+    assert detector.observe(0, 0.0) is None  # found once, then a fresh start
+
+
 def test_learner_refresh_between_full_rebuilds_matches_a_full_rebuild() -> None:
     # Providers' calibration is pooled at full rebuilds: keep it out of this comparison.
     learner = make_learner(refresh_interval_s=1e9, calibration_strength=1e12)

@@ -85,9 +85,6 @@ def replica_env(catalogue: Catalogue, redis_url: str, replica_id: str) -> dict[s
         # speed would scale the untried models' priors to its own, and greedy would flip between
         # near-equal estimates. What is tested here is sharing, so the priors stay as published.
         LEARNING__CALIBRATION_STRENGTH="1000",
-        # Keyword cells: with semantic cells (the default) B and C missed A's slowdown in about one
-        # run in three (open: see the closing note of 2026-12-02); sharing itself is what is tested.
-        PROFILE__CELLS="task",
         REDIS__URL=redis_url,
         REDIS__PREFIX="replicas-test",
     )

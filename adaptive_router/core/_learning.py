@@ -44,6 +44,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._hierarchy import CellLevels, shrunk_quality
+from ._latency_fit import MIN_LOG_SD, MIN_TPOT_S, MIN_TTFT_S, REF_TOKENS, TOKEN_SCALE, fit_lines
+from ._shift import Answer, ShiftDetector
 from ._sums import (
     FIT_SUMS,
     LATENCY_SUMS,
@@ -65,13 +67,10 @@ __all__ = ["Learner"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
-_MIN_LOG_SD = 0.05
-_TOKEN_SCALE = 100.0  # the fit's x is hundreds of tokens: well-conditioned sums
-_REF_TOKENS = 256.0  # where the prior's second pseudo-point sits
-_MIN_TTFT_S = 1e-4
-_MIN_TPOT_S = 1e-7
 _DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
 _CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
+_SHIFT_DRIFT = 0.5  # CUSUM allowance, in standard deviations of one answer's log latency
+_SHIFT_KEEP = 1.0  # answers' worth of the old regime kept when a persistent shift is found
 _SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
 
 
@@ -147,6 +146,8 @@ class Learner:
         self._group_log: FloatArray | None = None  # each provider's pooled log ratio, as last pooled
         self._totals = ViewTotals(self._view, self.groups, self._n_groups)
         self._stale: set[int] = set()  # rows changed without a time (another replica's surprise)
+        # Shifts no single answer shows (under the surprise limit, or hidden in noise).
+        self._shifts = ShiftDetector(drift=_SHIFT_DRIFT, threshold=2.0 * cfg.surprise_z)
 
     # Read-only views kept for tools and tests that look at the sums by name.
     @property
@@ -186,9 +187,9 @@ class Learner:
             if ttft_s is not None and ttft_s > 0:
                 points.append((0.0, ttft_s))
                 if tpot_s is not None and tpot_s > 0 and latency_s is None:
-                    points.append((1.0, ttft_s + tpot_s * _TOKEN_SCALE))
+                    points.append((1.0, ttft_s + tpot_s * TOKEN_SCALE))
             if latency_s is not None and latency_s > 0 and tokens is not None and tokens >= 0:
-                points.append((tokens / _TOKEN_SCALE, latency_s))
+                points.append((tokens / TOKEN_SCALE, latency_s))
                 self._add("tokens", (task, model), float(tokens), t)
             if points:
                 self._observe_latency(model, t, points)
@@ -222,25 +223,48 @@ class Learner:
             self._discount(model, t, patience / (patience + stale - 1.0))
         ttft, tpot, sd = self._model_line(model, t)
         x, y = points[-1]  # the whole answer (or the first token when that is all there is)
-        resid = math.log(y) - math.log(ttft + tpot * _TOKEN_SCALE * x)
+        resid = math.log(y) - math.log(ttft + tpot * TOKEN_SCALE * x)
         limit = self.surprise_z * sd
-        if self.surprise_forget < 1.0 and abs(resid) > limit:
-            # The further off, the more is forgotten: ``surprise_forget`` at the limit, its
-            # square at twice the limit. The whole view forgets, the other replicas' part
-            # included; they are told through surprise_log so that their copies forget too.
-            factor = self.surprise_forget ** (abs(resid) / limit)
-            self._forget(model, factor)
-            self.surprises += 1
-            self.surprise_log.append(Surprise("latency", model, t, factor))
-        prior = self.prior_ttft[model] + self.prior_tpot[model] * _TOKEN_SCALE * x
+        if self.surprise_forget < 1.0:
+            # A run of answers off in one direction (each counted up to the surprise limit, so
+            # that one outlier alone is not a run): the fit moves to the new regime at once.
+            regime = self._shifts.observe(model, max(-self.surprise_z, min(resid / sd, self.surprise_z)))
+            if regime is not None:
+                self._shifted(model, t, regime)
+            elif abs(resid) > limit:
+                # The further off, the more is forgotten: ``surprise_forget`` at the limit, its
+                # square at twice the limit. The whole view forgets, the other replicas' part
+                # included; they are told through surprise_log so that their copies forget too.
+                self._surprised(model, t, self.surprise_forget ** (abs(resid) / limit))
+        prior = self.prior_ttft[model] + self.prior_tpot[model] * TOKEN_SCALE * x
         self._add("calib", model, math.log(y) - math.log(prior), t)
         weight = 1.0 / len(points)  # one answer is one unit of evidence, however many points
         for x, y in points:
             self._add("lat_n", model, x, t, weight)
             self._add("lat_y", model, y, t, weight)
             self._add("lat_cross", model, x + y, t, weight)
+        if self.surprise_forget < 1.0:
+            self._shifts.remember(model, (t, tuple(points), weight))
         self._count += 1.0
         self._seen_at[model] = self._count
+
+    def _surprised(self, model: int, t: float, factor: float) -> None:
+        self._forget(model, factor)
+        self.surprises += 1
+        self.surprise_log.append(Surprise("latency", model, t, factor))
+
+    def _shifted(self, model: int, t: float, regime: list[Answer]) -> None:
+        """A persistent shift: keep ``regime`` (the answers since it began) in full and about one
+        answer's worth of the evidence before it, so the fit moves to where the model is now."""
+        n = self._view["lat_n"]
+        before = float(n.w[model]) * n.factor(t) - sum(weight * len(pts) for _, pts, weight in regime)
+        factor = min(self.surprise_forget, _SHIFT_KEEP / max(before, _SHIFT_KEEP))
+        self._surprised(model, t, factor)
+        for at, pts, weight in regime:  # what forgetting took from them, given back
+            for x, y in pts:
+                self._add("lat_n", model, x, at, weight * (1.0 - factor))
+                self._add("lat_y", model, y, at, weight * (1.0 - factor))
+                self._add("lat_cross", model, x + y, at, weight * (1.0 - factor))
 
     def _model_line(self, model: int, t: float) -> tuple[float, float, float]:
         """One model's fitted ttft, tpot and log spread now (what a surprise is judged against)."""
@@ -264,27 +288,28 @@ class Learner:
         # The prior line's weight shrinks as the model's own long-run record grows: once it has a
         # history, a few answers after a surprise decide its level, not the prior.
         k_line = k / (1.0 + float(calib.w[model]) * fc)
-        half, xr = 0.5 * k_line, _REF_TOKENS / _TOKEN_SCALE
+        half, xr = 0.5 * k_line, REF_TOKENS / TOKEN_SCALE
         p0 = float(self.prior_ttft[model]) * factor
-        p1 = p0 + float(self.prior_tpot[model]) * factor * _REF_TOKENS
+        p1 = p0 + float(self.prior_tpot[model]) * factor * REF_TOKENS
         big_w, big_sx, big_sxx = w + k_line, sx + half * xr, sxx + half * xr * xr
         big_sy, big_sxy = sy + half * (p0 + p1), sxy + half * xr * p1
         b = max(
             (big_w * big_sxy - big_sx * big_sy) / (big_w * big_sxx - big_sx * big_sx),
-            _MIN_TPOT_S * _TOKEN_SCALE,
+            MIN_TPOT_S * TOKEN_SCALE,
         )
         a = (big_sy - b * big_sx) / big_w
-        if a < _MIN_TTFT_S:
-            a = _MIN_TTFT_S
-            b = max((big_sxy - a * big_sx) / big_sxx, _MIN_TPOT_S * _TOKEN_SCALE)
+        if a < MIN_TTFT_S:
+            a = MIN_TTFT_S
+            b = max((big_sxy - a * big_sx) / big_sxx, MIN_TPOT_S * TOKEN_SCALE)
         rss = syy - 2 * a * sy - 2 * b * sxy + a * a * w + 2 * a * b * sx + b * b * sxx
         rel2 = max(rss, 0.0) / max(syy, 1e-300)
         second = (k * self.sd0 * self.sd0 + w * rel2) / (k + w)
-        sd = math.sqrt(max(second, _MIN_LOG_SD**2))
-        return a, b / _TOKEN_SCALE, sd, w, sx / max(w, 1e-12), factor
+        sd = math.sqrt(max(second, MIN_LOG_SD**2))
+        return a, b / TOKEN_SCALE, sd, w, sx / max(w, 1e-12), factor
 
     def _discount(self, model: int, t: float, factor: float) -> None:
         if factor < 0.99:
+            self._shifts.reset(model)  # measured again after long: runs against the old fit are moot
             self._forget(model, factor)
             self.surprise_log.append(Surprise("latency", model, t, factor))
 
@@ -293,6 +318,7 @@ class Learner:
         the local evidence and in the view: how a surprise seen by another replica reaches this one."""
         if name not in LATENCY_SUMS or not 0.0 <= factor <= 1.0:
             raise ValueError(f"cannot forget {factor!r} of {name!r}")
+        self._shifts.reset(model)  # another replica saw a new regime: runs against the old fit are moot
         self._forget(model, factor)
         self.version += 1
         self._stale.add(model)  # no clock here: its row follows at the next read
@@ -367,58 +393,16 @@ class Learner:
         factors: FloatArray = np.exp(self._totals.group_logs(t, self.config.calibration_strength))
         return factors
 
-    def _fit(
-        self, t: float, models: slice | IntArray, factor: FloatArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Each model's line by decayed least squares over its points and two prior points (at
-        0 and ``_REF_TOKENS`` tokens, on the calibrated catalogue line, ``k/2`` each).
-
-        Returns ttft, tpot, the evidence weight, the mean x (hundreds of tokens) of the points,
-        and the log spread of one answer: the points' relative residual about the line, blended
-        with ``latency_log_sd_prior`` worth ``latency_prior_strength`` points. The prior line
-        itself weighs ``latency_prior_strength / (1 + the model's calibration evidence)``. Everything comes
-        from the sums, so learners that merged their evidence agree exactly, whatever the order
-        it arrived in."""
-        n, y, c = (self._view[name] for name in FIT_SUMS)
-        f = n.factor(t)
-        w = n.w[models] * f
-        sx, sxx = n.s1[models] * f, n.s2[models] * f
-        sy, syy = y.s1[models] * f, y.s2[models] * f
-        sxy = 0.5 * (c.s2[models] * f - sxx - syy)
-        k = self.config.latency_prior_strength
-        calib = self._view["calib"]
-        k_line = k / (1.0 + calib.w[models] * calib.factor(t))  # see _line_one
-        half, xr = 0.5 * k_line, _REF_TOKENS / _TOKEN_SCALE
-        p0 = self.prior_ttft[models] * factor
-        p1 = p0 + self.prior_tpot[models] * factor * _REF_TOKENS
-        W = w + k_line
-        SX = sx + half * xr
-        SXX = sxx + half * xr * xr
-        SY = sy + half * (p0 + p1)
-        SXY = sxy + half * xr * p1
-        det = W * SXX - SX * SX
-        b = (W * SXY - SX * SY) / det
-        b = np.maximum(b, _MIN_TPOT_S * _TOKEN_SCALE)
-        a = (SY - b * SX) / W
-        low = a < _MIN_TTFT_S
-        if np.any(low):  # the line would start below zero: pin its start, refit the slope
-            a = np.where(low, _MIN_TTFT_S, a)
-            b = np.where(low, np.maximum((SXY - a * SX) / SXX, _MIN_TPOT_S * _TOKEN_SCALE), b)
-        mean_x = sx / np.maximum(w, 1e-12)
-        rss = syy - 2 * a * sy - 2 * b * sxy + a * a * w + 2 * a * b * sx + b * b * sxx
-        rel2 = np.maximum(rss, 0.0) / np.maximum(syy, 1e-300)
-        second = (k * self.sd0 * self.sd0 + w * rel2) / (k + w)
-        sd = np.sqrt(np.maximum(second, _MIN_LOG_SD**2))
-        return a, b / _TOKEN_SCALE, w, mean_x, sd
-
     def _compute(self, t: float, models: slice | IntArray) -> Estimates:
         """Estimates for the ``models`` columns (all of them, or some: the same arithmetic)."""
         k = self.k
         factor = self._calibration(t, models, pooled=isinstance(models, slice))
-        ttft, tpot, lat_n, mean_x, sd = self._fit(t, models, factor)
+        ttft, tpot, lat_n, mean_x, sd = fit_lines(
+            self._view, t, models, factor, self.prior_ttft, self.prior_tpot, self.config
+        )
         # How far the recent fit sits above the long-run (calibrated prior) line, where the
         # model's answers were: what a model that recovered may win back.
-        tokens_at = mean_x * _TOKEN_SCALE
+        tokens_at = mean_x * TOKEN_SCALE
         prior_line = (self.prior_ttft[models] + self.prior_tpot[models] * tokens_at) * factor
         # Within 10% of the long-run level is not displaced (noise, not a change worth a recheck).
         displacement = np.where(lat_n > 0, np.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED, 0.0)
@@ -480,7 +464,7 @@ class Learner:
         quantile = math.exp(self.latency_z * sd)
         est.ttft_q[m], est.tpot_q[m] = ttft * quantile, tpot * quantile
         est.latency_evidence[m], est.latency_var[m], est.provider_factor[m] = w, sd * sd / (k + w), factor
-        tokens_at = mean_x * _TOKEN_SCALE
+        tokens_at = mean_x * TOKEN_SCALE
         prior_line = (self.prior_ttft[m] + self.prior_tpot[m] * tokens_at) * factor
         moved = math.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED if w > 0 else 0.0
         est.displacement[m] = max(moved, 0.0)
@@ -587,6 +571,7 @@ class Learner:
         self._est = None
         self._totals.sync()
         self._seen_at[...] = np.inf
+        self._shifts.reset()
         self.version += 1
         self.local_version += 1
 
