@@ -4,6 +4,7 @@ import asyncio
 import gzip
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from adaptive_router import (
@@ -164,11 +165,42 @@ def test_stream_matches_httpx_transport_and_stays_streaming(sim_url: str) -> Non
     done, other = ours.result(), theirs.result()
     assert done.data["usage"] == other.data["usage"]
     assert (done.prompt_tokens, done.completion_tokens) == (other.prompt_tokens, MAX_TOKENS)
-    # The simulator sends the last event 15 token gaps (75 ms) after the first: a transport that
-    # buffered the body would measure the first token together with the last (a third: slack for
-    # a late first read on a busy machine).
-    gap_s = (MAX_TOKENS - 1) * LONG_TPOT_S * TIME_SCALE
-    assert done.ttft_s is not None and done.latency_s - done.ttft_s >= gap_s / 3
+
+
+def test_stream_events_reach_the_caller_before_the_answer_ends() -> None:
+    # A handshake, not a timer: the upstream sends one event and then waits until the caller has
+    # read it before it sends the rest. A transport that buffered the body would read nothing
+    # until the upstream gave up waiting (a slow machine only makes this take longer).
+    first_read = threading.Event()
+    waited: list[bool] = []
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            chunk = {"id": "c", "object": "chat.completion.chunk", "model": OK, "created": 0}
+            delta = {"index": 0, "delta": {"content": "one"}, "finish_reason": None}
+            yield b"data: " + json.dumps({**chunk, "choices": [delta]}).encode() + b"\n\n"
+            waited.append(await asyncio.to_thread(first_read.wait, 5.0))
+            last = {"index": 0, "delta": {"content": " two"}, "finish_reason": "stop"}
+            yield b"data: " + json.dumps({**chunk, "choices": [last]}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def scenario(client: UpstreamClient) -> list[bytes]:
+        handle = client.stream(OK, BODY, timeout_s=20.0)
+        seen = []
+        async with handle:
+            await handle.start()
+            async for payload in handle.events():
+                seen.append(payload)
+                first_read.set()
+        return seen
+
+    app = Starlette(routes=[Route("/v1/chat/completions", stream, methods=["POST"])])
+    with running_server(app) as url:
+        events = run(url + "/v1", scenario, read_timeout_s=20.0)
+    assert waited == [True], "the first event reached the caller only after the upstream gave up"
+    assert events[-1] == DONE and len(events) == 3
 
 
 def test_transport_sends_headers_and_body_and_httpx_decodes(sim_url: str) -> None:
