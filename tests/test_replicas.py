@@ -36,16 +36,24 @@ INTERVAL_MS = 200
 # must still pass, so it polls up to this long and prints how long it took.
 PROPAGATION_POLL_LIMIT_S = 30.0
 WARM_REQUESTS = 20  # each replica's requests while lab/a is fast everywhere
-MAX_SLOW_REQUESTS = 200  # bound on A's requests after the slow-down
+MAX_SLOW_REQUESTS = 60  # bound on A's requests after the slow-down (400 ms each)
 ROUTE_QUERY = {"prompt": "Say hi.", "priority": "speed", "max_tokens": 4}
 
 
+# Latencies well above what a loaded machine adds to a loopback call (at a load average of 9 on
+# two cores, 4 ms answers measured slower than a 20 ms prior): lab/a 40 ms, the others and
+# every prior 200 ms, lab/a slowed tenfold to 400 ms.
+PRIOR_TTFT_S, FAST_TTFT_S = 0.2, 0.04
+STEADY = {"tpot_s": 1e-5, "ttft_sigma": 0.05, "tpot_sigma": 0.0, "tail_prob": 0.0}
+
+
 def upstream(slow_after: int | None) -> dict[str, Any]:
-    """lab/a answers in ~4 ms, the others in ~20 ms; with ``slow_after``, lab/a takes 10x longer
-    from that upstream request on."""
+    """lab/a answers in ~40 ms, the others in ~200 ms; with ``slow_after``, lab/a takes 10x
+    longer from that upstream request on."""
+    models = {"*": {**STEADY, "ttft_s": PRIOR_TTFT_S}, SLOWED: {"ttft_s": FAST_TTFT_S}}
     if slow_after is None:
-        return scenario()
-    return scenario([{"at_request": slow_after, "model": SLOWED, "action": "slow", "factor": 10}])
+        return scenario(models=models)
+    return scenario([{"at_request": slow_after, "model": SLOWED, "action": "slow", "factor": 10}], models)
 
 
 def route(replica: Served) -> str:
@@ -111,7 +119,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     redis = start_redis(work)
     try:
         with ProcessGroup(work) as group:
-            catalogue = Catalogue.write(work)
+            catalogue = Catalogue.write(work, ttft_s=PRIOR_TTFT_S)
             sim_a = group.simulator(catalogue, upstream(slow_after=WARM_REQUESTS), "sim-a", wait=False)
             sim_b = group.simulator(catalogue, upstream(slow_after=None), "sim-b", wait=False)
             for sim in (sim_a, sim_b):

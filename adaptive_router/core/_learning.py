@@ -69,7 +69,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 _DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
 _CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
-_SHIFT_DRIFT = 0.5  # CUSUM allowance, in standard deviations of one answer's log latency
+_SHIFT_DRIFT = 1.0  # CUSUM allowance, in standard deviations of one answer's log latency
 _SHIFT_KEEP = 1.0  # answers' worth of the old regime kept when a persistent shift is found
 _SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
 
