@@ -81,7 +81,8 @@ def worker_gone() -> None:
         with contextlib.suppress(ImportError, OSError):
             from prometheus_client.multiprocess import mark_process_dead
 
-            mark_process_dead(os.getpid())
+            # prometheus_client's multiprocess module has no annotations (py.typed notwithstanding)
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager

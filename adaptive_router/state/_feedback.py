@@ -65,7 +65,7 @@ class Answered:
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Answered | None:
+    def from_json(cls, raw: bytes | str) -> Answered | None:
         """The entry, or None for anything malformed (a corrupt entry is unknown, never an error)."""
         try:
             data = json.loads(raw)
