@@ -117,6 +117,22 @@ def test_only_the_requesting_key_or_an_admin_scores_a_request(tenants: Stack) ->
     assert feedback(tenants, second["routing"]["request_id"], 1.0, ADMIN).status_code == 200
 
 
+def test_two_keys_sending_the_same_x_request_id_each_score_their_own_request(tenants: Stack) -> None:
+    chosen = "client-chosen-" + os.urandom(4).hex()
+    for key in (KEY_A, KEY_B):
+        answer = tenants.chat(headers={**auth(key), "x-request-id": chosen}).json()
+        assert answer["routing"]["request_id"] == chosen
+    for key in (KEY_A, KEY_B):  # B's request neither replaced A's record nor took its one score
+        scored = feedback(tenants, chosen, 1.0, key)
+        assert scored.status_code == 200, scored.text
+        assert feedback(tenants, chosen, 0.0, key).json()["error"]["code"] == "already_scored"
+    other = "client-chosen-" + os.urandom(4).hex()
+    tenants.chat(headers={**auth(KEY_A), "x-request-id": other})
+    assert feedback(tenants, other, 1.0, KEY_B).status_code == 404
+    assert feedback(tenants, other, 1.0, ADMIN).status_code == 200  # an admin scores any key's request
+    assert feedback(tenants, other, 1.0, KEY_A).status_code == 409
+
+
 def test_the_response_cache_is_per_key_unless_shared(monkeypatch: pytest.MonkeyPatch) -> None:
     body = user_body("What is the capital of France?", temperature=0)
     with service_stack(monkeypatch, **TENANTS) as stack:

@@ -12,7 +12,8 @@ from starlette.responses import Response
 from .._errors import ApiError, RedisUnavailable
 from ..core._decision import RouteRequest
 from ..state._cache import redis_topology
-from ._access import known_model, may_score, sees_detail
+from ..state._feedback import owner_of
+from ._access import is_admin, known_model, may_score, sees_detail
 from ._guards import prepare_globs
 from ._http import authorize, call_headers, json_response, read_call, running
 from ._schemas import (
@@ -129,7 +130,8 @@ async def feedback(request: Request) -> Response:
             raise _unknown(item.request_id)
         return json_response({"ok": True, "request_id": item.request_id})
     try:
-        entry = await store.resolve(item.request_id)
+        admin = is_admin(api_key, state.service.settings)
+        entry = await store.resolve(item.request_id, owner_of(api_key), any_owner=admin)
     except RedisUnavailable:
         raise ApiError(
             503,
