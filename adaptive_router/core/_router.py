@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy.typing as npt
 
 from .._errors import ConfigError, RequestError
 from .._settings import Settings
-from ._answers import Answered, AnsweredMemory
+from ._answers import Answered, AnsweredMemory, new_request_id
 from ._buffers import ScoreBuffers
 from ._catalogue import Catalogue, provider_groups
 from ._constraints import required_bits, why_none
@@ -306,8 +305,7 @@ class Router:
         return min(expected, float(max_tokens)) if max_tokens is not None else expected
 
     def _new_id(self) -> str:
-        """96 random bits: unguessable, so one tenant cannot name another's request (~1 us)."""
-        return "req-" + os.urandom(12).hex()
+        return new_request_id()
 
     def profile(self, request: RouteRequest) -> Profile:
         if request.messages is not None:
