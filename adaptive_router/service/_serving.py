@@ -120,7 +120,7 @@ class _Supervisor(Multiprocess):
     def handle_hup(self) -> None:
         # A worker still starting has no handler yet (the signal would end it) and reads the
         # settings file as it starts anyway: only the ready ones are told.
-        ready = [p for p in self.processes if p.pid is not None and p.is_ready(timeout=1.0)]
+        ready = [p for p in self.processes if p.pid is not None and _started(p)]
         log.info(
             "SIGHUP: reloading the settings in %d of %d workers, in place", len(ready), len(self.processes)
         )
@@ -128,6 +128,12 @@ class _Supervisor(Multiprocess):
             assert process.pid is not None
             with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: its successor starts afresh
                 os.kill(process.pid, signal.SIGHUP)
+
+
+def _started(process: Any) -> bool:
+    """Whether the worker has started serving (uvicorn >= 0.55 says so; before, whether it answers)."""
+    is_ready = getattr(process, "is_ready", None)
+    return bool(is_ready(timeout=1.0) if is_ready is not None else process.ping(timeout=1.0))
 
 
 def run_workers(app: str, **options: Any) -> None:
