@@ -195,6 +195,9 @@ def test_complete_answers_identical_requests_from_the_cache(open_stack: Stack) -
     assert second.json()["cached"] is True and second.json()["id"] == first["id"]
     assert second.headers["x-router-cache"] == "hit"
     assert second.json()["choices"] == first["choices"]
+    hit_id = second.json()["routing_decision"]["request_id"]  # a hit is scored by its own id
+    assert hit_id == second.headers["x-router-request-id"] != first["routing_decision"]["request_id"]
+    assert feedback(open_stack, hit_id, 1.0).status_code == 200
     warm = open_stack.http.post("/complete", json={**body, "temperature": 0.7}).json()
     assert warm["cached"] is False and warm["id"] != first["id"]
 

@@ -108,7 +108,8 @@ class FeedbackStore:
             raw = await self._redis("feedback get", lambda client: client.hget(key, owner))
             return Answered.from_json(raw) if raw is not None else None
         found = await self._redis("feedback get", lambda client: client.hgetall(key))
-        return _own_or_latest(found, owner, time.time() - self._ttl_s)
+        latest = _own_or_latest(found, owner, time.time() - self._ttl_s)
+        return latest or self.memory.find(some_id, owner, any_owner=True)  # a write Redis missed
 
     async def claim(self, answered: Answered) -> bool:
         """True for the first score of this request (across replicas with Redis); False after."""
