@@ -98,6 +98,37 @@ def test_a_streams_final_chunk_names_the_request_for_feedback(open_stack: Stack,
     assert feedback(open_stack, chunks[0]["id"], 1.0).status_code == 409  # the answer's id names it too
 
 
+def test_a_cache_hit_has_its_own_request_id_and_scores_the_model_that_answered(open_stack: Stack) -> None:
+    body = user_body(TYPICAL, temperature=0, max_tokens=23)  # cacheable; its cell is the one /models rates
+    first, hit = open_stack.chat(body), open_stack.chat(body)
+    assert hit.headers["x-router-cache"] == "hit"
+    hit_id = hit.headers["x-router-request-id"]
+    assert re.fullmatch(r"req-[0-9a-f]{24}", hit_id), hit_id
+    assert hit.json()["routing"]["request_id"] == hit_id != first.json()["routing"]["request_id"]
+    model = hit.json()["model"]
+    before = quality(open_stack, model)
+    scored = feedback(open_stack, hit_id, 0.0)
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"ok": True, "request_id": hit_id}
+    assert quality(open_stack, model) < before  # the model that produced the cached answer
+    assert feedback(open_stack, hit_id, 0.0).status_code == 409  # once, like any request
+    assert feedback(open_stack, first.json()["routing"]["request_id"], 1.0).status_code == 200  # its own
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_a_streamed_cache_hit_names_its_request_in_the_header_and_final_chunk(
+    open_stack: Stack, include_usage: bool
+) -> None:
+    extra: dict[str, Any] = {"temperature": 0, "max_tokens": 29 + include_usage}
+    assert open_stack.chat(user_body(**extra)).headers["x-router-cache"] == "miss"  # stored; a stream is not
+    usage = {"stream_options": {"include_usage": True}} if include_usage else {}
+    response, chunks = stream_chunks(open_stack, **extra, **usage)
+    assert response.headers["x-router-cache"] == "hit"
+    request_id = response.headers["x-router-request-id"]
+    assert chunks[-1]["routing"]["request_id"] == request_id and chunks[-1]["routing"]["cached"] is True
+    assert feedback(open_stack, request_id, 1.0).status_code == 200
+
+
 def _finishes(chunk: dict[str, Any]) -> bool:
     return any(choice.get("finish_reason") for choice in chunk["choices"])
 
@@ -115,6 +146,22 @@ def test_only_the_requesting_key_or_an_admin_scores_a_request(tenants: Stack) ->
     assert feedback(tenants, first["id"], 1.0, KEY_A).status_code == 200
     second = tenants.chat(headers=auth(KEY_B)).json()
     assert feedback(tenants, second["routing"]["request_id"], 1.0, ADMIN).status_code == 200
+
+
+def test_two_keys_sending_the_same_x_request_id_each_score_their_own_request(tenants: Stack) -> None:
+    chosen = "client-chosen-" + os.urandom(4).hex()
+    for key in (KEY_A, KEY_B):
+        answer = tenants.chat(headers={**auth(key), "x-request-id": chosen}).json()
+        assert answer["routing"]["request_id"] == chosen
+    for key in (KEY_A, KEY_B):  # B's request neither replaced A's record nor took its one score
+        scored = feedback(tenants, chosen, 1.0, key)
+        assert scored.status_code == 200, scored.text
+        assert feedback(tenants, chosen, 0.0, key).json()["error"]["code"] == "already_scored"
+    other = "client-chosen-" + os.urandom(4).hex()
+    tenants.chat(headers={**auth(KEY_A), "x-request-id": other})
+    assert feedback(tenants, other, 1.0, KEY_B).status_code == 404
+    assert feedback(tenants, other, 1.0, ADMIN).status_code == 200  # an admin scores any key's request
+    assert feedback(tenants, other, 1.0, KEY_A).status_code == 409
 
 
 def test_the_response_cache_is_per_key_unless_shared(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,6 +195,9 @@ def test_complete_answers_identical_requests_from_the_cache(open_stack: Stack) -
     assert second.json()["cached"] is True and second.json()["id"] == first["id"]
     assert second.headers["x-router-cache"] == "hit"
     assert second.json()["choices"] == first["choices"]
+    hit_id = second.json()["routing_decision"]["request_id"]  # a hit is scored by its own id
+    assert hit_id == second.headers["x-router-request-id"] != first["routing_decision"]["request_id"]
+    assert feedback(open_stack, hit_id, 1.0).status_code == 200
     warm = open_stack.http.post("/complete", json={**body, "temperature": 0.7}).json()
     assert warm["cached"] is False and warm["id"] != first["id"]
 

@@ -273,3 +273,24 @@ def test_reload_listeners_hear_each_swap_and_a_failing_one_changes_nothing(
             assert running.service.router.config.top_k == 2
 
     asyncio.run(main())
+
+
+def test_answered_requests_are_kept_once_by_the_feedback_store_across_reloads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``learning.feedback_memory`` bounds one copy: the store's, not the router's as well."""
+    for name in [n for n in os.environ if n.startswith("ROUTER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(SIMULATOR_URL_ENV, "http://127.0.0.1:9/v1")  # never called: no request is sent
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"upstream": {"simulate": "always"}}))
+
+    async def main() -> None:
+        service = build_service(load_settings(path))
+        async with service.open() as running, operations(running) as ops:
+            assert running.pipeline.feedback is not None and running.service.router.answers is None
+            path.write_text(yaml.safe_dump({"upstream": {"simulate": "always"}, "routing": {"top_k": 2}}))
+            assert (await ops.reloader.reload("test")).ok
+            assert running.service.router.config.top_k == 2 and running.service.router.answers is None
+
+    asyncio.run(main())

@@ -543,3 +543,14 @@ def test_readme_latency_examples_find_a_model_on_a_fresh_start(shown: str, reque
     settings_path = Path(__file__).resolve().parents[1] / "settings.yaml"
     router = Router.from_settings(load_settings(settings_path))
     assert router.decide(request_).model  # nothing learned yet: the priors alone must allow it
+
+
+def test_feedback_memory_keeps_the_last_answers_by_model_id() -> None:
+    """A library router remembers its last ``feedback_memory`` answered requests, by model id."""
+    router = Router.from_settings(load_settings(learning={"feedback_memory": 2}, exploration={"seed": 0}))
+    decisions = [router.decide(RouteRequest(prompt=f"question {i}")) for i in range(3)]
+    for d in decisions:
+        outcome = Outcome(model=d.model, success=True, latency_s=0.5, ttft_s=0.2, completion_tokens=10)
+        router.record(d, outcome)
+    assert router.feedback(decisions[0].request_id, 1.0) is False  # the oldest of three went
+    assert all(router.feedback(d.request_id, 1.0) for d in decisions[1:])

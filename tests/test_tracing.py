@@ -193,3 +193,18 @@ def test_tracing_is_on_with_an_otlp_endpoint_and_off_without(monkeypatch: pytest
     assert not tracing_wanted(load_settings(tracing={"enabled": False}))
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not tracing_wanted(load_settings())
+
+
+def test_thompson_sampling_is_traced_without_a_propensity(
+    monkeypatch: pytest.MonkeyPatch, exporter: InMemorySpanExporter
+) -> None:
+    """Thompson sampling has no propensity: the request is answered and traced without one."""
+    exporter.clear()
+    with traced_stack(monkeypatch, exploration={"policy": "thompson", "seed": 0}) as (http, _):
+        response = http.post("/v1/chat/completions", json=user_body(), headers={"traceparent": TRACEPARENT})
+        assert response.status_code == 200, response.text
+        spans = spans_of_trace(exporter, 2)
+    (request,) = [s for s in spans if s.name == "chat auto"]
+    attributes = dict(request.attributes or {})
+    assert attributes["router.policy"] == "thompson"
+    assert "router.propensity" not in attributes

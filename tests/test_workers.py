@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -273,3 +274,32 @@ def test_metrics_in_multiprocess_mode_sum_workers_once_each(tmp_path: Path) -> N
     assert 'adaptive_router_info{upstream="simulated"} 1.0' in last
     type_lines = [line for line in last.splitlines() if line.startswith("# TYPE")]
     assert len(type_lines) == len(set(type_lines)), "a family reported twice"
+
+
+def test_sighup_reloads_the_settings_in_every_worker_without_restarting_them(
+    group: tuple[ProcessGroup, Catalogue, Served], tmp_path: Path
+) -> None:
+    """uvicorn's supervisor would restart the workers on SIGHUP; ``serve`` reloads them in place.
+    The pinned connections would break if either worker were replaced."""
+    processes, catalogue, sim = group
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(json.dumps({"routing": {"top_k": 3}}))
+    env = {**router_env(catalogue), "ROUTER_SETTINGS_FILE": str(settings)}
+    served = ready(processes.serve("hup", sim, env, args=("--workers", "2"), wait=False))
+    a, b = two_workers(served.port)
+    try:
+        settings.write_text(json.dumps({"routing": {"top_k": 2}}))
+        served.proc.send_signal(signal.SIGHUP)
+
+        def reloaded(conn: Pinned) -> bool:
+            last = conn.get("/ready")[1]["reload"]
+            return last is not None and last["source"] == "SIGHUP" and last["ok"] is True
+
+        for conn in (a, b):
+            assert wait_for(lambda conn=conn: reloaded(conn), 30.0), served.log_tail()
+            assert conn.get("/ready")[1]["reload"]["changed"] == ["routing.top_k"]
+            assert conn.get("/metrics.json")[1]["pid"] == conn.pid  # the same process, still serving
+        assert "restarting processes" not in served.log_path.read_text()
+    finally:
+        a.close()
+        b.close()

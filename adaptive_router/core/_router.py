@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +24,7 @@ import numpy.typing as npt
 
 from .._errors import ConfigError, RequestError
 from .._settings import Settings
+from ._answers import Answered, AnsweredMemory, new_request_id
 from ._buffers import ScoreBuffers
 from ._catalogue import Catalogue, provider_groups
 from ._constraints import required_bits, why_none
@@ -97,7 +96,9 @@ class Router:
         self._buf = ScoreBuffers(n, config.latency_scale, config.cost_scale)
         self._price_prompt = np.maximum(catalogue.price_prompt, _PRICE_FLOOR)
         self._price_completion = np.maximum(catalogue.price_completion, _PRICE_FLOOR)
-        self._answered: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Answered requests for ``feedback`` (library use); None in the service, whose
+        # FeedbackStore owns them (with their answer ids and owners, and in Redis).
+        self.answers: AnsweredMemory | None = AnsweredMemory(config.feedback_memory)
         self._capability_masks: dict[frozenset[str], BoolArray] = {}
         self._decisions: dict[tuple[Any, ...], tuple[float, Decision]] = {}
         self._available_version = 0
@@ -304,8 +305,7 @@ class Router:
         return min(expected, float(max_tokens)) if max_tokens is not None else expected
 
     def _new_id(self) -> str:
-        """96 random bits: unguessable, so one tenant cannot name another's request (~1 us)."""
-        return "req-" + os.urandom(12).hex()
+        return new_request_id()
 
     def profile(self, request: RouteRequest) -> Profile:
         if request.messages is not None:
@@ -483,15 +483,13 @@ class Router:
             latency_s=outcome.latency_s,
             tokens=outcome.completion_tokens,
         )
-        if outcome.success and self.config.feedback_memory:
-            self._answered[decision.request_id] = (row, cell)
-            if len(self._answered) > self.config.feedback_memory:
-                self._answered.popitem(last=False)
+        if outcome.success and self.answers is not None:
+            self.answers.keep(Answered(decision.request_id, None, outcome.model, cell, ""))
 
     def feedback(self, request_id: str, score: float) -> bool:
         """A quality score in [0, 1] for an answered request; False if the id is unknown or expired."""
-        row, cell = self._answered.get(request_id, (-1, -1))
-        return self.feedback_on(self.catalogue.ids[row] if row >= 0 else "", cell, score)
+        held = self.answers.find(request_id, "") if self.answers is not None else None
+        return self.feedback_on(held.model if held else "", held.cell if held else -1, score)
 
     def feedback_on(self, model: str, cell: int, score: float) -> bool:
         """A quality score in [0, 1] for an answer of ``model`` in learner cell ``cell`` (a request

@@ -48,10 +48,13 @@ _NO_ANSWERS = (
 )
 
 
-class _Answered(Protocol):
-    model: str
-    messages: Sequence[Mapping[str, Any]]
-    text: str
+class _Answered(Protocol):  # read-only members: evaluators' frozen Sample qualifies
+    @property
+    def model(self) -> str: ...
+    @property
+    def messages(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def text(self) -> str: ...
 
 
 def evaluation_record(

@@ -194,7 +194,8 @@ class _Series:
             from prometheus_client.multiprocess import MultiProcessCollector
 
             self.registry = _worker_registry()
-            MultiProcessCollector(self.registry)
+            # prometheus_client's multiprocess module has no annotations (py.typed notwithstanding)
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self._declare_counters(self.registry)
         self._declare_timings(self.registry)
         self.cache_hit = self.cache.labels("hit")

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from .._errors import AllCandidatesFailed, RequestError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from .._json import dumps, loads
 from .._settings import CacheSettings
+from ..core._answers import new_request_id
 from ..core._catalogue import Catalogue
 from ..core._decision import Decision, RouteRequest
 from ..core._router import Router
@@ -66,6 +67,7 @@ class Call:
     cache_key: str | None = None
     started: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None
+    hit_id: str | None = None  # a response-cache hit's own request id (it has no decision)
     result: Result | None = None
     completion: Completion | None = None
     answer: dict[str, Any] | None = None
@@ -263,7 +265,19 @@ class Pipeline:
             data.get("model"), "cache_hit", time.perf_counter() - call.started, None, 0, True, call.stream
         )
         self._accounted(call)
+        await self._remember_hit(call, data)
         return data
+
+    async def _remember_hit(self, call: Call, data: dict[str, Any]) -> None:
+        """A cache hit gets a request id like any answer; a score for it counts for the model that
+        produced the cached answer, in this request's cell (the answer's own ``id`` still names
+        the request that produced it)."""
+        call.hit_id = call.route.request_id or new_request_id()
+        model = data.get("model")
+        if self.feedback is None or not isinstance(model, str) or model not in self.catalogue.index:
+            return
+        cell = self.router.profile(call.route).cell
+        await self.feedback.remember(Answered(call.hit_id, None, model, cell, owner_of(call.api_key)))
 
     async def complete(self, call: Call) -> dict[str, Any]:
         """Admit, decide, execute with fallback, account, store; the answer, or ``RequestFailed``."""

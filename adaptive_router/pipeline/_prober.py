@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import RouterError
+from .._settings import ProbeSettings
 from ..core._decision import RouteRequest
 from ._pipeline import Call, NoHook
 from ._runtime import Running
@@ -83,7 +84,7 @@ class Prober:
         running.pipeline.hooks.add(_LastTried(self._seen, clock))
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> ProbeSettings:
         return self.running.service.settings.probe
 
     def due(self) -> list[str]:

@@ -294,12 +294,7 @@ def carry_learning(old: Router, new: Router, shared: SharedState | None) -> None
         new.learner.set_local(old.learner.local_state())
         if shared is not None:
             shared.use_learner(new.learner)
-    # Router keeps the answered request ids to itself; a reload is the one reader besides it.
-    ids, index = old.catalogue.ids, new.catalogue.index
-    for request_id, (row, cell) in old._answered.items():
-        moved = index.get(ids[row])
-        if moved is not None:
-            new._answered[request_id] = (moved, cell)
+    new.answers = old.answers  # by model id: a removed model's requests are refused when scored
 
 
 def _same_learner(old: Router, new: Router) -> bool:

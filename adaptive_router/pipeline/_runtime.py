@@ -141,6 +141,7 @@ class RouterService:
         )
         await self._open_budget(stack, pipeline)
         pipeline.feedback = await self._open_feedback(stack)
+        self.router.answers = None  # the store is the one owner of answered requests
         stack.push_async_callback(background.drain)  # charges still in flight, before the budget's last flush
         pipeline.traffic_log = traffic_log = self._traffic_log()
         if traffic_log is not None:

@@ -28,6 +28,8 @@ from .._settings import Settings
 from ._pipeline import Call, NoHook
 
 if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
     from ..upstream._client import Completion, StreamHandle
 
 __all__ = [
@@ -97,14 +99,17 @@ def _otlp_exporter() -> Any:
     protocol = os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     )
+    # endpoint, headers, timeout: from OTEL_EXPORTER_OTLP_* themselves
     try:
         if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+            return Grpc()
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+        return Http()
     except ImportError as exc:
         raise ConfigError("tracing", f"the OTLP exporter is not installed: {INSTALL_HINT}") from exc
-    return OTLPSpanExporter()  # endpoint, headers, timeout: from OTEL_EXPORTER_OTLP_* themselves
 
 
 def _ns_ago(seconds: float) -> int:
@@ -147,14 +152,15 @@ class TraceHook(NoHook):
         span = self._current()
         if decision is None or not span.is_recording():
             return
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "router.mode": decision.mode or "default",
             "router.policy": decision.policy,
-            "router.propensity": float(decision.propensity),
             "router.explored": bool(decision.explored),
             "router.task": decision.profile.task,
             "router.request_id": decision.request_id,
         }
+        if decision.propensity is not None:  # Thompson sampling has none; an attribute cannot be None
+            attributes["router.propensity"] = float(decision.propensity)
         span.set_attributes(attributes)
         end = time.time_ns()  # the decision's own span: what it chose (the rest is on the request's)
         chosen = {

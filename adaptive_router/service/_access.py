@@ -12,7 +12,7 @@ from ..core._router import Router
 from ..state._feedback import Answered, owner_of
 from ._http import authorize, json_response, running
 
-__all__ = ["known_model", "may_score", "retrieve_model", "sees_detail"]
+__all__ = ["is_admin", "known_model", "may_score", "retrieve_model", "sees_detail"]
 
 
 def known_model(model: str, router: Router) -> None:
@@ -54,10 +54,14 @@ async def retrieve_model(request: Request) -> Response:
     return json_response({"id": model, "object": "model", "created": 0, "owned_by": owner})
 
 
+def is_admin(api_key: str | None, settings: Settings) -> bool:
+    """An admin key (``server.admin_keys``): may reload, and score any key's request."""
+    return api_key is not None and api_key in settings.server.admin_keys
+
+
 def may_score(answered: Answered, api_key: str | None, settings: Settings) -> bool:
     """The key that made the request may score it, and so may an admin key (``server.admin_keys``)."""
-    admin = api_key is not None and api_key in settings.server.admin_keys
-    return admin or answered.owner == owner_of(api_key)
+    return is_admin(api_key, settings) or answered.owner == owner_of(api_key)
 
 
 def sees_detail(request: Request) -> bool:

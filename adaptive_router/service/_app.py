@@ -46,7 +46,7 @@ from ._error_map import ERROR_MAP, handle_error
 from ._guards import cors_middleware
 from ._lifecycle import DeadlineHTTPProtocol, drain_on_terminate
 from ._proxy import chat_completions
-from ._serving import check_port, started, warn_per_worker_state, worker_gone, worker_metrics_dir
+from ._serving import check_port, run_workers, started, warn_per_worker_state, worker_gone, worker_metrics_dir
 from ._telemetry import TraceRequests
 
 __all__ = [
@@ -148,7 +148,7 @@ def serve(settings: Settings) -> None:
         # The supervisor holds no learned state: a plain exit lets the metrics directory go.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         with worker_metrics_dir(server.workers), started():
-            uvicorn.run(
+            run_workers(  # uvicorn.run, but SIGHUP reloads the workers' settings instead of restarting them
                 "adaptive_router.service:app_from_environment",
                 factory=True,
                 host=server.host,

@@ -11,8 +11,10 @@ from starlette.responses import Response
 
 from .._errors import ApiError, RedisUnavailable
 from ..core._decision import RouteRequest
+from ..pipeline._pipeline import Call
 from ..state._cache import redis_topology
-from ._access import known_model, may_score, sees_detail
+from ..state._feedback import owner_of
+from ._access import is_admin, known_model, may_score, sees_detail
 from ._guards import prepare_globs
 from ._http import authorize, call_headers, json_response, read_call, running
 from ._schemas import (
@@ -97,23 +99,24 @@ async def complete(request: Request) -> Response:
             "reason": decision.reason if decision else "cached",
             "fallbacks": decision.fallbacks if decision else [],
             "attempts": [a.as_dict() for a in result.attempts] if result else [],
-            "request_id": decision.request_id if decision else None,
+            "request_id": decision.request_id if decision else call.hit_id,
             "upstream": pipeline.upstream_mode,
         },
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "cached": cached,
     }
     if cached:
-        return json_response(answer, headers=_hit_headers(data, pipeline.upstream_mode))
+        return json_response(answer, headers=_hit_headers(data, call, pipeline.upstream_mode))
     return json_response(answer, headers=call_headers(call, pipeline.upstream_mode))
 
 
-def _hit_headers(data: dict[str, Any], upstream_mode: str) -> dict[str, str]:
+def _hit_headers(data: dict[str, Any], call: Call, upstream_mode: str) -> dict[str, str]:
     return {
         "x-router-model": str(data.get("model")),
         "x-router-attempts": "0",
         "x-router-decision-us": "0",
         "x-router-cache": "hit",
+        "x-router-request-id": str(call.hit_id),
         "x-router-upstream": upstream_mode,
     }
 
@@ -129,7 +132,8 @@ async def feedback(request: Request) -> Response:
             raise _unknown(item.request_id)
         return json_response({"ok": True, "request_id": item.request_id})
     try:
-        entry = await store.resolve(item.request_id)
+        admin = is_admin(api_key, state.service.settings)
+        entry = await store.resolve(item.request_id, owner_of(api_key), any_owner=admin)
     except RedisUnavailable:
         raise ApiError(
             503,

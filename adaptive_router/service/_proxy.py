@@ -72,21 +72,23 @@ def _cached(pipeline: Pipeline, call: Call, data: dict[str, Any], chat: ChatComp
         "x-router-attempts": "0",
         "x-router-decision-us": "0",
         "x-router-cache": "hit",
+        "x-router-request-id": str(call.hit_id),
         "x-router-upstream": pipeline.upstream_mode,
         COST_HEADER: "0.0",
     }
     if isinstance(data.get("usage"), dict):  # a cached answer costs nothing this time
         data["usage"] = with_cost(data["usage"], 0.0)
         call.answer_json = None  # serialised again, with the new cost
+    routing = {"request_id": call.hit_id, **routing_info(None, None, True, pipeline.upstream_mode)}
+    routing["model"] = data.get("model")
     if chat.stream:
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_sse(_replay(data, include_usage)), media_type=EVENT_STREAM, headers=headers)
-    routing = routing_info(None, None, True, pipeline.upstream_mode)
-    routing["model"] = data.get("model")
+        events = _replay(data, include_usage, routing)
+        return StreamingResponse(_sse(events), media_type=EVENT_STREAM, headers=headers)
     return answer_response(call, routing, headers)
 
 
-async def _replay(data: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+async def _replay(data: dict[str, Any], include_usage: bool, routing: dict[str, Any]) -> AsyncIterator[bytes]:
     """A cached completion as OpenAI's stream: role, content, finish reason, [usage,] [DONE]."""
     base = {
         "id": data.get("id", "chatcmpl-cached"),
@@ -99,7 +101,7 @@ async def _replay(data: dict[str, Any], include_usage: bool) -> AsyncIterator[by
     for delta in ({"role": "assistant", "content": ""}, {"content": message.get("content") or ""}):
         yield dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
     finish = {"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}
-    yield dumps({**base, "choices": [finish]})
+    yield dumps({**base, "choices": [finish], "routing": routing})  # the request id, as a live stream's
     if include_usage and data.get("usage"):
-        yield dumps({**base, "choices": [], "usage": data["usage"]})
+        yield dumps({**base, "choices": [], "usage": data["usage"], "routing": routing})
     yield b"[DONE]"

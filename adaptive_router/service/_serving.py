@@ -1,10 +1,16 @@
 """What ``serve`` checks and sets up around uvicorn: a free port, a loud warning when several
-workers would keep state of their own, and one Prometheus view over all workers.
+workers would keep state of their own, one Prometheus view over all workers, and ``SIGHUP``
+reloading the settings in every worker.
 
 With ``server.workers > 1`` every worker is its own process: ``serve`` gives them a fresh
 ``PROMETHEUS_MULTIPROC_DIR`` (removed on exit), so that ``/metrics`` on any worker reports the
 sum over all of them (prometheus-client's multiprocess mode). A directory set by the operator
 is used as it is (prometheus-client wants it emptied between runs: the operator's job then).
+
+uvicorn's supervisor (``uvicorn.supervisors.Multiprocess``) takes ``SIGHUP`` as "restart every
+worker" (``handle_hup`` -> ``restart_all``: a new process per worker, the old one terminated),
+which would drop what each worker holds in memory; :func:`run_workers` runs a supervisor that
+passes the signal on to each running worker instead, whose own handler reloads the settings.
 """
 
 from __future__ import annotations
@@ -14,15 +20,27 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from .._errors import ConfigError, RouterError
 from .._settings import Settings
 from ..pipeline._metrics import MULTIPROC_ENV
 
-__all__ = ["check_port", "started", "warn_per_worker_state", "worker_gone", "worker_metrics_dir"]
+__all__ = [
+    "check_port",
+    "run_workers",
+    "started",
+    "warn_per_worker_state",
+    "worker_gone",
+    "worker_metrics_dir",
+]
 
 log = logging.getLogger("adaptive_router.service")
 
@@ -81,7 +99,8 @@ def worker_gone() -> None:
         with contextlib.suppress(ImportError, OSError):
             from prometheus_client.multiprocess import mark_process_dead
 
-            mark_process_dead(os.getpid())
+            # prometheus_client's multiprocess module has no annotations (py.typed notwithstanding)
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
@@ -93,3 +112,33 @@ def started() -> Iterator[None]:
         if exc.code == _STARTUP_FAILURE:
             raise RouterError("the service did not start; the log above says why") from None
         raise
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, but ``SIGHUP`` reloads settings in the workers in place."""
+
+    def handle_hup(self) -> None:
+        # A worker still starting has no handler yet (the signal would end it) and reads the
+        # settings file as it starts anyway: only the ready ones are told.
+        ready = [p for p in self.processes if p.pid is not None and _started(p)]
+        log.info(
+            "SIGHUP: reloading the settings in %d of %d workers, in place", len(ready), len(self.processes)
+        )
+        for process in ready:
+            assert process.pid is not None
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: its successor starts afresh
+                os.kill(process.pid, signal.SIGHUP)
+
+
+def _started(process: Any) -> bool:
+    """Whether the worker has started serving (uvicorn >= 0.55 says so; before, whether it answers)."""
+    is_ready = getattr(process, "is_ready", None)
+    return bool(is_ready(timeout=1.0) if is_ready is not None else process.ping(timeout=1.0))
+
+
+def run_workers(app: str, **options: Any) -> None:
+    """``uvicorn.run(app, workers=N, **options)`` with :class:`_Supervisor` as the supervisor."""
+    config = uvicorn.Config(app, **options)
+    sock = config.bind_socket()
+    with contextlib.suppress(KeyboardInterrupt):
+        _Supervisor(config, sockets=[sock]).run()

@@ -2,43 +2,45 @@
 
     store = FeedbackStore(client, "adaptive-router", ttl_s=86_400, max_entries=100_000)
     await store.remember(Answered("req-9f…", "chatcmpl-…", "openai/gpt-4o-mini", 3, owner_of(key)))
-    entry = await store.resolve("chatcmpl-…")     # by routing.request_id or by the answer's id
+    entry = await store.resolve("chatcmpl-…", owner_of(key))   # by routing.request_id or the answer's id
+    entry = await store.resolve("req-9f…", owner_of(admin_key), any_owner=True)  # an admin: anyone's
     await store.claim(entry)                       # True once per request: a second score is refused
+
+This store is the one owner of answered-request records in the service. Ids are scoped by owner
+(a hash of the API key that made the request, never the key itself; "" when the router has no
+keys): a client may choose its request id (``x-request-id``), so two keys may send the same one,
+and each key's feedback finds its own request. An admin's lookup takes its own request first,
+else the latest request of any key under that id.
 
 Memory holds this process's own entries (bounded, each for ``ttl_s``). With Redis (``client``
 set) every entry is also written there, before the answer leaves, so that a feedback sent to
 another worker or replica finds it; the first score claims the request there (``SET NX``), so
 a request is scored once across all of them. Redis keys, each with the same TTL::
 
-    {prefix}:fb:v1:id:<request id or answer id>   JSON: request id, model, cell, owner
-    {prefix}:fb:v1:scored:<request id>            the claim of the first score
-
-Owners are a hash of the API key that made the request (never the key itself); "" when the
-router has no keys.
+    {prefix}:fb:v2:id:<request id or answer id>   HASH: owner -> JSON (request id, model, cell, owner, time)
+    {prefix}:fb:v2:scored:<owner>:<request id>    the claim of the first score
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .._errors import RedisUnavailable
 from .._topology import RedisClient
+from ..core._answers import Answered, AnsweredMemory
 from ._redis import redis_call
 
 __all__ = ["Answered", "FeedbackStore", "owner_of"]
 
 log = logging.getLogger("adaptive_router.feedback")
 
-_VERSION = "fb:v1"
+_VERSION = "fb:v2"  # v1 keyed ids alone: one key's request could overwrite another's
 T = TypeVar("T")
 
 
@@ -47,32 +49,6 @@ def owner_of(api_key: str | None) -> str:
     if not api_key:
         return ""
     return hashlib.sha256(b"adaptive-router/owner\0" + api_key.encode()).hexdigest()[:32]
-
-
-@dataclass(slots=True)
-class Answered:
-    """One answered request: its ids, the model that answered, the learner cell, the owner."""
-
-    request_id: str
-    response_id: str | None
-    model: str
-    cell: int
-    owner: str
-    scored: bool = field(default=False, compare=False)
-
-    def to_json(self) -> bytes:
-        data = {"r": self.request_id, "a": self.response_id, "m": self.model, "c": self.cell, "o": self.owner}
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Answered | None:
-        """The entry, or None for anything malformed (a corrupt entry is unknown, never an error)."""
-        try:
-            data = json.loads(raw)
-            answered = cls(str(data["r"]), data.get("a"), str(data["m"]), int(data["c"]), str(data["o"]))
-        except (ValueError, KeyError, TypeError):
-            return None
-        return answered
 
 
 class FeedbackStore:
@@ -92,10 +68,10 @@ class FeedbackStore:
         retry_after_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client, self._ttl_s, self._max = client, ttl_s, max_entries
+        self._client, self._ttl_s = client, ttl_s
         self._prefix = f"{prefix}:{_VERSION}"
         self._timeout_s, self._retry_after_s, self._clock = timeout_s, retry_after_s, clock
-        self._memory: OrderedDict[str, tuple[float, Answered]] = OrderedDict()
+        self.memory = AnsweredMemory(max_entries, ttl_s, clock)
         self._down_until = -math.inf
 
     @property
@@ -104,47 +80,43 @@ class FeedbackStore:
         return self._client is not None
 
     async def remember(self, answered: Answered) -> None:
-        """Keep ``answered`` for ``ttl_s`` under its request id and its answer's id."""
-        if self._max <= 0:
+        """Keep ``answered`` for ``ttl_s`` under its request id and its answer's id, for its owner."""
+        if self.memory.max_ids <= 0:
             return
-        ids = [answered.request_id]
-        if answered.response_id and answered.response_id != answered.request_id:
-            ids.append(answered.response_id)
-        expires = self._clock() + self._ttl_s
-        for key in ids:
-            self._memory[key] = (expires, answered)
-            self._memory.move_to_end(key)
-        while len(self._memory) > self._max:
-            self._memory.popitem(last=False)
+        answered.at = time.time()
+        self.memory.keep(answered)
         if self._client is not None:
-            raw = answered.to_json()
+            keys, raw, ttl_ms = self._keys(answered.ids()), answered.to_json(), self._ttl_ms
             with contextlib.suppress(RedisUnavailable):  # this process can still take the feedback
                 await self._redis(
-                    "feedback set", lambda client: _set_all(client, self._keys(ids), raw, self._ttl_ms)
+                    "feedback set", lambda client: _set_all(client, keys, answered.owner, raw, ttl_ms)
                 )
 
-    async def resolve(self, some_id: str) -> Answered | None:
-        """The entry for a request id or an answer id; None when unknown or expired.
+    async def resolve(self, some_id: str, owner: str, *, any_owner: bool = False) -> Answered | None:
+        """``owner``'s entry for a request id or an answer id (with ``any_owner``, an admin's
+        lookup: else the latest of any owner's); None when unknown or expired.
 
         Raises :class:`RedisUnavailable` when the id is not this process's own and Redis did
         not answer (the caller cannot tell "unknown" from "not reachable now")."""
-        held = self._memory.get(some_id)
+        held = self.memory.find(some_id, owner)
         if held is not None:
-            if held[0] > self._clock():
-                return held[1]
-            del self._memory[some_id]
+            return held
         if self._client is None:
-            return None
+            return self.memory.find(some_id, owner, any_owner=True) if any_owner else None
         key = self._keys([some_id])[0]
-        raw = await self._redis("feedback get", lambda client: client.get(key))
-        return Answered.from_json(raw) if raw is not None else None
+        if not any_owner:
+            raw = await self._redis("feedback get", lambda client: client.hget(key, owner))
+            return Answered.from_json(raw) if raw is not None else None
+        found = await self._redis("feedback get", lambda client: client.hgetall(key))
+        latest = _own_or_latest(found, owner, time.time() - self._ttl_s)
+        return latest or self.memory.find(some_id, owner, any_owner=True)  # a write Redis missed
 
     async def claim(self, answered: Answered) -> bool:
         """True for the first score of this request (across replicas with Redis); False after."""
         if answered.scored:
             return False
         if self._client is not None:
-            key = f"{self._prefix}:scored:{answered.request_id}"
+            key = f"{self._prefix}:scored:{answered.owner}:{answered.request_id}"
             try:
                 claimed = await self._redis(
                     "feedback claim", lambda client: client.set(key, b"1", nx=True, px=self._ttl_ms)
@@ -185,11 +157,16 @@ class FeedbackStore:
             raise
 
 
-async def _set_all(client: RedisClient, keys: list[str], raw: bytes, ttl_ms: int) -> None:
-    if len(keys) == 1:  # no answer id of its own: one command, no pipeline to build
-        await client.set(keys[0], raw, px=ttl_ms)
-        return
+async def _set_all(client: RedisClient, keys: list[str], owner: str, raw: bytes, ttl_ms: int) -> None:
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.set(key, raw, px=ttl_ms)
+        pipe.hset(key, owner, raw)
+        pipe.pexpire(key, ttl_ms)  # an id's records live ttl after its last use (``at`` says when each came)
     await pipe.execute()
+
+
+def _own_or_latest(found: dict[bytes | str, bytes | str], owner: str, oldest: float) -> Answered | None:
+    """The owner's record among an id's, else the latest one not older than ``oldest``."""
+    records = [a for a in map(Answered.from_json, found.values()) if a is not None and a.at >= oldest]
+    own = [a for a in records if a.owner == owner]
+    return max(own or records, key=lambda a: a.at, default=None)

@@ -329,7 +329,7 @@ class StreamHandle:
             await self.aclose()
             raise
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         if self._chunks is None or self._iterating:
             raise RuntimeError("events() needs a successful start(), and may be iterated once")
         self._iterating = True
