@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ._columns import DISPLACED, latency_columns
 from ._hierarchy import CellLevels, shrunk_quality
-from ._latency_fit import REF_TOKENS, TOKEN_SCALE, fit_lines
+from ._latency_fit import REF_TOKENS, TOKEN_SCALE
 from ._row_fit import fit_row
 from ._shift import Answer, ShiftDetector
 from ._sums import (
@@ -68,7 +69,6 @@ __all__ = ["Learner"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
-_DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
 _CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
 _SHIFT_DRIFT = 0.5  # CUSUM allowance, in standard deviations of one answer's log latency
 _SHIFT_KEEP = 1.0  # answers' worth of the old regime kept when a persistent shift is found
@@ -126,6 +126,7 @@ class Learner:
         self.k_cell = cell_prior_strength
         self.prior_ttft = np.asarray(ttft_prior, dtype=np.float64).copy()
         self.prior_tpot = np.asarray(tpot_prior, dtype=np.float64).copy()
+        self._priors = (self.prior_ttft, self.prior_tpot)
         self._prior_ttft, self._prior_tpot = self.prior_ttft.data, self.prior_tpot.data  # float reads
         self.prior_quality = np.broadcast_to(np.asarray(quality_prior, dtype=np.float64), (k, m)).copy()
         self.groups: IntArray = np.zeros(m, dtype=np.intp) if groups is None else np.asarray(groups, np.intp)
@@ -145,6 +146,7 @@ class Learner:
         self.surprises = 0
         self.surprise_log: deque[Surprise] = deque(maxlen=_SURPRISE_LOG_MAX)
         self._sweep = ColumnSweep(m, cfg.refresh_interval_s, _SWEEP_COLUMNS)
+        self._group_rows: dict[int, IntArray] = {}  # each provider's models, as first needed
         self._est: Estimates | None = None
         self._count = 0.0  # latency observations so far (this process): exploration's clock
         self._seen_at = np.full(m, np.inf)
@@ -207,18 +209,28 @@ class Learner:
 
     def _touch(self, model: int, t: float, cell: int | None = None, quality: bool = False) -> None:
         """Model ``model``'s evidence changed at ``t``: its estimates follow now (one row), and
-        the sweep recomputes its next slice of columns when one is due (see ``_sweep``); a
-        provider whose calibration moved has every column swept again at once."""
+        the sweep recomputes its next slice of columns when one is due (see ``_sweep``); when
+        its provider's calibration moved, that provider's latency columns follow at once."""
         self.version += 1
         est = self._est
         if est is None:
             return
         if self._calibration_moved(model, t):
-            self._sweep.request()
+            self._rescale(est, self.groups[model], t)
         self._sweep_step(est, t)
         self._refresh_one(est, model, t, cell)
         if quality:
             self._refresh_quality(est, model, t)
+
+    def _rescale(self, est: Estimates, group: int, t: float) -> None:
+        """Provider ``group``'s pooled calibration moved: pool afresh, and its models' latency
+        columns follow now (1-D work over its models; nothing per cell depends on it)."""
+        rows = self._group_rows.get(group)
+        if rows is None:
+            rows = self._group_rows[group] = np.flatnonzero(self.groups == group)
+        factor = self._calibration(t, rows, pooled=True)
+        for name, value in latency_columns(self._view, t, rows, factor, self._priors, self.config).items():
+            getattr(est, name)[rows] = value
 
     def _sweep_step(self, est: Estimates, t: float) -> None:
         """Recompute the sweep's next columns at ``t``, if a sweep is due or in progress."""
@@ -403,15 +415,7 @@ class Learner:
         k = self.k
         whole = isinstance(models, slice) and models == slice(None)
         factor = self._calibration(t, models, pooled=whole if pooled is None else pooled)
-        ttft, tpot, lat_n, mean_x, sd = fit_lines(
-            self._view, t, models, factor, self.prior_ttft, self.prior_tpot, self.config
-        )
-        # How far the recent fit sits above the long-run (calibrated prior) line, where the
-        # model's answers were: what a model that recovered may win back.
-        tokens_at = mean_x * TOKEN_SCALE
-        prior_line = (self.prior_ttft[models] + self.prior_tpot[models] * tokens_at) * factor
-        # Within 10% of the long-run level is not displaced (noise, not a change worth a recheck).
-        displacement = np.where(lat_n > 0, np.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED, 0.0)
+        latency = latency_columns(self._view, t, models, factor, self._priors, self.config)
         success_s, quality_s = self._view["success"], self._view["quality"]
         fs, fq = success_s.factor(t), quality_s.factor(t)
         n = success_s.w[:, models] * fs
@@ -430,19 +434,10 @@ class Learner:
         pooled_n = n.sum(axis=0)
         success = (k * self.success0 + success_s.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
         task_evidence, feedback_rate, tokens_sum, tokens_weight = self._cell_pool(t, exact=whole)
-        quantile = np.exp(self.latency_z * sd)
         return Estimates(
-            ttft=ttft,
-            tpot=tpot,
-            ttft_q=ttft * quantile,
-            tpot_q=tpot * quantile,
-            latency_log_sd=sd,
-            latency_evidence=lat_n,
-            latency_var=(sd * sd) / (k + lat_n),
-            displacement=np.maximum(displacement, 0.0),
+            **latency,
             seen_at=self._seen_at[models].copy(),
             observations=np.array([self._count]),
-            provider_factor=factor,
             success=success,
             quality=quality,
             quality_var=quality_var,
@@ -490,7 +485,7 @@ class Learner:
         est.latency_evidence[m], est.latency_var[m], est.provider_factor[m] = w, sd * sd / (k + w), factor
         tokens_at = mean_x * TOKEN_SCALE
         prior_line = (self.prior_ttft[m] + self.prior_tpot[m] * tokens_at) * factor
-        moved = math.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED if w > 0 else 0.0
+        moved = math.log((ttft + tpot * tokens_at) / prior_line) - DISPLACED if w > 0 else 0.0
         est.displacement[m] = max(moved, 0.0)
         est.seen_at[m] = self._seen_at[m]
         success_s, tot = self._view["success"], self._totals
