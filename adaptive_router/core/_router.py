@@ -261,7 +261,7 @@ class Router:
                 out_tokens=out_tokens,
                 quantile=self.config.latency_quantile,
             )
-        np.copyto(score, -np.inf, where=np.logical_not(mask, out=self._buf.mask2))
+        np.putmask(score, np.logical_not(mask, out=self._buf.mask2), -np.inf)
         choice = policy.choose(score, est, profile.cell, weights, self.rng)
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
@@ -269,12 +269,12 @@ class Router:
         rows = [head, *[r for r in ranked if r != head][: top_k - 1]] if request.fallback else [head]
         ids = self.catalogue.ids
         chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
-        taken = self._buf.block[:, rows]  # score, latency, cost, two logs, value: one copy
+        taken = self._buf.block.take(rows, axis=1)  # score, latency, cost, logs, value: one copy
         ranking = Ranking(
             ids=chain[: len(rows)],
             terms=taken[:3],
             value=taken[5],
-            bonus=choice.bonus[rows] if choice.bonus is not None else None,
+            bonus=choice.bonus.take(rows) if choice.bonus is not None else None,
             offset=self._offset(weights),
             weights=weights,
             scales=(self.config.latency_scale, self.config.cost_scale),
