@@ -358,3 +358,42 @@ def test_learner_running_totals_survive_a_rebase_of_the_sums() -> None:
                 )
             )
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_learner_decay_reaches_every_column_through_outcomes_never_a_full_rebuild_in_a_read() -> None:
+    """A read never rebuilds every column while outcomes arrive: each outcome recomputes at most
+    one slice, and once the slices went round, every column is what a full rebuild gives."""
+    n = 1200
+    learner = Learner(
+        [f"m/{i}" for i in range(n)],
+        TASKS,
+        np.linspace(0.2, 2.0, n),
+        np.full(n, 0.01),
+        np.full(n, 0.6),
+        t0=0.0,
+        latency_half_life_s=60.0,
+        refresh_interval_s=1.0,
+        calibration_strength=1e12,  # no provider's pooled speed moves: only decay is swept
+        surprise_forget=1.0,
+        stale_after=0.0,
+    )
+    learner.estimates(0.0)
+    for m in range(n):
+        learner.observe(m, m % 2, 0.0, m % 7 != 0, ttft_s=0.5, tpot_s=0.02)
+    computed: list[int] = []
+    compute = learner._compute
+
+    def counting(t: float, models: slice, **kwargs: bool) -> object:
+        computed.append(len(range(n)[models]))
+        return compute(t, models, **kwargs)
+
+    learner._compute = counting  # type: ignore[method-assign,assignment]
+    learner.estimates(1.5)
+    assert computed == []  # a read while outcomes arrive: no work
+    for _ in range(3):
+        learner.observe(0, 0, 30.0, True, ttft_s=0.5, tpot_s=0.02)
+        current = learner.estimates(30.0)
+    assert computed == [512, 512, n - 1024]
+    for name, value in vars(compute(30.0, slice(None))).items():
+        if name != "observations":
+            np.testing.assert_allclose(getattr(current, name), value, rtol=1e-9, atol=1e-12, err_msg=name)

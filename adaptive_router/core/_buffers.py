@@ -14,16 +14,21 @@ _COEFFICIENTS_KEPT = 4096  # distinct weight triples (clients may send their own
 
 
 class ScoreBuffers:
-    """Score, latency and cost are rows of one array: one fancy index takes all three for a chain.
+    """Score, latency and cost are rows of one array: one fancy index takes them for a chain.
 
     ``logs`` holds the clipped log latency, the clipped log cost and the quality value; the score
     is their dot product with ``coefficients(weights)``, kept per weights seen.
     """
 
     def __init__(self, n: int, latency_scale: LogScale, cost_scale: LogScale) -> None:
-        self.terms = np.empty((3, n))
+        # One block: score, latency, cost (``terms``), then clipped logs and the value (``logs``),
+        # so a chain's numbers are taken in one fancy index.
+        self.block = np.empty((6, n))
+        self.terms, self.logs = self.block[:3], self.block[3:]
         self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
-        self.logs = np.empty((3, n))
+        # Both log rows clipped at once: bounds as columns broadcast over the models.
+        self.log_low = np.array([[latency_scale.log_low], [cost_scale.log_low]])
+        self.log_high = np.array([[latency_scale.log_high], [cost_scale.log_high]])
         self.tmp = np.empty(n)
         self.tmp2 = np.empty(n)
         self.mask = np.empty(n, dtype=np.bool_)

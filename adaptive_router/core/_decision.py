@@ -69,7 +69,7 @@ class Ranking:
     ids: list[str]
     terms: FloatArray  # (3, k): score less its constant, latency s, cost USD; for each chain row
     value: FloatArray  # (k,) expected quality times success
-    bonus: FloatArray  # (k,) exploration term
+    bonus: FloatArray | None  # (k,) exploration term (None: none)
     offset: float
     weights: tuple[float, float, float]
     scales: tuple[LogScale, LogScale]
@@ -77,14 +77,15 @@ class Ranking:
     def candidates(self) -> list[Candidate]:
         (wl, wc, wq), (ls, cs) = self.weights, self.scales
         score, lat, cost = self.terms.tolist()
+        bonus = self.bonus.tolist() if self.bonus is not None else [0.0] * len(self.ids)
         return [
             Candidate(
                 model=model,
-                score=score[i] + self.offset + float(self.bonus[i]),
+                score=score[i] + self.offset + bonus[i],
                 latency_term=wl * (1.0 - ls.norm(lat[i])),
                 cost_term=wc * (1.0 - cs.norm(cost[i])),
                 quality_term=wq * float(self.value[i]),
-                exploration=float(self.bonus[i]),
+                exploration=bonus[i],
                 latency_s=lat[i],
                 cost_usd=cost[i],
                 quality=float(self.value[i]),

@@ -43,8 +43,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ._columns import DISPLACED, latency_columns
 from ._hierarchy import CellLevels, shrunk_quality
-from ._latency_fit import MIN_LOG_SD, MIN_TPOT_S, MIN_TTFT_S, REF_TOKENS, TOKEN_SCALE, fit_lines
+from ._latency_fit import REF_TOKENS, TOKEN_SCALE
+from ._row_fit import fit_row
 from ._shift import Answer, ShiftDetector
 from ._sums import (
     FIT_SUMS,
@@ -55,23 +57,25 @@ from ._sums import (
     LearnerConfig,
     LearnerState,
     Surprise,
-    index_map,
+    align_state,
     read_state,
-    realign,
     sum_shapes,
     write_state,
 )
+from ._sweep import ColumnSweep, write_columns
 from ._totals import ViewTotals
 
 __all__ = ["Learner"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
-_DISPLACED = 0.1  # log units above its long-run level before a model counts as displaced
 _CALIBRATION_TOLERANCE = 0.01  # log units: a provider's pooled speed moving more rebuilds in full
 _SHIFT_DRIFT = 1.0  # CUSUM allowance, in standard deviations of one answer's log latency
 _SHIFT_KEEP = 1.0  # answers' worth of the old regime kept when a persistent shift is found
 _SURPRISE_LOG_MAX = 4096  # a consumer drains it every sync; a bound in case none does
+_SWEEP_COLUMNS = 512  # columns one recorded outcome may recompute (see _sweep)
+_SWEEP_BEHIND = 2.0  # intervals without a sweep step (no outcomes recorded): a read takes one
+_REBUILD_IDLE = 10.0  # intervals without one: a read rebuilds every column (an idle learner)
 
 
 class Learner:
@@ -122,6 +126,8 @@ class Learner:
         self.k_cell = cell_prior_strength
         self.prior_ttft = np.asarray(ttft_prior, dtype=np.float64).copy()
         self.prior_tpot = np.asarray(tpot_prior, dtype=np.float64).copy()
+        self._priors = (self.prior_ttft, self.prior_tpot)
+        self._prior_ttft, self._prior_tpot = self.prior_ttft.data, self.prior_tpot.data  # float reads
         self.prior_quality = np.broadcast_to(np.asarray(quality_prior, dtype=np.float64), (k, m)).copy()
         self.groups: IntArray = np.zeros(m, dtype=np.intp) if groups is None else np.asarray(groups, np.intp)
         self._n_groups = int(self.groups.max()) + 1 if m else 1
@@ -139,7 +145,8 @@ class Learner:
         self.local_version = 0  # bumped whenever the local evidence changes: what to republish
         self.surprises = 0
         self.surprise_log: deque[Surprise] = deque(maxlen=_SURPRISE_LOG_MAX)
-        self._refreshed_at = -math.inf
+        self._sweep = ColumnSweep(m, cfg.refresh_interval_s, _SWEEP_COLUMNS)
+        self._group_rows: dict[int, IntArray] = {}  # each provider's models, as first needed
         self._est: Estimates | None = None
         self._count = 0.0  # latency observations so far (this process): exploration's clock
         self._seen_at = np.full(m, np.inf)
@@ -201,18 +208,38 @@ class Learner:
         self.local_version += 1
 
     def _touch(self, model: int, t: float, cell: int | None = None, quality: bool = False) -> None:
-        """Model ``model``'s evidence changed at ``t``: its estimates follow now (one row), or the
-        next read rebuilds them all (a full refresh is due, or its provider's calibration moved)."""
+        """Model ``model``'s evidence changed at ``t``: its estimates follow now (one row), and
+        the sweep recomputes its next slice of columns when one is due (see ``_sweep``); when
+        its provider's calibration moved, that provider's latency columns follow at once."""
         self.version += 1
         est = self._est
         if est is None:
             return
-        if t - self._refreshed_at >= self.refresh_interval_s or self._calibration_moved(model, t):
-            self._est = None
-            return
+        if self._calibration_moved(model, t):
+            self._rescale(est, self.groups[model], t)
+        self._sweep_step(est, t)
         self._refresh_one(est, model, t, cell)
         if quality:
             self._refresh_quality(est, model, t)
+
+    def _rescale(self, est: Estimates, group: int, t: float) -> None:
+        """Provider ``group``'s pooled calibration moved: pool afresh, and its models' latency
+        columns follow now (1-D work over its models; nothing per cell depends on it)."""
+        rows = self._group_rows.get(group)
+        if rows is None:
+            rows = self._group_rows[group] = np.flatnonzero(self.groups == group)
+        factor = self._calibration(t, rows, pooled=True)
+        for name, value in latency_columns(self._view, t, rows, factor, self._priors, self.config).items():
+            getattr(est, name)[rows] = value
+
+    def _sweep_step(self, est: Estimates, t: float) -> None:
+        """Recompute the sweep's next columns at ``t``, if a sweep is due or in progress."""
+        columns = self._sweep.next_columns(t)
+        if columns is None:
+            return
+        if columns.start == 0 and self.cell_levels is not None:
+            self._refit_levels(t)
+        write_columns(est, self._compute(t, columns, pooled=True), columns)
 
     def _observe_latency(self, model: int, t: float, points: list[tuple[float, float]]) -> None:
         stale = self._count + 1.0 - self._seen_at[model]  # requests since it was last measured
@@ -272,40 +299,25 @@ class Learner:
         return ttft, tpot, sd
 
     def _line_one(self, model: int, t: float) -> tuple[float, float, float, float, float, float]:
-        """The arithmetic of ``_calibration`` and ``_fit`` for one row, in Python floats (run on
-        every answer: a NumPy call on a one-element array costs more than this whole function).
-        Returns ttft, tpot, log spread, evidence weight, mean x and the prior's scale."""
+        """The arithmetic of ``_calibration`` and ``fit_lines`` for one row, in Python floats
+        (``fit_row``). Returns ttft, tpot, log spread, evidence weight, mean x and the prior's scale."""
         calib, kf = self._view["calib"], self.config.calibration_strength
         fc = calib.factor(t)
+        cw, cs1, _ = calib.row(model)
         group_log = float(self._group_log[self.groups[model]]) if self._group_log is not None else 0.0
-        factor = math.exp((kf * group_log + float(calib.s1[model]) * fc) / (kf + float(calib.w[model]) * fc))
+        factor = math.exp((kf * group_log + cs1 * fc) / (kf + cw * fc))
         n, y, c = (self._view[name] for name in FIT_SUMS)
         f = n.factor(t)
-        w, sx, sxx = float(n.w[model]) * f, float(n.s1[model]) * f, float(n.s2[model]) * f
-        sy, syy = float(y.s1[model]) * f, float(y.s2[model]) * f
-        sxy = 0.5 * (float(c.s2[model]) * f - sxx - syy)
-        k = self.config.latency_prior_strength
+        w, sx, sxx = (v * f for v in n.row(model))
+        _, sy, syy = (v * f for v in y.row(model))
+        sxy = 0.5 * (c.row(model)[2] * f - sxx - syy)
         # The prior line's weight shrinks as the model's own long-run record grows: once it has a
         # history, a few answers after a surprise decide its level, not the prior.
-        k_line = k / (1.0 + float(calib.w[model]) * fc)
-        half, xr = 0.5 * k_line, REF_TOKENS / TOKEN_SCALE
-        p0 = float(self.prior_ttft[model]) * factor
-        p1 = p0 + float(self.prior_tpot[model]) * factor * REF_TOKENS
-        big_w, big_sx, big_sxx = w + k_line, sx + half * xr, sxx + half * xr * xr
-        big_sy, big_sxy = sy + half * (p0 + p1), sxy + half * xr * p1
-        b = max(
-            (big_w * big_sxy - big_sx * big_sy) / (big_w * big_sxx - big_sx * big_sx),
-            MIN_TPOT_S * TOKEN_SCALE,
-        )
-        a = (big_sy - b * big_sx) / big_w
-        if a < MIN_TTFT_S:
-            a = MIN_TTFT_S
-            b = max((big_sxy - a * big_sx) / big_sxx, MIN_TPOT_S * TOKEN_SCALE)
-        rss = syy - 2 * a * sy - 2 * b * sxy + a * a * w + 2 * a * b * sx + b * b * sxx
-        rel2 = max(rss, 0.0) / max(syy, 1e-300)
-        second = (k * self.sd0 * self.sd0 + w * rel2) / (k + w)
-        sd = math.sqrt(max(second, MIN_LOG_SD**2))
-        return a, b / TOKEN_SCALE, sd, w, sx / max(w, 1e-12), factor
+        k = self.config.latency_prior_strength
+        p0 = self._prior_ttft[model] * factor
+        p1 = p0 + self._prior_tpot[model] * factor * REF_TOKENS
+        ttft, tpot, sd = fit_row((w, sx, sxx, sy, syy, sxy), k, k / (1.0 + cw * fc), p0, p1, self.sd0)
+        return ttft, tpot, sd, w, sx / max(w, 1e-12), factor
 
     def _discount(self, model: int, t: float, factor: float) -> None:
         if factor < 0.99:
@@ -342,16 +354,20 @@ class Learner:
     # --- reading -----------------------------------------------------------------------
 
     def estimates(self, t: float) -> Estimates:
-        """Current estimates. Rebuilt in full when older than ``refresh_interval_s`` (decay moves
-        every cell) or when a provider's calibration gained much evidence; in between, each
-        outcome updates its model's row when it is recorded, so a read costs nothing."""
+        """Current estimates, read at no cost: outcomes update their model's row and sweep the
+        columns (``_sweep_step``); a read sweeps only when no outcomes arrive, in full when idle."""
         est = self._est
-        if est is None or t - self._refreshed_at >= self.refresh_interval_s:
+        behind = self._sweep.age(t) / self.refresh_interval_s
+        if est is None or behind >= _REBUILD_IDLE:
             self._totals.sync()  # a full rebuild also clears the running totals' rounding
             est = self._est = self._compute(t, slice(None))
-            self._refreshed_at = t
+            self._sweep.rebuilt(t)
             self._stale.clear()
-        elif self._stale:
+            est.observations[0] = self._count
+            return est
+        if behind >= _SWEEP_BEHIND:  # no outcome recorded lately: the reads keep the sweep going
+            self._sweep_step(est, t)
+        if self._stale:
             for model in self._stale:
                 self._refresh_one(est, model, t)
             self._stale.clear()
@@ -359,8 +375,7 @@ class Learner:
         return est
 
     def refresh(self, t: float) -> Estimates:
-        """Estimates rebuilt in full now: an exact function of the sums at ``t`` (between full
-        refreshes, the providers' calibration is as last pooled)."""
+        """Estimates rebuilt in full now: an exact function of the sums at ``t``."""
         self._est = None
         return self.estimates(t)
 
@@ -393,21 +408,16 @@ class Learner:
         factors: FloatArray = np.exp(self._totals.group_logs(t, self.config.calibration_strength))
         return factors
 
-    def _compute(self, t: float, models: slice | IntArray) -> Estimates:
-        """Estimates for the ``models`` columns (all of them, or some: the same arithmetic)."""
+    def _compute(self, t: float, models: slice | IntArray, *, pooled: bool | None = None) -> Estimates:
+        """Estimates for the ``models`` columns (all of them, or some: the same arithmetic).
+        Every column (``slice(None)``) pools providers and cells afresh from the sums; some
+        columns read the running totals for the cells (and pool providers when ``pooled``)."""
         k = self.k
-        factor = self._calibration(t, models, pooled=isinstance(models, slice))
-        ttft, tpot, lat_n, mean_x, sd = fit_lines(
-            self._view, t, models, factor, self.prior_ttft, self.prior_tpot, self.config
-        )
-        # How far the recent fit sits above the long-run (calibrated prior) line, where the
-        # model's answers were: what a model that recovered may win back.
-        tokens_at = mean_x * TOKEN_SCALE
-        prior_line = (self.prior_ttft[models] + self.prior_tpot[models] * tokens_at) * factor
-        # Within 10% of the long-run level is not displaced (noise, not a change worth a recheck).
-        displacement = np.where(lat_n > 0, np.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED, 0.0)
-        success_s, quality_s, tokens_s = self._view["success"], self._view["quality"], self._view["tokens"]
-        fs, fq, ft = success_s.factor(t), quality_s.factor(t), tokens_s.factor(t)
+        whole = isinstance(models, slice) and models == slice(None)
+        factor = self._calibration(t, models, pooled=whole if pooled is None else pooled)
+        latency = latency_columns(self._view, t, models, factor, self._priors, self.config)
+        success_s, quality_s = self._view["success"], self._view["quality"]
+        fs, fq = success_s.factor(t), quality_s.factor(t)
         n = success_s.w[:, models] * fs
         qn = quality_s.w[:, models] * fq
         if self.cell_levels is None:
@@ -415,7 +425,7 @@ class Learner:
             quality_var = quality * (1.0 - quality) / (k + qn)
         else:
             prior = self.prior_quality[0, models]
-            if isinstance(models, slice):  # every column: the cells' difficulty is refitted
+            if whole:  # every column: the cells' difficulty is refitted
                 self.cell_levels.refit(quality_s.s1 * fq, qn, prior, k)
             quality, quality_var = shrunk_quality(
                 quality_s.s1[:, models] * fq, qn, prior, self.cell_levels, k, self.k_cell
@@ -423,41 +433,50 @@ class Learner:
         # An outage is the model's, whatever the cell: success is pooled over cells.
         pooled_n = n.sum(axis=0)
         success = (k * self.success0 + success_s.s1[:, models].sum(axis=0) * fs) / (k + pooled_n)
-        feedback_rate = np.minimum(
-            (quality_s.w.sum(axis=1) * fq) / np.maximum(success_s.w.sum(axis=1) * fs, 1.0), 1.0
-        )
-        quantile = np.exp(self.latency_z * sd)
+        task_evidence, feedback_rate, tokens_sum, tokens_weight = self._cell_pool(t, exact=whole)
         return Estimates(
-            ttft=ttft,
-            tpot=tpot,
-            ttft_q=ttft * quantile,
-            tpot_q=tpot * quantile,
-            latency_log_sd=sd,
-            latency_evidence=lat_n,
-            latency_var=(sd * sd) / (k + lat_n),
-            displacement=np.maximum(displacement, 0.0),
+            **latency,
             seen_at=self._seen_at[models].copy(),
             observations=np.array([self._count]),
-            provider_factor=factor,
             success=success,
             quality=quality,
             quality_var=quality_var,
             feedback_rate=feedback_rate,
             value=quality * success,
             evidence=n,
-            task_evidence=success_s.w.sum(axis=1) * fs,
+            task_evidence=task_evidence,
             quality_evidence=qn,
-            tokens_sum=tokens_s.s1.sum(axis=1) * ft,
-            tokens_weight=tokens_s.w.sum(axis=1) * ft,
+            tokens_sum=tokens_sum,
+            tokens_weight=tokens_weight,
         )
+
+    def _cell_pool(self, t: float, exact: bool) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Per cell, pooled over models: outcomes, feedback per outcome, output tokens and their
+        count. ``exact``: added up from the sums; else read off the running totals (O(cells))."""
+        success_s, quality_s, tokens_s = (self._view[name] for name in ("success", "quality", "tokens"))
+        fs, fq, ft = success_s.factor(t), quality_s.factor(t), tokens_s.factor(t)
+        if exact:
+            n, q = success_s.w.sum(axis=1), quality_s.w.sum(axis=1)
+            tokens, tokens_w = tokens_s.s1.sum(axis=1), tokens_s.w.sum(axis=1)
+        else:
+            tot = self._totals
+            n, q, tokens, tokens_w = tot.cell_n, tot.cell_q, tot.cell_tokens, tot.cell_tokens_w
+        n = n * fs
+        return n, np.minimum((q * fq) / np.maximum(n, 1.0), 1.0), tokens * ft, tokens_w * ft
+
+    def _refit_levels(self, t: float) -> None:
+        """The cells' difficulty, fitted to every column's quality sums now (a sweep's start)."""
+        if self.cell_levels is not None and self.cell_levels.difficulty:
+            quality_s = self._view["quality"]
+            fq = quality_s.factor(t)
+            self.cell_levels.refit(quality_s.s1 * fq, quality_s.w * fq, self.prior_quality[0], self.k)
 
     def _refresh_one(self, est: Estimates, m: int, t: float, cell: int | None = None) -> None:
         """``_compute``'s arithmetic for model ``m``'s row at ``t``, written into ``est`` in place
         (what recording one outcome does): the latency line in Python floats, the success and
         cell ``cell``'s pooled values from the running totals (every cell when ``None``), so no
         sum runs over every model. Its quality column moves with its feedback (``feedback``
-        refreshes it); other cells' pooled values and the slow decay of quality follow at the
-        next full refresh (``refresh_interval_s``)."""
+        refreshes it); other cells' pooled values and decay follow with the sweep (``_sweep``)."""
         k = self.k
         ttft, tpot, sd, w, mean_x, factor = self._line_one(m, t)
         est.ttft[m], est.tpot[m], est.latency_log_sd[m] = ttft, tpot, sd
@@ -466,7 +485,7 @@ class Learner:
         est.latency_evidence[m], est.latency_var[m], est.provider_factor[m] = w, sd * sd / (k + w), factor
         tokens_at = mean_x * TOKEN_SCALE
         prior_line = (self.prior_ttft[m] + self.prior_tpot[m] * tokens_at) * factor
-        moved = math.log((ttft + tpot * tokens_at) / prior_line) - _DISPLACED if w > 0 else 0.0
+        moved = math.log((ttft + tpot * tokens_at) / prior_line) - DISPLACED if w > 0 else 0.0
         est.displacement[m] = max(moved, 0.0)
         est.seen_at[m] = self._seen_at[m]
         success_s, tot = self._view["success"], self._totals
@@ -519,17 +538,7 @@ class Learner:
     def align(self, state: LearnerState) -> LearnerState:
         """``state`` laid out in this learner's models and cells (matched by id and name; models
         or cells this learner does not know are dropped). Raises ValueError on another half-life."""
-        model_map = index_map(state.ids, self.ids)
-        task_map = index_map(state.tasks, self.tasks)
-        sums = {}
-        for name, like in self._local.items():
-            other = state.sums.get(name)
-            if other is None:
-                raise ValueError(f"{name}: missing from the state (saved by another version?)")
-            if not math.isclose(other.rate, like.rate) or other.w.ndim != like.w.ndim:
-                raise ValueError(f"{name}: sums of another half-life or shape cannot be merged")
-            sums[name] = realign(other, like, model_map, task_map)
-        return LearnerState(self.ids, self.tasks, sums)
+        return align_state(state, LearnerState(self.ids, self.tasks, self._local))
 
     def merge(self, state: LearnerState) -> None:
         """Add evidence to the local state (matched by model id and cell name; others ignored):

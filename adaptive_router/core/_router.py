@@ -43,6 +43,7 @@ _PRICE_FLOOR = 1e-15  # keeps log(cost) finite for free models; far below any co
 _GREEDY = Greedy()
 _CACHEABLE_POLICIES = frozenset({"greedy"})  # every other policy explores: never reuse its choice
 _DECISION_CACHE_SIZE = 4096
+_SMALL_SORT = 16  # NumPy's sort uses insertion sort (stable) below this many elements
 
 
 @dataclass
@@ -261,7 +262,7 @@ class Router:
                 out_tokens=out_tokens,
                 quantile=self.config.latency_quantile,
             )
-        np.copyto(score, -np.inf, where=np.logical_not(mask, out=self._buf.mask2))
+        np.putmask(score, np.logical_not(mask, out=self._buf.mask2), -np.inf)
         choice = policy.choose(score, est, profile.cell, weights, self.rng)
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
@@ -269,12 +270,12 @@ class Router:
         rows = [head, *[r for r in ranked if r != head][: top_k - 1]] if request.fallback else [head]
         ids = self.catalogue.ids
         chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
-        cell_value = est.value[profile.cell]
+        taken = self._buf.block.take(rows, axis=1)  # score, latency, cost, logs, value: one copy
         ranking = Ranking(
             ids=chain[: len(rows)],
-            terms=self._buf.terms[:, rows],
-            value=cell_value[rows],
-            bonus=choice.bonus[rows] if choice.bonus is not None else np.zeros(len(rows)),
+            terms=taken[:3],
+            value=taken[5],
+            bonus=choice.bonus.take(rows) if choice.bonus is not None else None,
             offset=self._offset(weights),
             weights=weights,
             scales=(self.config.latency_scale, self.config.cost_scale),
@@ -330,11 +331,10 @@ class Router:
         np.multiply(self._price_completion, out, out=b.cost)
         np.multiply(self._price_prompt, float(profile.prompt_tokens), out=b.tmp)
         b.cost += b.tmp
-        np.log(b.terms[1:], out=b.logs[:2])
-        ls, cs = self.config.latency_scale, self.config.cost_scale
-        for row, scale in ((b.logs[0], ls), (b.logs[1], cs)):  # row by row: scalar bounds are fast
-            np.maximum(row, scale.log_low, out=row)
-            np.minimum(row, scale.log_high, out=row)
+        logs = b.logs[:2]
+        np.log(b.terms[1:], out=logs)
+        np.maximum(logs, b.log_low, out=logs)
+        np.minimum(logs, b.log_high, out=logs)
         b.logs[2] = est.value[profile.cell]
         np.dot(b.coefficients(weights), b.logs, out=b.score)
         score: FloatArray = b.score
@@ -426,8 +426,13 @@ class Router:
             top = score.argsort()[::-1][:k]
         else:  # the methods: np.argpartition's Python wrapper costs as much as the partition
             part = score.argpartition(n - k)[n - k :]
+            if k <= _SMALL_SORT:
+                # NumPy sorts so few by insertion (stable): the same order, in Python floats.
+                ranked: list[int] = sorted(part.tolist(), key=score.item)
+                ranked.reverse()
+                return ranked
             top = part[score[part].argsort()[::-1]]
-        ranked: list[int] = top.tolist()
+        ranked = top.tolist()
         return ranked
 
     def _closing(self, rows: list[int], mask: BoolArray) -> list[str]:

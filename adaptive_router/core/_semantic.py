@@ -22,6 +22,7 @@ every replica computes the same cell for the same text without talking to any ot
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import unicodedata
@@ -205,8 +206,11 @@ class StaticEmbedder:
         ids = self.model_ids(text)
         if not ids:
             return np.zeros(self.dims, dtype=np.float32)
-        vector: FloatArray = self.table[ids].sum(axis=0)
-        norm = float(np.sqrt(vector @ vector))
+        # take() and add.reduce(): the fancy index and .sum() less their Python overhead.
+        vector: FloatArray = np.add.reduce(self.table.take(ids, axis=0), axis=0)
+        # float32 rounding of a double square root is the float32 square root (53 >= 2 * 24 + 2
+        # bits), and in-place division casts the norm to float32: exactly np.sqrt's result.
+        norm = math.sqrt(float(vector @ vector))
         if norm > 0:
             vector /= norm
         return vector
@@ -229,13 +233,14 @@ class SemanticCells:
         self.planes = _planes(dims, bits, seed)
         self.centre = np.zeros(dims, np.float32) if centre is None else np.asarray(centre, np.float32)
         self._offset = self.planes @ self.centre
-        self._powers = (1 << np.arange(bits)).astype(np.int64)
+        # The same comparison in Python floats (float32 values convert exactly): one NumPy call.
+        self._bit_offsets = list(zip((1 << np.arange(bits)).tolist(), self._offset.tolist(), strict=True))
 
     def cell(self, vector: FloatArray) -> int:
         if self.bits == 0:
             return 0
-        signs = (self.planes @ vector) > self._offset
-        return int(self._powers[signs].sum())
+        projection = (self.planes @ vector).tolist()
+        return sum(bit for (bit, offset), x in zip(self._bit_offsets, projection, strict=True) if x > offset)
 
 
 @lru_cache(maxsize=8)

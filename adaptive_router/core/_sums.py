@@ -32,6 +32,7 @@ __all__ = [
     "LearnerConfig",
     "LearnerState",
     "Surprise",
+    "align_state",
     "index_map",
     "read_state",
     "realign",
@@ -86,6 +87,11 @@ class DecayedSums:
         s1[cell] += gx
         s2[cell] += gx * x
         return g
+
+    def row(self, cell: int | tuple[int, int]) -> tuple[float, float, float]:
+        """One cell's stored weight, sum and sum of squares, as Python floats."""
+        w, s1, s2 = self._cells
+        return w[cell], s1[cell], s2[cell]
 
     def factor(self, t: float) -> float:
         """Multiply the stored sums by this to read them as of time ``t``."""
@@ -257,3 +263,19 @@ def realign(
             for s_task, d_task in task_map:
                 target[d_task, dst_m] = source[s_task, src_m]
     return out
+
+
+def align_state(state: LearnerState, like: LearnerState) -> LearnerState:
+    """``state`` laid out in ``like``'s models and cells (matched by id and name; models or cells
+    ``like`` does not know are dropped). Raises ValueError on another half-life or shape."""
+    model_map = index_map(state.ids, like.ids)
+    task_map = index_map(state.tasks, like.tasks)
+    sums = {}
+    for name, mine in like.sums.items():
+        other = state.sums.get(name)
+        if other is None:
+            raise ValueError(f"{name}: missing from the state (saved by another version?)")
+        if not math.isclose(other.rate, mine.rate) or other.w.ndim != mine.w.ndim:
+            raise ValueError(f"{name}: sums of another half-life or shape cannot be merged")
+        sums[name] = realign(other, mine, model_map, task_map)
+    return LearnerState(like.ids, like.tasks, sums)
