@@ -188,7 +188,9 @@ def test_learner_surprise_forgets_remote_evidence_too_and_is_logged() -> None:
         single.observe(0, 1, 0.1 * i, True, ttft_s=0.5)
     for i in range(6):
         single.observe(0, 1, 20.0 + 0.1 * i, True, ttft_s=2.5)
-    assert mine.estimates(21.0).ttft[0] == pytest.approx(single.estimates(21.0).ttft[0], rel=1e-9)
+    # (rel 1e-5: a column is as of its last recompute, which the sweep times per learner; decay
+    # moves a line only through the prior's share, by parts per million over a second here.)
+    assert mine.estimates(21.0).ttft[0] == pytest.approx(single.estimates(21.0).ttft[0], rel=1e-5)
     assert mine.estimates(21.0).ttft[0] > 0.7
 
 
