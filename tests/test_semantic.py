@@ -195,6 +195,77 @@ def test_replicas_merge_by_adding_fine_cell_sums(events: list[tuple[int, int, fl
     assert np.allclose(a.quality, b.quality) and np.allclose(a.quality_var, b.quality_var)
 
 
+@settings(max_examples=200, deadline=None)
+@given(fine_sums(), st.floats(0.5, 50.0), st.floats(1.0, 50.0), st.booleans())
+def test_exploration_strength_moves_the_variance_only(
+    sums: tuple[np.ndarray, np.ndarray], explore: float, k_cell: float, difficulty: bool
+) -> None:
+    """``explore_strength`` changes what exploration reads, never the estimate; at the estimate's
+    own strength it changes nothing; a model untried in a cell is more uncertain there the less
+    its class's estimate is worth for the variance."""
+    s1, w = sums
+    levels = CellLevels([0, 0, 0, 1, 1, 1], 2, difficulty)
+    levels.refit(s1, w, np.full(2, 0.5), 5.0)
+    q, var = shrunk_quality(s1, w, np.full(2, 0.5), levels, 5.0, k_cell)
+    qx, varx = shrunk_quality(s1, w, np.full(2, 0.5), levels, 5.0, k_cell, explore_strength=explore)
+    same = shrunk_quality(s1, w, np.full(2, 0.5), levels, 5.0, k_cell, explore_strength=k_cell)
+    assert np.array_equal(q, qx) and np.allclose(same[1], var)
+    assert np.all(np.isfinite(varx)) and np.all(varx > 0)
+    untried = w == 0
+    if explore < k_cell:
+        assert np.all(varx[untried] >= var[untried])
+    else:
+        assert np.all(varx[untried] <= var[untried])
+
+
+def test_router_reads_the_exploration_strength_from_settings() -> None:
+    """``learning.cell_explore_strength`` reaches the learner: an untried (cell, model) is wider
+    there than under the default, while every estimate stays the same."""
+    catalogue = Catalogue(_models())
+    base = Router.from_settings(load_settings(), catalogue, clock=SimClock())
+    wide = Router.from_settings(
+        load_settings(learning={"cell_explore_strength": 2.0}), catalogue, clock=SimClock()
+    )
+    assert (
+        wide.learner.config.cell_explore_strength == 2.0 and base.learner.config.cell_explore_strength is None
+    )
+    t0 = base.clock()
+    for router in (base, wide):
+        for i in range(30):
+            router.learner.feedback(0, 1, t0 + i, 0.9)  # model 0, well known in cell 1 only
+    a, b = base.learner.estimates(t0 + 31.0), wide.learner.estimates(t0 + 31.0)
+    assert np.array_equal(a.quality, b.quality)
+    assert b.quality_var[2, 0] > a.quality_var[2, 0]  # cell 2 (same class): model 0 untried there
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1), st.floats(0, 1), st.booleans()), max_size=60))
+def test_replicas_merge_with_an_exploration_strength(events: list[tuple[int, int, float, bool]]) -> None:
+    """The exploration strength reads the same sums: merged halves give the whole's variance."""
+    names = [f"t{t}/s{c}" for t in range(2) for c in range(3)]
+
+    def learner() -> Learner:
+        return Learner(
+            ["a", "b"],
+            names,
+            np.ones(2),
+            np.full(2, 0.01),
+            np.full(2, 0.5),
+            cell_levels=LEVELS,
+            cell_prior_strength=20.0,
+            t0=0.0,
+            cell_explore_strength=4.0,
+        )
+
+    one, left, right = learner(), learner(), learner()
+    for i, (cell, model, score, to_left) in enumerate(events):
+        one.feedback(model, cell, float(i), score)
+        (left if to_left else right).feedback(model, cell, float(i), score)
+    left.merge(right.local_state())
+    a, b = one.estimates(100.0), left.estimates(100.0)
+    assert np.allclose(a.quality, b.quality) and np.allclose(a.quality_var, b.quality_var)
+
+
 # --- the router with semantic cells and fast paths ---------------------------------------------------
 
 
