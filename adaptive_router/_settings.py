@@ -273,14 +273,6 @@ class LearningSettings(_Section):
     # With semantic cells: quality is the cell's difficulty plus the model's strength, so what a
     # model showed in some cells carries to others at their difficulty (core/_hierarchy.py).
     cell_difficulty: bool = Field(default=False, description="quality = cell difficulty + model strength")
-    # With semantic cells: the task class's worth in a fine cell for the quality *variance* that
-    # exploration reads (null: cell_prior_strength). Lower than cell_prior_strength: a model untried
-    # in a cell is explored there sooner, while the estimate still borrows as much from its class.
-    cell_explore_strength: float | None = Field(
-        default=None,
-        gt=0,
-        description="class's worth in a cell for exploration's variance (null: as estimated)",
-    )
 
     @field_validator("cell_prior_strength")
     @classmethod

@@ -653,11 +653,6 @@ def main() -> int:
         help="learning.cell_difficulty (default: the settings default)",
     )
     parser.add_argument(
-        "--cell-explore-strength",
-        type=float,
-        help="learning.cell_explore_strength (default: the settings default)",
-    )
-    parser.add_argument(
         "--routellm-limit", type=int, default=5_000, help="part 4: prompts of the routellm table"
     )
     parser.add_argument(
@@ -680,21 +675,12 @@ def main() -> int:
                 )
             }
         )
-    if args.cell_explore_strength is not None:
-        settings = settings.model_copy(
-            update={
-                "learning": settings.learning.model_copy(
-                    update={"cell_explore_strength": args.cell_explore_strength}
-                )
-            }
-        )
     if args.curves_only:
         result: dict[str, Any] = {"benchmark": "learning", "quick": args.quick, "machine": machine()}
         result["profile"] = settings.profile.model_dump(include={"cells", "semantic_bits"})
         result["exploration"] = settings.exploration.model_dump(include={"policy", "ucb_c"})
         result["cell_prior_strength"] = settings.learning.cell_prior_strength
         result["cell_difficulty"] = settings.learning.cell_difficulty
-        result["cell_explore_strength"] = settings.learning.cell_explore_strength
     else:
         result = run_all(args.quick, args.data, settings)
     sweep = tuple(float(q) for q in args.sweep.split(","))

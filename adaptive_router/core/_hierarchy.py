@@ -89,18 +89,11 @@ class CellLevels:
 
 
 def _level(
-    k: float | FloatArray,
-    parent_q: FloatArray,
-    parent_var: FloatArray,
-    s1: FloatArray,
-    w: FloatArray,
-    k_var: float | FloatArray | None = None,
+    k: float | FloatArray, parent_q: FloatArray, parent_var: FloatArray, s1: FloatArray, w: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
-    """``k_var``: the parent's worth for the variance alone (default ``k``)."""
     q = (k * parent_q + s1) / (k + w)
-    kv = k if k_var is None else k_var
-    share = kv / (kv + w)
-    var = q * (1.0 - q) / (kv + w) + share * share * parent_var
+    share = k / (k + w)
+    var = q * (1.0 - q) / (k + w) + share * share * parent_var
     return q, var
 
 
@@ -154,7 +147,6 @@ def _additive(
     k: float,
     k_cell: float | None,
     baseline: Baseline,
-    explore_strength: float | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """``shrunk_quality`` on residuals from the cells' difficulty: the levels pool strengths."""
     mu = baseline.cell[:, None]
@@ -171,9 +163,8 @@ def _additive(
     var = noise / (k + w_global)
     share = k / (k + w_parent)
     var = noise / (k + w_parent) + share * share * var
-    kv = strength if explore_strength is None else explore_strength
-    share = kv / (kv + w)
-    var = noise / (kv + w) + share * share * var
+    share = strength / (strength + w)
+    var = noise / (strength + w) + share * share * var
     return q, var
 
 
@@ -185,26 +176,22 @@ def shrunk_quality(
     k: float,
     k_cell: float | None = None,
     baseline: Baseline | None = None,
-    explore_strength: float | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Quality and the variance of its mean per (fine cell, model), from decayed fine-cell sums
     ``s1`` and ``w`` (already read at the current time) and a per-model ``prior``. ``k_cell``:
     what the task class's estimate is worth in a fine cell, in observations (larger says cells
     of one class differ less); None: estimated from the data (:func:`between_cell_strength`).
     ``baseline``: the cells' difficulty (:func:`cell_baseline`; default: ``levels.baseline`` when
-    ``levels.difficulty``); the levels then pool strengths. ``explore_strength``: what the task
-    class's estimate is worth in a fine cell for the *variance* only (what exploration reads; default
-    ``k_cell``'s value): smaller says a model untried in a cell is less known there than its class's
-    estimate suggests, so exploration tries it there sooner; the estimate itself is unchanged."""
+    ``levels.difficulty``); the levels then pool strengths."""
     prior = np.broadcast_to(prior, s1.shape[1:])
     if baseline is None and levels.difficulty:
         if levels.baseline is None or levels.baseline.cell.shape[0] != s1.shape[0]:
             raise ValueError("levels read the cells' difficulty but none was fitted (CellLevels.refit)")
         baseline = levels.baseline
     if baseline is not None:
-        return _additive(s1, w, prior, levels, k, k_cell, baseline, explore_strength)
+        return _additive(s1, w, prior, levels, k, k_cell, baseline)
     q_global, var_global = _level(k, prior, prior * (1.0 - prior) / (k + 1.0), s1.sum(axis=0), w.sum(axis=0))
     q_task, var_task = _level(k, q_global, var_global, levels.up(s1), levels.up(w))
     q_parent, var_parent = q_task[levels.parents], var_task[levels.parents]
     strength = between_cell_strength(s1, w, q_parent, k) if k_cell is None else k_cell
-    return _level(strength, q_parent, var_parent, s1, w, explore_strength)
+    return _level(strength, q_parent, var_parent, s1, w)

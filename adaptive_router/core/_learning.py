@@ -418,13 +418,7 @@ class Learner:
             if isinstance(models, slice):  # every column: the cells' difficulty is refitted
                 self.cell_levels.refit(quality_s.s1 * fq, qn, prior, k)
             quality, quality_var = shrunk_quality(
-                quality_s.s1[:, models] * fq,
-                qn,
-                prior,
-                self.cell_levels,
-                k,
-                self.k_cell,
-                explore_strength=self.config.cell_explore_strength,
+                quality_s.s1[:, models] * fq, qn, prior, self.cell_levels, k, self.k_cell
             )
         # An outage is the model's, whatever the cell: success is pooled over cells.
         pooled_n = n.sum(axis=0)
@@ -507,7 +501,6 @@ class Learner:
                 self.cell_levels,
                 k,
                 self.k_cell,
-                explore_strength=self.config.cell_explore_strength,
             )
             quality, quality_var = q2[:, 0], v2[:, 0]
         est.quality[:, m], est.quality_var[:, m] = quality, quality_var

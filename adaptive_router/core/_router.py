@@ -157,7 +157,6 @@ class Router:
                 surprise_forget=learning.surprise_forget,
                 latency_z=normal_quantile(routing.latency_quantile),
                 stale_after=learning.stale_after,
-                cell_explore_strength=learning.cell_explore_strength,
             ),
             cell_levels=None if profiler.levels is None else profiler.levels.with_difficulty(difficulty),
             cell_prior_strength=cell_strength(learning.cell_prior_strength),

@@ -203,9 +203,6 @@ class LearnerConfig:
     surprise_forget: float = 0.5
     stale_after: float = 100.0  # latency observations elsewhere after which a model's fit counts half
     latency_z: float = 1.2815515655446004
-    # With cells under task classes: the class's quality estimate's worth in a fine cell for the
-    # variance exploration reads (None: the same as for the estimate, ``cell_prior_strength``).
-    cell_explore_strength: float | None = None
 
 
 def write_state(path: str | Path, state: LearnerState) -> None:
