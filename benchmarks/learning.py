@@ -704,7 +704,12 @@ def service_main(quick: bool, output: Path) -> int:
     started = time.perf_counter()
     seeds = [1] if quick else [1, 2, 3]
     rows = service_adaptation(["ucb", "thompson", "softmax", "greedy"], seeds, quick)
-    result = {"benchmark": "learning_service", "machine": machine(), "seeds": seeds, "rows": rows}
+    result: dict[str, Any] = {
+        "benchmark": "learning_service",
+        "machine": machine(),
+        "seeds": seeds,
+        "rows": rows,
+    }
     result["seconds"] = round(time.perf_counter() - started, 1)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print("\n5. through the real service: four models on one endpoint, the fastest slows 5x and recovers")
