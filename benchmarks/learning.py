@@ -46,7 +46,7 @@ import numpy.typing as npt
 from adaptive_router import Settings
 from adaptive_router._bench import machine_info
 from adaptive_router._settings import ProfileSettings
-from adaptive_router.core import Router, RouteRequest
+from adaptive_router.core import LogScale, Router, RouteRequest
 from adaptive_router.offline import (
     LatencyGroups,
     OutcomeTable,
@@ -290,6 +290,35 @@ def impute_costs(table: OutcomeTable) -> OutcomeTable:
     return table
 
 
+def profile_cells(table: OutcomeTable, settings: Settings) -> IntArray:
+    """The learner cell the router's own profiler (under ``settings``) gives each prompt."""
+    router = Router.from_settings(settings, outcome_catalogue(table))
+    return np.array([router.profile(RouteRequest(prompt=t)).cell for t in table.texts], dtype=np.intp)
+
+
+def cell_oracle(
+    table: OutcomeTable,
+    cells: IntArray,
+    rows: IntArray,
+    weights: tuple[float, float, float],
+    settings: Settings,
+) -> tuple[float, float]:
+    """What the router's score reaches on ``rows`` knowing the truth per cell: in each cell, the
+    model with the best mean score (the score's cost and quality terms on the true outcomes,
+    latency left out as in the sweep), for every prompt of the cell. Mean quality and total cost:
+    the bound that learning per cell, with this score, approaches and cannot pass."""
+    cs = LogScale(*settings.routing.cost_scale_usd)
+    q, c, cell = table.quality[rows], table.cost[rows], cells[rows]
+    norm = np.clip((np.log(np.maximum(c, 1e-15)) - cs.log_low) * cs.inv_range, 0.0, 1.0)
+    utility = weights[1] * (1.0 - norm) + weights[2] * q
+    present, inverse = np.unique(cell, return_inverse=True)
+    sums = np.zeros((present.shape[0], q.shape[1]))
+    np.add.at(sums, inverse, utility)
+    pick = sums.argmax(axis=1)[inverse]
+    at = np.arange(rows.shape[0])
+    return float(q[at, pick].mean()), float(c[at, pick].sum())
+
+
 def curve(
     table: OutcomeTable,
     latency: LatencyGroups | None,
@@ -300,14 +329,18 @@ def curve(
     sweep: tuple[float, ...] = SWEEP,
 ) -> list[dict[str, Any]]:
     """Per weight: the router's quality and cost (vs the reference), the hull at its cost, and
-    the points (of accuracy, x100) gained over it; mean and worst of the seeds."""
+    the points (of accuracy, x100) gained over it; mean and worst of the seeds. Beside them, the
+    per-cell oracle (``cell_oracle``) on the same prompts, and its points over the hull."""
     rows = []
+    cells = profile_cells(table, settings)
     for qw in sweep:
-        gains, qs, cs, hs = [], [], [], []
+        gains, qs, cs, hs, oq, oc, og = [], [], [], [], [], [], []
         for seed in seeds:
             r = replay_outcomes(
                 table, None, settings, policy, None, seed, True, limit, latency, weights=sweep_weights(qw)
             )
+            order = np.random.default_rng(seed).permutation(len(table))[: limit or None]  # as replayed
+            o_quality, o_cost = cell_oracle(table, cells, order, sweep_weights(qw), settings)
             fixed_c = np.array([a.cost_usd for a in r.fixed])
             fixed_q = np.array([a.quality for a in r.fixed])
             ref = next(a for a in r.fixed if a.name == REFERENCE)
@@ -316,6 +349,9 @@ def curve(
             qs.append(r.router.quality / ref.quality)
             cs.append(r.router.cost_usd / ref.cost_usd)
             hs.append(hull / ref.quality)
+            oq.append(o_quality / ref.quality)
+            oc.append(o_cost / ref.cost_usd)
+            og.append(100.0 * (o_quality - hull_quality(fixed_c, fixed_q, o_cost)))
         rows.append(
             {
                 "policy": policy,
@@ -328,6 +364,11 @@ def curve(
                 "hull_quality_vs_ref": float(np.mean(hs)),  # the two-model mix at the router's cost
                 "points_over_hull": float(np.mean(gains)),
                 "points_over_hull_worst": float(np.min(gains)),
+                "cell_oracle": {
+                    "quality_vs_ref": float(np.mean(oq)),
+                    "cost_vs_ref": float(np.mean(oc)),
+                    "points_over_hull": float(np.mean(og)),
+                },
                 "per_seed": {
                     "hull_quality": np.round(hs, 4).tolist(),
                     "quality": np.round(qs, 4).tolist(),
@@ -358,6 +399,12 @@ def curve_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
     return {
         "points_over_hull_mean": float(np.mean(gains)),
+        "cell_oracle_points_over_hull_mean": float(
+            np.mean([r["cell_oracle"]["points_over_hull"] for r in rows])
+        ),
+        "cell_oracle_points_over_hull_lowest": float(
+            np.min([r["cell_oracle"]["points_over_hull"] for r in rows])
+        ),
         "points_over_hull_lowest": float(np.min(gains)),
         "points_over_hull_worst_seed_mean": float(np.mean(worst)),
         "points_over_hull_worst_seed_lowest": float(np.min(worst)),
@@ -461,7 +508,7 @@ def print_curves(result: dict[str, Any]) -> None:
     )
     print(
         f"{'table':<12} {'policy':<9} {'q':>5} {'quality vs ref':>18} {'cost vs ref':>16} "
-        f"{'hull at that cost':>18} {'points over hull':>20}"
+        f"{'hull at that cost':>18} {'points over hull':>20} {'per-cell oracle':>24}"
     )
     for table in cv["tables"]:
         for r in table["rows"]:
@@ -470,7 +517,9 @@ def print_curves(result: dict[str, Any]) -> None:
                 f"{r['quality_vs_ref']:>9.1%} ({r['quality_vs_ref_worst']:.1%}) "
                 f"{r['cost_vs_ref']:>7.1%} ({r['cost_vs_ref_worst']:.1%}) "
                 f"{r['hull_quality_vs_ref']:>18.1%} "
-                f"{r['points_over_hull']:>+10.2f} ({r['points_over_hull_worst']:+.2f})"
+                f"{r['points_over_hull']:>+10.2f} ({r['points_over_hull_worst']:+.2f}) "
+                f"{r['cell_oracle']['quality_vs_ref']:>7.1%} @ {r['cell_oracle']['cost_vs_ref']:.1%} "
+                f"{r['cell_oracle']['points_over_hull']:+.2f}"
             )
         for policy, sm in table.get("summary", {}).items():
             best = sm["best_within_40pct_cost"]
@@ -485,7 +534,9 @@ def print_curves(result: dict[str, Any]) -> None:
                 f"average over the sweep (worst seed {sm['points_over_hull_worst_seed_mean']:+.2f}), lowest "
                 f"point {sm['points_over_hull_lowest']:+.2f} (worst seed "
                 f"{sm['points_over_hull_worst_seed_lowest']:+.2f}); best within 40% cost: {goal}; "
-                f"goals met: {sm['goals_met']}"
+                f"goals met: {sm['goals_met']}; the per-cell oracle: "
+                f"{sm['cell_oracle_points_over_hull_mean']:+.2f} on average, lowest "
+                f"{sm['cell_oracle_points_over_hull_lowest']:+.2f}"
             )
 
 
@@ -653,7 +704,12 @@ def service_main(quick: bool, output: Path) -> int:
     started = time.perf_counter()
     seeds = [1] if quick else [1, 2, 3]
     rows = service_adaptation(["ucb", "thompson", "softmax", "greedy"], seeds, quick)
-    result = {"benchmark": "learning_service", "machine": machine(), "seeds": seeds, "rows": rows}
+    result: dict[str, Any] = {
+        "benchmark": "learning_service",
+        "machine": machine(),
+        "seeds": seeds,
+        "rows": rows,
+    }
     result["seconds"] = round(time.perf_counter() - started, 1)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print("\n5. through the real service: four models on one endpoint, the fastest slows 5x and recovers")
