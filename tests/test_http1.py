@@ -85,7 +85,8 @@ def test_post_bytes_keeps_one_connection_alive_for_consecutive_calls() -> None:
 
 
 def test_post_bytes_reads_chunked_and_close_delimited_answers() -> None:
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"  # an interim answer first
+    chunked = early + b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
     script = iter([chunked, until_close])
     answers, _, peers = exchange(lambda request: next(script), two_posts)

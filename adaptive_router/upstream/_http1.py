@@ -124,6 +124,9 @@ class _Answer(asyncio.Protocol):
         self.parts.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # an interim answer (103 Early Hints): the real one follows
+            self.head, self.status, self.headers, self.parts, self.size = False, 0, {}, [], 0
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()  # reset once the callback returns
 
@@ -132,14 +135,16 @@ class _Answer(asyncio.Protocol):
     async def exchange(self, request: bytes, read_s: float | None, limit: int | None) -> None:
         """Send ``request`` and wait for the whole answer (``read_s``: the longest silence)."""
         assert self.transport is not None
+        if self.transport.is_closing():
+            raise httpx.RemoteProtocolError("Server disconnected")
         self.waiter = self.loop.create_future()
         self.error, self.head, self.complete, self.keep_alive = None, False, False, False
         self.status, self.headers, self.parts, self.size, self.limit = 0, {}, [], 0, limit
         self.last_read = self.loop.time()
         if read_s is not None:
             self._timer = self.loop.call_at(self.last_read + read_s, self._check_read, read_s)
-        self.transport.write(request)
         try:
+            self.transport.write(request)
             await self.waiter
         finally:
             if self._timer is not None:
@@ -264,6 +269,6 @@ def _request(target: tuple[str, str, int, bytes, bytes], headers: Mapping[str, s
             continue
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise httpx.LocalProtocolError(f"invalid header {name!r}")
-        lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        lines += [name.encode(), b": ", value.encode(), b"\r\n"]  # UTF-8, as aiohttp sends them
     lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
     return b"".join(lines)
