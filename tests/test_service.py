@@ -9,6 +9,7 @@ term and the policy is greedy, so the first choice and the fallback order are kn
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import re
@@ -993,3 +994,12 @@ def test_budget_refusal_says_when_to_come_back_and_not_to_retry(monkeypatch: pyt
         assert error["code"] == "budget_exceeded"
         assert 0 < int(refused[-1].headers["retry-after"]) <= 86_400  # daily caps reset at 00:00 UTC
         assert refused[-1].headers["x-should-retry"] == "false"
+
+
+def test_start_up_objects_stay_out_of_full_collections_while_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Full collections would walk the catalogue, settings and modules every thousand or so
+    # requests (pauses of tens of ms under load): frozen while serving, given back at shutdown.
+    with service_stack(monkeypatch) as stack:
+        assert stack.http.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0

@@ -16,9 +16,10 @@ a connection (aiohttp's ``connect`` covers both waiting for a free slot and open
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,13 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
-from ._limits import read_capped
+from ._limits import acquire_slot, read_capped
+
+try:  # httptools comes with the speed extra, as aiohttp does; without it aiohttp posts too
+    from ._http1 import Http1Pool, lean_target
+except ImportError:  # pragma: no cover - exercised where httptools is absent
+    Http1Pool = None  # type: ignore[assignment,misc]
+    lean_target = None  # type: ignore[assignment]
 
 __all__ = ["AiohttpTransport"]
 
@@ -85,6 +92,11 @@ def _url(text: str) -> URL:
     return URL(text, encoded=True)  # httpx has already percent-encoded it
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _lean_target(url: str) -> tuple[str, str, int, bytes, bytes] | None:
+    return lean_target(_url(url)) if lean_target is not None else None
+
+
 def _headers(request: httpx.Request) -> CIMultiDict[str]:
     encoding = request.headers.encoding
     return CIMultiDict((key.decode(encoding), value.decode(encoding)) for key, value in request.headers.raw)
@@ -111,11 +123,14 @@ def _decompress(content: bytes, max_bytes: int | None) -> bytes:
 
 class _ResponseBody(httpx.AsyncByteStream):
     """The body as aiohttp receives it, chunk by chunk; ``aclose`` hands the connection back
-    (or closes it, when the body was not read to its end)."""
+    (or closes it, when the body was not read to its end) and frees the request's slot."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, request: httpx.Request, release: Callable[[], None]
+    ) -> None:
         self._response = response
         self._request = request
+        self._release: Callable[[], None] | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -125,8 +140,17 @@ class _ResponseBody(httpx.AsyncByteStream):
             raise _translate(exc, self._request, in_body=True) from exc
 
     async def aclose(self) -> None:
-        self._response.release()
-        await self._response.wait_for_close()
+        release, self._release = self._release, None
+        try:
+            self._response.release()
+            await self._response.wait_for_close()
+        finally:
+            if release is not None:
+                release()
+
+
+def _nothing() -> None:
+    pass
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -135,6 +159,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ``max_connections``: the pool's size (``None``: unbounded); ``keepalive_expiry``: how long an
     idle connection is kept (httpx's default, 5 s); ``ttl_dns_cache``: seconds a resolved name is
     reused. Certificates are checked against httpx's own default (certifi, ``SSL_CERT_FILE``).
+
+    A plain POST read whole (:meth:`post_bytes`) goes over a lean HTTP/1.1 client of its own
+    (:mod:`._http1`, with httptools) rather than aiohttp's; both draw on one pool of
+    ``max_connections`` slots, one per request in flight.
     """
 
     def __init__(
@@ -149,6 +177,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ttl_dns_cache = ttl_dns_cache
         self._ssl = httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None  # requests in flight, both clients together
+        self._lean: Http1Pool | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -156,8 +186,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     def _open(self) -> aiohttp.ClientSession:
+        # Made here, in the running loop. The slots bound both clients: aiohttp's own
+        # connector is unbounded (0).
+        self._slots = asyncio.Semaphore(self._max_connections) if self._max_connections else None
+        if Http1Pool is not None:
+            self._lean = Http1Pool(self._ssl, slots=self._slots, keepalive_expiry=self._keepalive_expiry)
         connector = aiohttp.TCPConnector(
-            limit=self._max_connections or 0,  # aiohttp: 0 is unbounded
+            limit=0,
             limit_per_host=0,
             keepalive_timeout=self._keepalive_expiry,
             ttl_dns_cache=self._ttl_dns_cache,
@@ -171,9 +206,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         return self._session
 
+    async def _slot(self, timeout: Mapping[str, float | None] | None) -> Callable[[], None]:
+        """Wait for a free slot (``ConnectTimeout`` after ``pool`` + ``connect``); its release."""
+        slots = self._slots
+        if slots is None:
+            return _nothing
+        await acquire_slot(slots, timeout or {})
+        return slots.release
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
         headers = _headers(request)
+        timeout = request.extensions.get("timeout")
+        try:
+            release = await self._slot(timeout)
+        except httpx.ConnectTimeout as exc:
+            exc.request = request
+            raise
         try:
             response = await session.request(
                 request.method,
@@ -181,15 +230,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 data=_body(request, headers),
                 allow_redirects=False,
-                timeout=_timeout(request.extensions.get("timeout")),
+                timeout=_timeout(timeout),
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _translate(exc, request, in_body=False) from exc
+        except BaseException as exc:
+            release()
+            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                raise _translate(exc, request, in_body=False) from exc
+            raise
         version = response.version or aiohttp.HttpVersion11
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_ResponseBody(response, request),
+            stream=_ResponseBody(response, request, release),
             request=request,
             extensions={
                 "http_version": f"HTTP/{version.major}.{version.minor}".encode("ascii"),
@@ -210,6 +262,29 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         same ones :meth:`handle_async_request` raises; a body (read or decoded) over ``max_bytes``
         is httpx's ``DecodingError``, raised before more than that is held."""
         session = self._session or self._open()
+        target = _lean_target(url) if self._lean is not None else None
+        if target is not None and self._lean is not None:
+            status, got, content = await self._lean.post(target, headers, body, timeout, max_bytes)
+        else:
+            status, got, content = await self._aiohttp_post(session, url, headers, body, timeout, max_bytes)
+        encoding = got.get("content-encoding", "").lower()
+        if content and encoding in ("gzip", "deflate"):  # the session leaves decoding to us
+            try:
+                content = _decompress(content, max_bytes)
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"{encoding} body could not be decoded: {exc}") from exc
+        return status, got, content
+
+    async def _aiohttp_post(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: Mapping[str, float | None],
+        max_bytes: int | None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        release = await self._slot(timeout)
         in_body = False
         try:
             async with session.post(
@@ -221,16 +296,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 else:
                     declared = response.headers.get("content-length")
                     content = await read_capped(response.content.iter_any(), max_bytes, declared)
-                encoding = response.headers.get("content-encoding", "").lower()
-                if content and encoding in ("gzip", "deflate"):  # the session leaves decoding to us
-                    content = _decompress(content, max_bytes)
                 return response.status, response.headers, content
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, None, in_body=in_body) from exc
-        except zlib.error as exc:
-            raise httpx.DecodingError(f"{encoding} body could not be decoded: {exc}") from exc
+        finally:
+            release()
 
     async def aclose(self) -> None:
+        lean, self._lean = self._lean, None
+        if lean is not None:
+            lean.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -8,12 +8,13 @@ garbled answer: the next candidate is tried and the model's breaker counts it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "read_capped", "read_response"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "acquire_slot", "read_capped", "read_response"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +48,17 @@ async def read_capped(chunks: AsyncIterator[bytes], limit: int, declared: str | 
 async def read_response(response: httpx.Response, limit: int) -> bytes:
     """A response's (decoded) body, refused as soon as it passes ``limit`` bytes."""
     return await read_capped(response.aiter_bytes(), limit, response.headers.get("content-length"))
+
+
+async def acquire_slot(slots: asyncio.Semaphore, timeout: Mapping[str, float | None]) -> None:
+    """A slot, waiting at most ``pool`` + ``connect`` (aiohttp's bound on getting a connection)."""
+    if not slots.locked():
+        await slots.acquire()
+        return
+    pool, connect = timeout.get("pool"), timeout.get("connect")
+    wait = None if pool is None else pool + (connect or 0.0)
+    try:
+        async with asyncio.timeout(wait):
+            await slots.acquire()
+    except TimeoutError as exc:
+        raise httpx.ConnectTimeout("no free connection in the pool in time") from exc
