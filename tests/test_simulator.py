@@ -271,15 +271,16 @@ def test_slow_event_multiplies_latency_after_n_requests() -> None:
 
 
 def test_slow_event_at_seconds_uses_simulated_time() -> None:
-    # 500 simulated seconds at time_scale 0.001 are 0.5 s of real time.
-    events = [SimEvent(at_seconds=500, action="slow", factor=3.0)]
+    # 2,000 simulated seconds at time_scale 0.001 are 2 s of real time: room for a busy machine
+    # to send the first request before the event (at 0.5 s, a load of 6 once sent it after).
+    events = [SimEvent(at_seconds=2_000, action="slow", factor=3.0)]
     with (
         _serve([_exact("m")], Scenario(seed=1, time_scale=0.001, events=events)) as url,
         httpx.Client(base_url=url) as http,
     ):
         before = _latency(http.post(CHAT, json=_body(model="m")))
-        deadline = time.monotonic() + 5
-        while http.get("/sim/stats").json()["elapsed_s"] < 0.5 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while http.get("/sim/stats").json()["elapsed_s"] < 2.0 and time.monotonic() < deadline:
             time.sleep(0.05)
         after = _latency(http.post(CHAT, json=_body(model="m")))
     assert after / before == pytest.approx(3.0, rel=1e-3)
