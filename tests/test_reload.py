@@ -252,15 +252,21 @@ def test_requests_in_flight_during_reloads_are_all_answered(
         assert statuses == [200] * 60
 
 
-def test_reload_listeners_hear_each_swap_and_a_failing_one_changes_nothing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """What settings build outside the router (evaluator hooks) rebuilds itself from a listener."""
+def _simulated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A settings file for an in-process service on the simulator, no ROUTER_* from outside."""
     for name in [n for n in os.environ if n.startswith("ROUTER_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv(SIMULATOR_URL_ENV, "http://127.0.0.1:9/v1")  # never called: no request is sent
     path = tmp_path / "settings.yaml"
     path.write_text(yaml.safe_dump({"upstream": {"simulate": "always"}}))
+    return path
+
+
+def test_reload_listeners_hear_each_swap_and_a_failing_one_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What settings build outside the router (evaluator hooks) rebuilds itself from a listener."""
+    path = _simulated_settings(monkeypatch, tmp_path)
 
     async def main() -> None:
         service = build_service(load_settings(path))
@@ -279,11 +285,7 @@ def test_answered_requests_are_kept_once_by_the_feedback_store_across_reloads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """``learning.feedback_memory`` bounds one copy: the store's, not the router's as well."""
-    for name in [n for n in os.environ if n.startswith("ROUTER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv(SIMULATOR_URL_ENV, "http://127.0.0.1:9/v1")  # never called: no request is sent
-    path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump({"upstream": {"simulate": "always"}}))
+    path = _simulated_settings(monkeypatch, tmp_path)
 
     async def main() -> None:
         service = build_service(load_settings(path))
