@@ -33,6 +33,7 @@ from ._evaluation_settings import EvaluationSettings
 from ._profile_settings import ProfileSettings, Section, TaskRule
 
 __all__ = [
+    "DEFAULT_COST_REFERENCE_USD",
     "BudgetSettings",
     "CacheSettings",
     "CatalogueSettings",
@@ -208,6 +209,8 @@ class CacheSettings(_Section):
 
 
 _DEFAULT_WEIGHTS = {"latency": 0.4, "cost": 0.3, "quality": 0.3}
+# A request this dear loses the whole cost weight (~1,000 tokens in, 500 out at $10/$30 per M).
+DEFAULT_COST_REFERENCE_USD = 0.02
 
 
 class RoutingSettings(_Section):
@@ -217,6 +220,16 @@ class RoutingSettings(_Section):
     top_k: int = Field(default=4, ge=1, le=64, description="candidates kept as the fallback order")
     latency_quantile: float = Field(default=0.9, gt=0.5, lt=1.0)
     latency_scale_s: tuple[float, float] = (0.01, 120.0)
+    # Linear: w_quality of quality is worth w_cost / reference USD at any price (core/_scoring.py).
+    cost_norm: Literal["linear", "log"] = Field(
+        default="linear", description="the cost term: linear in dollars, or log between cost_scale_usd"
+    )
+    cost_reference_usd: float = Field(
+        default=DEFAULT_COST_REFERENCE_USD,
+        gt=0,
+        allow_inf_nan=False,
+        description="linear cost: a request costing this much (USD) counts the whole cost weight",
+    )
     cost_scale_usd: tuple[float, float] = (1e-7, 1.0)
     allow: list[str] = Field(
         default_factory=list, description="globs of model ids the router may use; empty: every routable one"

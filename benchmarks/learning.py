@@ -46,7 +46,7 @@ import numpy.typing as npt
 from adaptive_router import Settings
 from adaptive_router._bench import machine_info
 from adaptive_router._settings import ProfileSettings
-from adaptive_router.core import LogScale, Router, RouteRequest
+from adaptive_router.core import Router, RouteRequest, cost_scale
 from adaptive_router.offline import (
     LatencyGroups,
     OutcomeTable,
@@ -307,9 +307,10 @@ def cell_oracle(
     model with the best mean score (the score's cost and quality terms on the true outcomes,
     latency left out as in the sweep), for every prompt of the cell. Mean quality and total cost:
     the bound that learning per cell, with this score, approaches and cannot pass."""
-    cs = LogScale(*settings.routing.cost_scale_usd)
+    routing = settings.routing
+    cs = cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd)
     q, c, cell = table.quality[rows], table.cost[rows], cells[rows]
-    norm = np.clip((np.log(np.maximum(c, 1e-15)) - cs.log_low) * cs.inv_range, 0.0, 1.0)
+    norm = cs.norm_array(c)
     utility = weights[1] * (1.0 - norm) + weights[2] * q
     present, inverse = np.unique(cell, return_inverse=True)
     sums = np.zeros((present.shape[0], q.shape[1]))

@@ -23,6 +23,7 @@ EXPECTED_ALL = [
     "Hook",
     "Learner",
     "LearnerState",
+    "LinearScale",
     "LogScale",
     "Model",
     "NoEligibleModel",

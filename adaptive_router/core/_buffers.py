@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ._scoring import LogScale
+from ._scoring import CostScale, LogScale
 
 __all__ = ["ScoreBuffers"]
 
@@ -16,19 +16,25 @@ _COEFFICIENTS_KEPT = 4096  # distinct weight triples (clients may send their own
 class ScoreBuffers:
     """Score, latency and cost are rows of one array: one fancy index takes them for a chain.
 
-    ``logs`` holds the clipped log latency, the clipped log cost and the quality value; the score
-    is their dot product with ``coefficients(weights)``, kept per weights seen.
+    ``logs`` holds the clipped log latency, the cost term's input (dollars for a linear cost
+    scale, the clipped log for a log one) and the quality value; the score is their dot product
+    with ``coefficients(weights)``, kept per weights seen.
     """
 
-    def __init__(self, n: int, latency_scale: LogScale, cost_scale: LogScale) -> None:
+    def __init__(self, n: int, latency_scale: LogScale, cost_scale: CostScale) -> None:
         # One block: score, latency, cost (``terms``), then clipped logs and the value (``logs``),
         # so a chain's numbers are taken in one fancy index.
         self.block = np.empty((6, n))
         self.terms, self.logs = self.block[:3], self.block[3:]
         self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
         # Both log rows clipped at once: bounds as columns broadcast over the models.
-        self.log_low = np.array([[latency_scale.log_low], [cost_scale.log_low]])
-        self.log_high = np.array([[latency_scale.log_high], [cost_scale.log_high]])
+        self.cost_linear = cost_scale.linear
+        if isinstance(cost_scale, LogScale):
+            self.log_low = np.array([[latency_scale.log_low], [cost_scale.log_low]])
+            self.log_high = np.array([[latency_scale.log_high], [cost_scale.log_high]])
+        else:  # only the latency row is a clipped log
+            self.log_low = np.array([[latency_scale.log_low]])
+            self.log_high = np.array([[latency_scale.log_high]])
         self.tmp = np.empty(n)
         self.tmp2 = np.empty(n)
         self.mask = np.empty(n, dtype=np.bool_)
@@ -37,7 +43,7 @@ class ScoreBuffers:
         self._coef: dict[tuple[float, float, float], FloatArray] = {}
 
     def coefficients(self, weights: tuple[float, float, float]) -> FloatArray:
-        """The score's weights on (log latency, log cost, value)."""
+        """The score's weights on the rows of ``logs``: latency, cost, value."""
         coef = self._coef.get(weights)
         if coef is None:
             ls, cs = self._scales

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._profile import Profile
-from ._scoring import LogScale
+from ._scoring import CostScale, LogScale
 
 __all__ = ["Candidate", "Decision", "Outcome", "RouteRequest"]
 
@@ -72,7 +72,7 @@ class Ranking:
     bonus: FloatArray | None  # (k,) exploration term (None: none)
     offset: float
     weights: tuple[float, float, float]
-    scales: tuple[LogScale, LogScale]
+    scales: tuple[LogScale, CostScale]
 
     def candidates(self) -> list[Candidate]:
         (wl, wc, wq), (ls, cs) = self.weights, self.scales

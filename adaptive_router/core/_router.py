@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ConfigError, RequestError
-from .._settings import Settings
+from .._settings import DEFAULT_COST_REFERENCE_USD, Settings
 from ._answers import Answered, AnsweredMemory, new_request_id
 from ._buffers import ScoreBuffers
 from ._catalogue import Catalogue, provider_groups
@@ -31,7 +31,16 @@ from ._constraints import required_bits, why_none
 from ._decision import Decision, Outcome, Ranking, RouteRequest
 from ._learning import Learner
 from ._profile import Profile, Profiler
-from ._scoring import Greedy, LogScale, Policy, make_policy, normal_quantile
+from ._scoring import (
+    CostScale,
+    Greedy,
+    LinearScale,
+    LogScale,
+    Policy,
+    cost_scale,
+    make_policy,
+    normal_quantile,
+)
 from ._setup import catalogue_from_settings, cell_strength, profiler_from_settings
 from ._sums import Estimates, LearnerConfig
 
@@ -56,7 +65,7 @@ class RouterConfig:
     top_k: int = 4
     latency_quantile: float = 0.9
     latency_scale: LogScale = field(default_factory=lambda: LogScale(0.01, 120.0))
-    cost_scale: LogScale = field(default_factory=lambda: LogScale(1e-7, 1.0))
+    cost_scale: CostScale = field(default_factory=lambda: LinearScale(DEFAULT_COST_REFERENCE_USD))
     feedback_memory: int = 100_000
     decision_ttl_s: float = 0.0  # reuse a deterministic decision for the same key this long (0: never)
     allow: Sequence[str] = ()  # routing.allow: globs of ids that may be used (empty: all)
@@ -127,7 +136,7 @@ class Router:
             top_k=routing.top_k,
             latency_quantile=routing.latency_quantile,
             latency_scale=LogScale(*routing.latency_scale_s),
-            cost_scale=LogScale(*routing.cost_scale_usd),
+            cost_scale=cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd),
             feedback_memory=learning.feedback_memory,
             decision_ttl_s=settings.cache.decision_ttl_seconds if settings.cache.enabled else 0.0,
             allow=tuple(routing.allow),
@@ -331,8 +340,13 @@ class Router:
         np.multiply(self._price_completion, out, out=b.cost)
         np.multiply(self._price_prompt, float(profile.prompt_tokens), out=b.tmp)
         b.cost += b.tmp
-        logs = b.logs[:2]
-        np.log(b.terms[1:], out=logs)
+        if b.cost_linear:  # dollars as they are; only latency is a clipped log
+            logs = b.logs[:1]
+            np.log(b.terms[1:2], out=logs)
+            b.logs[1] = b.cost  # the coefficient carries 1 / reference
+        else:
+            logs = b.logs[:2]
+            np.log(b.terms[1:], out=logs)
         np.maximum(logs, b.log_low, out=logs)
         np.minimum(logs, b.log_high, out=logs)
         b.logs[2] = est.value[profile.cell]
@@ -341,9 +355,9 @@ class Router:
         return score
 
     def _offset(self, weights: tuple[float, float, float]) -> float:
-        """The constant ``_score`` leaves out: each clipped log term, shifted to start at 1."""
+        """The constant ``_score`` leaves out: each term's ``1 + origin * inv_range``."""
         ls, cs = self.config.latency_scale, self.config.cost_scale
-        return weights[0] * (1 + ls.log_low * ls.inv_range) + weights[1] * (1 + cs.log_low * cs.inv_range)
+        return weights[0] * (1 + ls.log_low * ls.inv_range) + weights[1] * (1 + cs.origin * cs.inv_range)
 
     def _eligible(self, request: RouteRequest, profile: Profile, est: Estimates, out: float) -> BoolArray:
         mask, cat = self._buf.mask, self.catalogue

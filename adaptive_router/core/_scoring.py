@@ -3,9 +3,17 @@
     score(m) = w_latency * (1 - norm(latency_est)) + w_cost * (1 - norm(cost_est))
              + w_quality * value_est + exploration
 
-``norm`` maps a value onto [0, 1] between two fixed reference points on a log scale (settings
-``routing.latency_scale_s`` and ``routing.cost_scale_usd``), never the min and max of whichever
-models are present: a model that is worse on every term can then never change the winner.
+``norm`` maps a value against fixed reference points, never the min and max of whichever models
+are present: a model that is worse on every term can then never change the winner. Latency is
+read on a log scale between two points (``routing.latency_scale_s``). Cost is linear in dollars
+by default (``LinearScale``: ``routing.cost_reference_usd`` counts the whole cost weight), so the
+score trades quality against money at one fixed rate, ``w_quality`` points of quality for
+``w_cost / reference`` dollars, whatever the models cost. That is what makes routing per cell pay:
+choosing in each cell the model with the best ``quality - rate * cost`` reaches, at its total
+cost, at least the quality of any fixed mix of models at that cost (the mix is one of the
+choices it weighed). On a log scale (``routing.cost_norm: log``, between
+``routing.cost_scale_usd``) a fixed ratio of prices weighs the same at any price, which favours
+the cheap end over the money actually spent.
 
 The functions here take arrays and floats and write into caller-owned buffers; they do no I/O
 and know nothing of settings or HTTP.
@@ -20,17 +28,22 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .._settings import DEFAULT_COST_REFERENCE_USD
 from ._sums import Estimates
 
 __all__ = [
+    "DEFAULT_SCALES",
     "POLICIES",
     "Choice",
+    "CostScale",
     "Greedy",
+    "LinearScale",
     "LogScale",
     "Policy",
     "Softmax",
     "Thompson",
     "Ucb",
+    "cost_scale",
     "make_policy",
     "normal_quantile",
     "recheck_bonus",
@@ -42,9 +55,12 @@ Weights3 = tuple[float, float, float]
 
 
 class LogScale:
-    """Fixed reference points: ``low`` maps to 0, ``high`` to 1, log-linear between, clipped."""
+    """Fixed reference points: ``low`` maps to 0, ``high`` to 1, log-linear between, clipped.
+
+    ``norm(x) = (log x - origin) * inv_range``, clipped to [0, 1]."""
 
     __slots__ = ("high", "inv_range", "log_high", "log_low", "low")
+    linear = False
 
     def __init__(self, low: float, high: float) -> None:
         if not 0 < low < high:
@@ -56,10 +72,64 @@ class LogScale:
     def __repr__(self) -> str:
         return f"LogScale({self.low!r}, {self.high!r})"
 
+    @property
+    def origin(self) -> float:
+        return self.log_low
+
     def norm(self, x: float) -> float:
         """Where ``x`` falls between the reference points, in [0, 1]."""
         logx = math.log(x) if x > 0 else -math.inf
         return min(max((logx - self.log_low) * self.inv_range, 0.0), 1.0)
+
+    def norm_array(self, x: FloatArray) -> FloatArray:
+        """``norm`` of every element."""
+        out: FloatArray = np.clip((np.log(np.maximum(x, 1e-300)) - self.log_low) * self.inv_range, 0.0, 1.0)
+        return out
+
+
+class LinearScale:
+    """Dollars, linear: free maps to 0 and ``reference`` to 1, a dearer request past 1 (no clip,
+    so the rate of quality per dollar holds at any price). ``norm(x) = x * inv_range``."""
+
+    __slots__ = ("inv_range", "reference")
+    linear = True
+    origin = 0.0
+
+    def __init__(self, reference: float) -> None:
+        if not (reference > 0 and math.isfinite(reference)):
+            raise ValueError(f"need a finite reference > 0, got {reference}")
+        self.reference = reference
+        self.inv_range = 1.0 / reference
+
+    def __repr__(self) -> str:
+        return f"LinearScale({self.reference!r})"
+
+    def norm(self, x: float) -> float:
+        """``x`` in units of the reference (0 for a free or negative amount)."""
+        return max(x, 0.0) * self.inv_range
+
+    def norm_array(self, x: FloatArray) -> FloatArray:
+        """``norm`` of every element."""
+        out: FloatArray = np.maximum(x, 0.0) * self.inv_range
+        return out
+
+
+CostScale = LogScale | LinearScale
+
+
+# The default scales (settings routing.latency_scale_s and cost_reference_usd), for code that
+# reads terms without a router at hand (replay of old logs, side calls).
+DEFAULT_SCALES: tuple[LogScale, CostScale] = (LogScale(0.01, 120.0), LinearScale(DEFAULT_COST_REFERENCE_USD))
+
+
+def cost_scale(norm: str, reference_usd: float, bounds_usd: tuple[float, float]) -> CostScale:
+    """The cost term's scale from settings: ``linear`` against ``reference_usd`` (a request's
+    cost that counts the whole cost weight) or ``log`` between ``bounds_usd``."""
+    if norm == "linear":
+        return LinearScale(reference_usd)
+    if norm == "log":
+        return LogScale(*bounds_usd)
+    raise ValueError(f"cost norm must be 'linear' or 'log', not {norm!r}")
 
 
 def normal_quantile(q: float) -> float:

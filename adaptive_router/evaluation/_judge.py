@@ -22,7 +22,7 @@ import numpy as np
 
 from .._evaluation_settings import DEFAULT_RUBRIC, JudgeSettings
 from ..core._decision import Decision, Ranking
-from ..core._scoring import LogScale
+from ..core._scoring import DEFAULT_SCALES
 from ..upstream._client import Completion
 from ..upstream._execution import Executor
 from ..upstream._text import answer_text
@@ -70,7 +70,7 @@ def side_decision(decision: Decision, request_id: str, chain: Sequence[str], pol
         bonus=np.zeros(k),
         offset=0.0,
         weights=decision.weights,
-        scales=(LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
+        scales=DEFAULT_SCALES,
     )
     return Decision(
         request_id=request_id,

@@ -416,7 +416,7 @@ def _utility(
     """The score's three terms on realised outcomes (the router's scales), weighted."""
     ls, cs = router.config.latency_scale, router.config.cost_scale
     lat = np.clip((np.log(np.maximum(latency, 1e-15)) - ls.log_low) * ls.inv_range, 0.0, 1.0)
-    cst = np.clip((np.log(np.maximum(cost, 1e-15)) - cs.log_low) * cs.inv_range, 0.0, 1.0)
+    cst = cs.norm_array(cost)
     result: FloatArray = weights[0] * (1 - lat) + weights[1] * (1 - cst) + weights[2] * quality
     return result
 

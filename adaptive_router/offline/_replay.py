@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from .._errors import ReplayError
 from .._settings import RoutingSettings
-from ..core._scoring import LogScale
+from ..core._scoring import DEFAULT_SCALES, CostScale, LogScale
 
 __all__ = [
     "Interval",
@@ -285,7 +285,7 @@ class _Logged:
     names: list[str] = field(default_factory=list)  # model index -> id
 
 
-def _prepare(log: LogData, reward: RewardSpec, scales: tuple[LogScale, LogScale]) -> _Logged:
+def _prepare(log: LogData, reward: RewardSpec, scales: tuple[LogScale, CostScale]) -> _Logged:
     rows, skipped = [], {"cached": 0, "no_propensity": 0, "no_candidates": 0}
     for record in log.decisions:
         reason = _skip_reason(record)
@@ -335,7 +335,7 @@ def _fill_row(
     a: _Logged,
     i: int,
     record: Mapping[str, Any],
-    scales: tuple[LogScale, LogScale],
+    scales: tuple[LogScale, CostScale],
     tasks: dict[str, int],
     models: dict[str, int],
 ) -> None:
@@ -358,7 +358,7 @@ def _fill_row(
     a.task[i] = tasks.setdefault(str(profile.get("cell", profile["task"])), len(tasks))
 
 
-def _unweighted(term: float, weight: float, raw: float, scale: LogScale) -> float:
+def _unweighted(term: float, weight: float, raw: float, scale: LogScale | CostScale) -> float:
     """``1 - norm(raw)``: from the weighted term when its weight allows, else from the raw value."""
     if weight > 1e-9:
         return float(term) / weight
@@ -429,7 +429,7 @@ def evaluate(
     reward: RewardSpec | None = None,
     *,
     modes: Mapping[str, Weights3] | None = None,
-    scales: tuple[LogScale, LogScale] = (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
+    scales: tuple[LogScale, CostScale] = DEFAULT_SCALES,
     z: float = 1.96,
 ) -> PolicyEstimate:
     """IPS, SNIPS and DR estimates of ``target``'s mean reward on ``log``, with normal intervals.
@@ -446,7 +446,7 @@ def evaluate_many(
     reward: RewardSpec | None = None,
     *,
     modes: Mapping[str, Weights3] | None = None,
-    scales: tuple[LogScale, LogScale] = (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
+    scales: tuple[LogScale, CostScale] = DEFAULT_SCALES,
     z: float = 1.96,
 ) -> list[PolicyEstimate]:
     """:func:`evaluate` for several targets, reading the log into arrays once."""
@@ -463,7 +463,7 @@ def target_distribution(
     target: TargetPolicy,
     *,
     modes: Mapping[str, Weights3] | None = None,
-    scales: tuple[LogScale, LogScale] = (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)),
+    scales: tuple[LogScale, CostScale] = DEFAULT_SCALES,
 ) -> list[dict[str, float]]:
     """What ``target`` would have done: for each replayable decision, in log order, its
     probability of each logged candidate."""
@@ -477,7 +477,7 @@ def target_distribution(
 
 def logged_value(log: LogData, reward: RewardSpec | None = None, z: float = 1.96) -> Interval:
     """The logging policy's own mean reward over the replayable records (on-policy)."""
-    arrays = _prepare(log, reward or RewardSpec(), (LogScale(0.01, 120.0), LogScale(1e-7, 1.0)))
+    arrays = _prepare(log, reward or RewardSpec(), DEFAULT_SCALES)
     r = arrays.reward
     se = float(r.std(ddof=1) / math.sqrt(r.size)) if r.size > 1 else math.inf
     return Interval.normal(float(r.mean()) if r.size else math.nan, se, z)
