@@ -340,6 +340,55 @@ def test_router_modes_pick_what_they_promise() -> None:
     assert pick == {"speed": fast.id, "cost": cheap.id, "quality": smart.id}
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1.0),
+    st.floats(1e-9, 1e-4),
+    st.floats(1.5, 50.0),
+    st.floats(0.05, 0.95),
+    st.sampled_from([0.002, 0.02, 0.5]),
+)
+def test_router_linear_cost_trades_quality_for_dollars_at_one_rate(
+    q_cheap: float, q_dear: float, price: float, ratio: float, quality_weight: float, reference: float
+) -> None:
+    """The dearer of two otherwise equal models wins exactly when its extra quality is worth its
+    extra dollars at the rate ``w_quality`` per ``w_cost / reference``: whatever the prices, so a
+    per-cell choice never spends money a fixed mix of models would spend better."""
+    cheap = model(0, price_prompt=price, price_completion=price, quality=q_cheap)
+    dear = model(1, price_prompt=price * ratio, price_completion=price * ratio, quality=q_dear)
+    router = router_for([cheap, dear], cost_reference_usd=reference)
+    weights = (0.0, 1.0 - quality_weight, quality_weight)
+    decision = router.decide(RouteRequest(prompt="Tell me about tides.", weights=weights))
+    by_id = {c.model: c for c in decision.candidates}
+    extra_dollars = by_id[dear.id].cost_usd - by_id[cheap.id].cost_usd
+    gain = quality_weight * (q_dear - q_cheap) - (1.0 - quality_weight) * extra_dollars / reference
+    assume(abs(gain) > 1e-9)  # an exact tie may go either way
+    assert decision.model == (dear.id if gain > 0 else cheap.id)
+
+
+def _cost_gap(router: Router) -> float:
+    terms = {c.model: c.cost_term for c in router.decide(RouteRequest(prompt="hi", mode="cost")).candidates}
+    return terms["p0/m0"] - terms["p1/m1"]
+
+
+def test_router_log_cost_scale_is_still_available() -> None:
+    """``routing.cost_norm: log``: a tenfold price ratio weighs the same at any price; on the
+    default linear scale the same ratio weighs what the dollars between them weigh."""
+    cheap_pair = [
+        model(0, price_prompt=1e-7, price_completion=1e-7),
+        model(1, price_prompt=1e-6, price_completion=1e-6),
+    ]
+    dear_pair = [
+        model(0, price_prompt=1e-5, price_completion=1e-5),
+        model(1, price_prompt=1e-4, price_completion=1e-4),
+    ]
+    log_gaps = [_cost_gap(router_for(pair, cost_norm="log")) for pair in (cheap_pair, dear_pair)]
+    assert log_gaps[0] == pytest.approx(log_gaps[1]) and log_gaps[0] > 0
+    linear_gaps = [_cost_gap(router_for(pair)) for pair in (cheap_pair, dear_pair)]
+    assert linear_gaps[1] == pytest.approx(100 * linear_gaps[0]) and linear_gaps[0] > 0
+
+
 def test_router_per_request_weights_are_normalised_and_validated() -> None:
     router = router_for([model(0), model(1, quality=0.9)])
     d = router.decide(RouteRequest(prompt="hi", weights=(0, 0, 5)))

@@ -175,6 +175,8 @@ def test_load_settings_bad_environment_value_names_key(monkeypatch: pytest.Monke
         ("routing:\n  latency_scale_s: [5.0, 1.0]\n", "routing.latency_scale_s"),
         ("routing:\n  latency_scale_s: [2.0, 2.0]\n", "routing.latency_scale_s"),
         ("routing:\n  cost_scale_usd: [0, 1.0]\n", "routing.cost_scale_usd"),
+        ("routing:\n  cost_reference_usd: 0\n", "routing.cost_reference_usd"),
+        ("routing:\n  cost_norm: sqrt\n", "routing.cost_norm"),
         ("exploration:\n  policy: epsilon\n", "exploration.policy"),
     ],
 )
