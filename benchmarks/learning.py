@@ -654,6 +654,9 @@ def main() -> int:
         help="learning.cell_difficulty (default: the settings default)",
     )
     parser.add_argument(
+        "--cost-norm", choices=["linear", "log"], help="routing.cost_norm (default: the settings default)"
+    )
+    parser.add_argument(
         "--routellm-limit", type=int, default=5_000, help="part 4: prompts of the routellm table"
     )
     parser.add_argument(
@@ -676,12 +679,17 @@ def main() -> int:
                 )
             }
         )
+    if args.cost_norm is not None:
+        settings = settings.model_copy(
+            update={"routing": settings.routing.model_copy(update={"cost_norm": args.cost_norm})}
+        )
     if args.curves_only:
         result: dict[str, Any] = {"benchmark": "learning", "quick": args.quick, "machine": machine()}
         result["profile"] = settings.profile.model_dump(include={"cells", "semantic_bits"})
         result["exploration"] = settings.exploration.model_dump(include={"policy", "ucb_c"})
         result["cell_prior_strength"] = settings.learning.cell_prior_strength
         result["cell_difficulty"] = settings.learning.cell_difficulty
+        result["cost"] = settings.routing.model_dump(include={"cost_norm", "cost_reference_usd"})
     else:
         result = run_all(args.quick, args.data, settings)
     sweep = tuple(float(q) for q in args.sweep.split(","))
