@@ -214,6 +214,7 @@ class Decision:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        candidates = [_candidate_dict(c) for c in self.candidates]  # first: the reason reads them
         return {
             "request_id": self.request_id,
             "model": self.model,
@@ -234,7 +235,7 @@ class Decision:
             "mode": self.mode,
             "weights": dict(zip(("latency", "cost", "quality"), self.weights, strict=True)),
             "eligible": self.eligible,
-            "candidates": [_candidate_dict(c) for c in self.candidates],
+            "candidates": candidates,
         }
 
 
