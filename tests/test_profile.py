@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,33 @@ def test_profiler_tie_goes_to_the_first_class() -> None:
     assert _toy(("a", "b")).profile("gamma then alpha").task == "a"
     assert _toy(("b", "a")).profile("gamma then alpha").task == "b"
     assert _toy(("a", "b")).profile("beta gamma").task == "a"
+
+
+_WORD_PATTERN = re.compile(r"[a-z0-9+#]+(?:[;'][a-z]+)?")  # what a keyword word matches, as documented
+_CODE_WORDS = {"c++", "c#", "python", "code", "don't"}
+_POEM_WORDS = {"poem", "it's", "a;b"}
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            ["code", "C++", "c#", "Python", "don't", "it's", "a;b", "poem", "x", "+", "#", "'", ";", " "]
+        )
+        | st.sampled_from(["\n", ",", "-", "é", "3+4", "DON'T", "poems", "'code", "python;", "'poem'"])
+        | st.just("a;b;c"),
+        max_size=30,
+    )
+)
+def test_profiler_counts_the_keywords_the_word_pattern_finds(parts: list[str]) -> None:
+    """Whatever the punctuation, apostrophes or non-ASCII around them, a keyword counts exactly
+    when the word pattern finds it in the lower-cased text."""
+    tasks = {"code": TaskRules(keywords=sorted(_CODE_WORDS)), "poem": TaskRules(keywords=sorted(_POEM_WORDS))}
+    text = "".join(parts)
+    words = set(_WORD_PATTERN.findall(text.lower()))
+    code, poem = len(words & _CODE_WORDS), len(words & _POEM_WORDS)
+    expected = "general" if code == poem == 0 else ("code" if code >= poem else "poem")
+    profiler = Profiler(tasks)
+    assert profiler.tasks[profiler.classify(text)] == expected
 
 
 def test_profiler_repeated_keyword_counts_once() -> None:

@@ -75,23 +75,34 @@ class Ranking:
     scales: tuple[LogScale, CostScale]
 
     def candidates(self) -> list[Candidate]:
-        (wl, wc, wq), (ls, cs) = self.weights, self.scales
         score, lat, cost = self.terms.tolist()
         bonus = self.bonus.tolist() if self.bonus is not None else [0.0] * len(self.ids)
+        value = self.value.tolist()
         return [
-            Candidate(
-                model=model,
-                score=score[i] + self.offset + bonus[i],
-                latency_term=wl * (1.0 - ls.norm(lat[i])),
-                cost_term=wc * (1.0 - cs.norm(cost[i])),
-                quality_term=wq * float(self.value[i]),
-                exploration=bonus[i],
-                latency_s=lat[i],
-                cost_usd=cost[i],
-                quality=float(self.value[i]),
-            )
-            for i, model in enumerate(self.ids)
+            self._candidate(i, score[i], lat[i], cost[i], value[i], bonus[i]) for i in range(len(self.ids))
         ]
+
+    def first(self) -> Candidate:
+        """The chain's head alone (what ``Decision.reason`` reads): the same numbers, one row."""
+        score, lat, cost = self.terms[:, 0].tolist()
+        bonus = self.bonus.item(0) if self.bonus is not None else 0.0
+        return self._candidate(0, score, lat, cost, self.value.item(0), bonus)
+
+    def _candidate(
+        self, i: int, score: float, lat: float, cost: float, value: float, bonus: float
+    ) -> Candidate:
+        (wl, wc, wq), (ls, cs) = self.weights, self.scales
+        return Candidate(
+            model=self.ids[i],
+            score=score + self.offset + bonus,
+            latency_term=wl * (1.0 - ls.norm(lat)),
+            cost_term=wc * (1.0 - cs.norm(cost)),
+            quality_term=wq * value,
+            exploration=bonus,
+            latency_s=lat,
+            cost_usd=cost,
+            quality=value,
+        )
 
 
 class Decision:
@@ -186,7 +197,8 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        best = self.candidates[0]
+        # The head alone when the explanation was not asked for (the routing object of an answer).
+        best = self._candidates[0] if self._candidates is not None else self._ranking.first()
         if self.pinned:
             return f"{self.model} requested by the client; fallbacks ranked by {self.mode} score"
         prefix = f"{self.requested} is unavailable or does not fit the request; " if self.requested else ""
@@ -202,6 +214,7 @@ class Decision:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        candidates = [_candidate_dict(c) for c in self.candidates]  # first: the reason reads them
         return {
             "request_id": self.request_id,
             "model": self.model,
@@ -222,7 +235,7 @@ class Decision:
             "mode": self.mode,
             "weights": dict(zip(("latency", "cost", "quality"), self.weights, strict=True)),
             "eligible": self.eligible,
-            "candidates": [_candidate_dict(c) for c in self.candidates],
+            "candidates": candidates,
         }
 
 

@@ -203,8 +203,7 @@ class Learner:
         self._touch(model, t, task)
 
     def _add(self, name: str, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0) -> None:
-        self._totals.added(name, cell, self._view[name].add(cell, x, t, weight), x)
-        self._local[name].add(cell, x, t, weight)
+        self._totals.added(name, cell, self._view[name].add_with(self._local[name], cell, x, t, weight), x)
         self.local_version += 1
 
     def _touch(self, model: int, t: float, cell: int | None = None, quality: bool = False) -> None:
@@ -306,10 +305,10 @@ class Learner:
         cw, cs1, _ = calib.row(model)
         group_log = float(self._group_log[self.groups[model]]) if self._group_log is not None else 0.0
         factor = math.exp((kf * group_log + cs1 * fc) / (kf + cw * fc))
-        n, y, c = (self._view[name] for name in FIT_SUMS)
+        n, y, c = self._view["lat_n"], self._view["lat_y"], self._view["lat_cross"]  # FIT_SUMS
         f = n.factor(t)
-        w, sx, sxx = (v * f for v in n.row(model))
-        _, sy, syy = (v * f for v in y.row(model))
+        (w, sx, sxx), (_, sy, syy) = n.row(model), y.row(model)  # unpacked: no generator per row
+        w, sx, sxx, sy, syy = w * f, sx * f, sxx * f, sy * f, syy * f
         sxy = 0.5 * (c.row(model)[2] * f - sxx - syy)
         # The prior line's weight shrinks as the model's own long-run record grows: once it has a
         # history, a few answers after a surprise decide its level, not the prior.

@@ -35,6 +35,17 @@ CellMode = Literal["task", "task_and_length", "task_and_semantic"]
 
 CHARS_PER_TOKEN = 4.0
 _WORD = re.compile(r"[a-z0-9+#]+(?:[;'][a-z]+)?")
+# Every ASCII character a word cannot contain, as a space: ``_words``' fast path.
+_NOT_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not re.fullmatch(r"[a-z0-9+#;']", c)})
+
+
+def _words(text: str) -> list[str]:
+    """``_WORD.findall(text)``. In ASCII text without ``'`` or ``;`` a word is exactly a run of
+    ``[a-z0-9+#]``: one translate and a split, in C, where the regex engine steps through a
+    long prompt a character at a time (4 us against 17 for 600 characters)."""
+    if text.isascii() and "'" not in text and ";" not in text:
+        return text.translate(_NOT_WORD).split()
+    return _WORD.findall(text)
 
 
 def estimate_tokens(chars: int) -> int:
@@ -71,7 +82,7 @@ class FastRoute:
         """``text`` is already lower-cased and cut to the scanned head and tail."""
         r = self.rules
         return (
-            (bool(r.words) and not r.words.isdisjoint(_WORD.findall(text)))
+            (bool(r.words) and not r.words.isdisjoint(_words(text)))
             or any(phrase in text for phrase in r.phrases)
             or any(regex.search(text) for regex in r.regexes)
         )
@@ -163,7 +174,7 @@ class Profiler:
 
     def _classify(self, text: str) -> int:
         hits = [0] * self._n_rules
-        for word in self._keywords.intersection(_WORD.findall(text)):
+        for word in self._keywords.intersection(_words(text)):
             for index in self._word_tasks[word]:
                 hits[index] += 1
         for phrase, index in self._phrases:

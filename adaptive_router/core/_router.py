@@ -106,6 +106,11 @@ class Router:
         self._buf = ScoreBuffers(n, config.latency_scale, config.cost_scale)
         self._price_prompt = np.maximum(catalogue.price_prompt, _PRICE_FLOOR)
         self._price_completion = np.maximum(catalogue.price_completion, _PRICE_FLOOR)
+        # What every model allows, so that a constraint no model can fail skips its pass:
+        # the smallest context window and answer limit, the highest prices (NaN: never skip).
+        self._min_context = int(catalogue.context_length.min())  # a catalogue has a model at least
+        self._min_output = float(catalogue.max_output_tokens.min())
+        self._top_prices = (float(catalogue.price_prompt.max()), float(catalogue.price_completion.max()))
         # Answered requests for ``feedback`` (library use); None in the service, whose
         # FeedbackStore owns them (with their answer ids and owners, and in Redis).
         self.answers: AnsweredMemory | None = AnsweredMemory(config.feedback_memory)
@@ -360,14 +365,18 @@ class Router:
         return weights[0] * (1 + ls.log_low * ls.inv_range) + weights[1] * (1 + cs.origin * cs.inv_range)
 
     def _eligible(self, request: RouteRequest, profile: Profile, est: Estimates, out: float) -> BoolArray:
-        mask, cat = self._buf.mask, self.catalogue
+        """The rows ``request`` may use. A pass that no model can fail (a prompt within every
+        context window, a cost cap above the dearest model's bound) is skipped: same mask."""
+        mask, cat, b = self._buf.mask, self.catalogue, self._buf  # scratch: no allocation
         need = profile.prompt_tokens + (request.max_tokens or 0)
-        np.less_equal(need, cat.context_length, out=mask)
-        mask &= self.available
+        if need > self._min_context:
+            np.less_equal(need, cat.context_length, out=mask)
+            mask &= self.available
+        else:
+            np.copyto(mask, self.available)
         if request.mask is not None:
             mask &= request.mask
-        b = self._buf  # scratch: no allocation per constraint
-        if request.max_tokens is not None:
+        if request.max_tokens is not None and request.max_tokens > self._min_output:
             np.greater_equal(cat.max_output_tokens, request.max_tokens, out=b.mask2)
             mask &= b.mask2
         if request.capabilities:
@@ -384,11 +393,19 @@ class Router:
         if request.max_ttft_ms is not None:
             np.less_equal(est.ttft_q, request.max_ttft_ms / 1000.0, out=b.mask2)
             mask &= b.mask2
-        if request.max_cost_usd is not None:
+        cap = request.max_cost_usd
+        if cap is not None and not self._under_cost_cap(profile, request.max_tokens, out, cap):
             bound = self.cost_bound(profile, request.max_tokens, out, b.tmp, b.tmp2)
-            np.less_equal(bound, request.max_cost_usd, out=b.mask2)
+            np.less_equal(bound, cap, out=b.mask2)
             mask &= b.mask2
         return mask
+
+    def _under_cost_cap(self, profile: Profile, max_tokens: int | None, out: float, cap: float) -> bool:
+        """Whether every model's ``cost_bound`` is within ``cap``: the same products and sum at the
+        highest prices, which IEEE rounding keeps at or above each model's own."""
+        answer = float(max_tokens) if max_tokens is not None else out
+        prompt_price, completion_price = self._top_prices
+        return completion_price * answer + prompt_price * float(profile.prompt_tokens) <= cap
 
     def _capability_mask(self, capabilities: frozenset[str]) -> BoolArray:
         """Rows having every one of ``capabilities``; depends on the catalogue only, so kept."""

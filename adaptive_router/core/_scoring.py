@@ -217,7 +217,8 @@ def score_sd(
     slope = weights[0] * latency_inv_range
     var: FloatArray = np.multiply(est.latency_var, slope * slope, out=out)
     quality_weight = weights[2] * weights[2] * float(est.feedback_rate[task])
-    var += np.multiply(est.quality_var[task], quality_weight, out=scratch)
+    if quality_weight != 0.0:  # no feedback in this cell (or no quality weight): it would add zeros
+        var += np.multiply(est.quality_var[task], quality_weight, out=scratch)
     return np.sqrt(var, out=var)
 
 

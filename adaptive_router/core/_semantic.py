@@ -47,6 +47,15 @@ _CELL_SEED = 20_240_917  # fixed: every replica draws the same projections
 # ASCII fast path: control characters go (BERT's _clean_text), every other non-alphanumeric
 # printable character is punctuation and a token of its own.
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # the same set
+
+
+def _has_control(text: str) -> bool:
+    """Whether ASCII ``text`` holds a character ``_ASCII_CONTROL`` matches: bytes.translate drops
+    them in C at a few instructions a character, where the regex tests its set per character."""
+    return len(text.encode("ascii").translate(None, _CONTROL_BYTES)) != len(text)
+
+
 _ASCII_TOKEN = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 
 
@@ -104,7 +113,7 @@ def _split_word(word: str) -> list[str]:
 def wordpiece_basic_tokens(text: str) -> list[str]:
     """BERT's basic tokenizer (uncased): the words WordPiece then splits."""
     if text.isascii():
-        if _ASCII_CONTROL.search(text):  # rare: a scan in C first, the copy only when needed
+        if _has_control(text):  # rare: a scan in C first, the copy only when needed
             text = _ASCII_CONTROL.sub("", text)
         return _ASCII_TOKEN.findall(text.lower())
     return [piece for word in _clean(text).split() for piece in _split_word(word)]
@@ -167,7 +176,7 @@ class StaticEmbedder:
         left out. ASCII text (nearly all) is split on whitespace only and each chunk's pieces are
         cached whole: one dict look-up per word of a text seen before."""
         if text.isascii():
-            if _ASCII_CONTROL.search(text):  # rare: a scan in C first, the copy only when needed
+            if _has_control(text):  # rare: a scan in C first, the copy only when needed
                 text = _ASCII_CONTROL.sub("", text)
             chunks = text.lower().split()
         else:

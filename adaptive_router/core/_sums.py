@@ -88,6 +88,28 @@ class DecayedSums:
         s2[cell] += gx * x
         return g
 
+    def add_with(
+        self, twin: DecayedSums, cell: int | tuple[int, int], x: float, t: float, weight: float = 1.0
+    ) -> float:
+        """``add`` here and to ``twin`` (same shape): a learner's view and its local evidence, which
+        share a reference time and a rate, so the weight is worked out once. Returns ours."""
+        if twin.t0 != self.t0 or twin.rate != self.rate:
+            twin.add(cell, x, t, weight)
+            return self.add(cell, x, t, weight)
+        exponent = self.rate * (t - self.t0)
+        if exponent > _REBASE_EXPONENT:
+            self.rebase(t)
+            twin.rebase(t)
+            exponent = 0.0
+        g = weight * math.exp(exponent)
+        gx = g * x
+        gxx = gx * x
+        for w, s1, s2 in (self._cells, twin._cells):
+            w[cell] += g
+            s1[cell] += gx
+            s2[cell] += gxx
+        return g
+
     def row(self, cell: int | tuple[int, int]) -> tuple[float, float, float]:
         """One cell's stored weight, sum and sum of squares, as Python floats."""
         w, s1, s2 = self._cells

@@ -55,6 +55,7 @@ class EvaluationStats:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.counts: dict[str, dict[str, int]] = {}
         self._counter: Any = None
+        self._children: dict[tuple[str, str], Any] = {}  # labels() costs more than inc(): kept
         if metrics is not None:
             with contextlib.suppress(ImportError):  # no prometheus-client: the JSON side only
                 from prometheus_client import Counter
@@ -70,7 +71,10 @@ class EvaluationStats:
         per = self.counts.setdefault(evaluator, {})
         per[outcome] = per.get(outcome, 0) + 1
         if self._counter is not None:
-            self._counter.labels(evaluator, outcome).inc()
+            child = self._children.get((evaluator, outcome))
+            if child is None:
+                child = self._children[evaluator, outcome] = self._counter.labels(evaluator, outcome)
+            child.inc()
 
     def get(self, evaluator: str, outcome: str) -> int:
         return self.counts.get(evaluator, {}).get(outcome, 0)
