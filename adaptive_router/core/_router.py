@@ -12,7 +12,6 @@ A decision reads arrays held in memory and touches no network and no lock.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ from ._constraints import required_bits, why_none
 from ._decision import Decision, Outcome, Ranking, RouteRequest
 from ._learning import Learner
 from ._profile import Profile, Profiler
+from ._requests import decision_key, fast_route, message_text, normalise_weights
 from ._scoring import (
     CostScale,
     Greedy,
@@ -215,7 +215,7 @@ class Router:
         self, mode: str | None, weights: tuple[float, float, float] | None
     ) -> tuple[str, tuple[float, float, float]]:
         if weights is not None:
-            return "custom", _normalise_weights(weights)
+            return "custom", normalise_weights(weights)
         if mode is None or mode == "default":
             return "default", self.config.default_weights
         try:
@@ -235,8 +235,8 @@ class Router:
         if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
             return self._decide(request, self.policy, self.config.top_k)
         profile = self.profile(request)  # the key needs it; the miss below reuses it
-        request = _fast_route(request, profile)
-        key = _decision_key(request, profile, self._available_version)
+        request = fast_route(request, profile)
+        key = decision_key(request, profile, self._available_version)
         now = self.clock()
         hit = self._decisions.get(key)
         if hit is not None and hit[0] > now:
@@ -257,7 +257,7 @@ class Router:
         started = time.perf_counter()
         if profile is None:
             profile = self.profile(request)
-        request = _fast_route(request, profile)
+        request = fast_route(request, profile)
         mode, weights = self.weights_for(request.mode, request.weights)
         est = self.learner.estimates(self.clock())
         out_tokens = self.expected_tokens(est, profile, request.max_tokens)
@@ -324,7 +324,7 @@ class Router:
 
     def profile(self, request: RouteRequest) -> Profile:
         if request.messages is not None:
-            text, chars = _message_text(request.messages)
+            text, chars = message_text(request.messages)
         elif request.prompt is not None:
             text, chars = request.prompt, len(request.prompt)
         else:
@@ -544,68 +544,3 @@ class Router:
         if self.available[row] != available:
             self.available[row] = available
             self._available_version += 1  # cached decisions made before no longer hold
-
-
-def _fast_route(request: RouteRequest, profile: Profile) -> RouteRequest:
-    """A matching fast-path rule fills what the client left unset: mode, allow-list, model."""
-    route = profile.route
-    if route is None:
-        return request
-    changes: dict[str, Any] = {}
-    if route.mode is not None and request.mode in (None, "default") and request.weights is None:
-        changes["mode"] = route.mode
-    if route.allow and not request.allow:
-        changes["allow"] = route.allow
-    if route.model is not None and request.model is None:
-        changes["model"] = route.model
-    return dataclasses.replace(request, **changes) if changes else request
-
-
-def _decision_key(request: RouteRequest, profile: Profile, available_version: int) -> tuple[Any, ...]:
-    return (
-        request.mode,
-        request.weights,
-        profile.cell,
-        profile.bucket,
-        request.max_tokens,
-        request.max_latency_ms,
-        request.max_ttft_ms,
-        request.max_cost_usd,
-        request.capabilities,
-        request.allow,
-        request.deny,
-        request.model,
-        request.fallback,
-        id(request.mask) if request.mask is not None else None,
-        available_version,
-    )
-
-
-def _normalise_weights(weights: tuple[float, float, float]) -> tuple[float, float, float]:
-    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights):
-        raise RequestError("weights", "latency, cost and quality weights must be finite and >= 0")
-    total = sum(weights)
-    if total <= 0:
-        raise RequestError("weights", "weights must not all be zero")
-    return (weights[0] / total, weights[1] / total, weights[2] / total)
-
-
-def _message_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
-    """The last user turn (what the task is about) and the character count of all turns."""
-    chars, last_user = 0, ""
-    for message in messages:
-        text = _content_text(message.get("content"))
-        chars += len(text)
-        if message.get("role") == "user":
-            last_user = text
-    return last_user, chars
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", "")) for p in content if isinstance(p, Mapping) and p.get("type") == "text"
-        )
-    return ""
