@@ -320,6 +320,42 @@ def cell_oracle(
     return float(q[at, pick].mean()), float(c[at, pick].sum())
 
 
+def full_information_online(
+    table: OutcomeTable,
+    cells: IntArray,
+    rows: IntArray,
+    weights: tuple[float, float, float],
+    settings: Settings,
+) -> tuple[float, float]:
+    """Learning per cell online as the router does, but seeing every model's answer to every
+    prompt (what a shadow call to each model and a perfect judge would buy): in ``rows`` order,
+    each prompt goes to the best score on the running estimates (each cell's mean quality shrunk
+    toward the model's overall mean with ``cell_prior_strength``, that toward the prior 0.5 with
+    ``prior_strength``; the prompt's own cost), then every model's outcome is added. Between the
+    per-cell oracle and this lies what learning online costs; between this and the router, what
+    seeing only the chosen model's answer (bandit feedback) costs. Mean quality and total cost."""
+    routing, learning = settings.routing, settings.learning
+    cs = cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd)
+    k = learning.prior_strength
+    k_cell = learning.cell_prior_strength if isinstance(learning.cell_prior_strength, float) else 20.0
+    q, c = table.quality[rows], table.cost[rows]
+    cost_term = weights[1] * (1.0 - cs.norm_array(c))
+    models = q.shape[1]
+    s_cell, w_cell = np.zeros((int(cells.max()) + 1, models)), np.zeros(int(cells.max()) + 1)
+    s_all, w_all = np.zeros(models), 0.0
+    pick = np.empty(rows.shape[0], np.intp)
+    for i, cell in enumerate(cells[rows].tolist()):
+        overall = (k * 0.5 + s_all) / (k + w_all)
+        estimate = (k_cell * overall + s_cell[cell]) / (k_cell + w_cell[cell])
+        pick[i] = int(np.argmax(cost_term[i] + weights[2] * estimate))
+        s_cell[cell] += q[i]
+        w_cell[cell] += 1.0
+        s_all += q[i]
+        w_all += 1.0
+    at = np.arange(rows.shape[0])
+    return float(q[at, pick].mean()), float(c[at, pick].sum())
+
+
 def curve(
     table: OutcomeTable,
     latency: LatencyGroups | None,
@@ -335,7 +371,7 @@ def curve(
     rows = []
     cells = profile_cells(table, settings)
     for qw in sweep:
-        gains, qs, cs, hs, oq, oc, og = [], [], [], [], [], [], []
+        gains, qs, cs, hs, oq, oc, og, fg = [], [], [], [], [], [], [], []
         for seed in seeds:
             r = replay_outcomes(
                 table, None, settings, policy, None, seed, True, limit, latency, weights=sweep_weights(qw)
@@ -353,6 +389,8 @@ def curve(
             oq.append(o_quality / ref.quality)
             oc.append(o_cost / ref.cost_usd)
             og.append(100.0 * (o_quality - hull_quality(fixed_c, fixed_q, o_cost)))
+            f_quality, f_cost = full_information_online(table, cells, order, sweep_weights(qw), settings)
+            fg.append(100.0 * (f_quality - hull_quality(fixed_c, fixed_q, f_cost)))
         rows.append(
             {
                 "policy": policy,
@@ -370,6 +408,7 @@ def curve(
                     "cost_vs_ref": float(np.mean(oc)),
                     "points_over_hull": float(np.mean(og)),
                 },
+                "full_information_online": {"points_over_hull": float(np.mean(fg))},
                 "per_seed": {
                     "hull_quality": np.round(hs, 4).tolist(),
                     "quality": np.round(qs, 4).tolist(),
@@ -402,6 +441,9 @@ def curve_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "points_over_hull_mean": float(np.mean(gains)),
         "cell_oracle_points_over_hull_mean": float(
             np.mean([r["cell_oracle"]["points_over_hull"] for r in rows])
+        ),
+        "full_information_online_points_over_hull_mean": float(
+            np.mean([r["full_information_online"]["points_over_hull"] for r in rows])
         ),
         "cell_oracle_points_over_hull_lowest": float(
             np.min([r["cell_oracle"]["points_over_hull"] for r in rows])
@@ -509,7 +551,7 @@ def print_curves(result: dict[str, Any]) -> None:
     )
     print(
         f"{'table':<12} {'policy':<9} {'q':>5} {'quality vs ref':>18} {'cost vs ref':>16} "
-        f"{'hull at that cost':>18} {'points over hull':>20} {'per-cell oracle':>24}"
+        f"{'hull at that cost':>18} {'points over hull':>20} {'per-cell oracle':>24} {'full info':>10}"
     )
     for table in cv["tables"]:
         for r in table["rows"]:
@@ -520,7 +562,8 @@ def print_curves(result: dict[str, Any]) -> None:
                 f"{r['hull_quality_vs_ref']:>18.1%} "
                 f"{r['points_over_hull']:>+10.2f} ({r['points_over_hull_worst']:+.2f}) "
                 f"{r['cell_oracle']['quality_vs_ref']:>7.1%} @ {r['cell_oracle']['cost_vs_ref']:.1%} "
-                f"{r['cell_oracle']['points_over_hull']:+.2f}"
+                f"{r['cell_oracle']['points_over_hull']:+.2f} "
+                f"{r['full_information_online']['points_over_hull']:>+10.2f}"
             )
         for policy, sm in table.get("summary", {}).items():
             best = sm["best_within_40pct_cost"]
@@ -537,7 +580,8 @@ def print_curves(result: dict[str, Any]) -> None:
                 f"{sm['points_over_hull_worst_seed_lowest']:+.2f}); best within 40% cost: {goal}; "
                 f"goals met: {sm['goals_met']}; the per-cell oracle: "
                 f"{sm['cell_oracle_points_over_hull_mean']:+.2f} on average, lowest "
-                f"{sm['cell_oracle_points_over_hull_lowest']:+.2f}"
+                f"{sm['cell_oracle_points_over_hull_lowest']:+.2f}; learning per cell seeing every "
+                f"model's answer: {sm['full_information_online_points_over_hull_mean']:+.2f} on average"
             )
 
 
