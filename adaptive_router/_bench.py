@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -224,14 +224,21 @@ def time_python_loop(router: Router, requests: Sequence[RouteRequest], iteration
     )
 
 
-def router_for(settings: Settings, models: int, policy: str | None = None, seed: int = 0) -> Router:
-    """A router over a synthetic catalogue of ``models`` models, with a fixed exploration seed."""
+def router_for(
+    settings: Settings,
+    models: int,
+    policy: str | None = None,
+    seed: int = 0,
+    clock: Callable[[], float] = time.time,
+) -> Router:
+    """A router over a synthetic catalogue of ``models`` models, with a fixed exploration seed
+    (and ``clock``: a simulated one makes its refreshes independent of how fast it runs)."""
     exploration = settings.exploration.model_copy(
         update={"seed": seed, **({"policy": policy} if policy else {})}
     )
     cache = settings.cache.model_copy(update={"decision_ttl_seconds": 0.0})  # time decisions, not cache hits
     tuned = settings.model_copy(update={"exploration": exploration, "cache": cache})
-    return Router.from_settings(tuned, synthetic_catalogue(models, seed=seed))
+    return Router.from_settings(tuned, synthetic_catalogue(models, seed=seed), clock=clock)
 
 
 def machine_info(packages: Sequence[str] = ("numpy",)) -> dict[str, Any]:

@@ -514,9 +514,10 @@ def run_curves(
     policies: list[str],
     routellm_limit: int,
     sweep: tuple[float, ...] = SWEEP,
+    seed_count: int = 3,
 ) -> dict[str, Any]:
     """Section 4: per table and policy, the curve over the sweep against the two-model hull."""
-    seeds = [1] if quick else [1, 2, 3]
+    seeds = [1] if quick else list(range(1, seed_count + 1))
     table_path = data / "outcomes" / "outcomes.csv"
     latency_path = data / "latency" / "llmperf_requests.csv"
     latency = load_latency(latency_path) if latency_path.is_file() else None
@@ -697,6 +698,7 @@ def main() -> int:
         choices=["on", "off"],
         help="learning.cell_difficulty (default: the settings default)",
     )
+    parser.add_argument("--seeds", type=int, default=3, help="part 4: seeds 1..N (default 3)")
     parser.add_argument(
         "--cost-norm", choices=["linear", "log"], help="routing.cost_norm (default: the settings default)"
     )
@@ -738,7 +740,7 @@ def main() -> int:
         result = run_all(args.quick, args.data, settings)
     sweep = tuple(float(q) for q in args.sweep.split(","))
     result["curves"] = run_curves(
-        args.quick, args.data, settings, args.policies.split(","), args.routellm_limit, sweep
+        args.quick, args.data, settings, args.policies.split(","), args.routellm_limit, sweep, args.seeds
     )
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
