@@ -12,7 +12,8 @@ import pytest
 
 from adaptive_router import ReplayError, load_settings
 from adaptive_router._cli import main
-from adaptive_router.core import Catalogue, Model, Router, RouteRequest
+from adaptive_router.core import Catalogue, LinearScale, LogScale, Model, Router, RouteRequest
+from adaptive_router.core._scoring import DEFAULT_SCALES, scale_record
 from adaptive_router.offline import (
     LogData,
     RewardSpec,
@@ -86,6 +87,7 @@ def synthetic(
                 "policy": "softmax",
                 "answered_by": MODELS[a],
                 "cached": False,
+                "cost_scale": scale_record(DEFAULT_SCALES[1]),  # the terms are taken as read on it
                 "_terms": terms,  # for the test's own truth; readers ignore unknown fields
             }
         )
@@ -148,6 +150,42 @@ def test_target_weights_change_the_pick() -> None:
     for row, record in zip(picks, data.decisions, strict=True):
         best = MODELS[int(np.argmax(record["_terms"][:, 1]))]
         assert row[best] == 1.0 and sum(row.values()) == 1.0
+
+
+def _priced_record(cost_scale: dict[str, Any] | None) -> dict[str, Any]:
+    """Cheap m/a against dearer, better m/b, logged in cost mode on a log cost scale."""
+    weights, logged = (0.0, 0.5, 0.5), LogScale(1e-7, 1.0)
+    candidates = []
+    for model, cost, quality in (("m/a", 0.0001, 0.5), ("m/b", 0.002, 0.65)):
+        cost_term = weights[1] * (1 - logged.norm(cost))
+        candidates.append(
+            {"model": model, "score": cost_term + weights[2] * quality, "latency_term": 0.0,
+             "cost_term": cost_term, "quality_term": weights[2] * quality, "exploration": 0.0,
+             "latency_s": 1.0, "cost_usd": cost, "quality": quality}
+        )  # fmt: skip
+    record = {
+        "type": "decision", "request_id": "r0", "profile": {"task": "general"}, "cached": False,
+        "weights": dict(zip(("latency", "cost", "quality"), weights, strict=True)),
+        "candidates": candidates, "model": "m/a", "propensity": 0.9, "policy": "softmax",
+    }  # fmt: skip
+    if cost_scale is not None:
+        record["cost_scale"] = cost_scale
+    return record
+
+
+@pytest.mark.parametrize("recorded", [{"norm": "log", "scale_usd": [1e-7, 1.0]}, None])
+def test_a_log_written_on_the_log_cost_scale_replays_on_the_scale_asked_for(
+    recorded: dict[str, Any] | None,
+) -> None:
+    """Lines logged on the log scale (or before lines named their scale, when it was always a
+    log) are read again on a linear replay scale, not mixed: at $0.02 a unit, m/b's quality is
+    worth its price; on the log scale m/a's lower price wins."""
+    data = LogData([_priced_record(recorded)], {"r0": 1.0}, [])
+    target = TargetPolicy("greedy")  # each record's own weights
+    on_log = target_distribution(data, target, scales=(LogScale(0.01, 120.0), LogScale(1e-7, 1.0)))
+    on_linear = target_distribution(data, target, scales=(LogScale(0.01, 120.0), LinearScale(0.02)))
+    assert on_log == [{"m/a": 1.0, "m/b": 0.0}]
+    assert on_linear == [{"m/a": 0.0, "m/b": 1.0}]
 
 
 def test_reward_spec_penalises_cost_and_falls_back_to_success() -> None:

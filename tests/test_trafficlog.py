@@ -52,6 +52,7 @@ def test_decision_record_has_the_documented_fields_and_no_prompt_text() -> None:
     assert record["request_id"] == decision.request_id
     assert record["profile"]["task"] == decision.profile.task
     assert record["mode"] == "quality" and record["weights"]["quality"] == pytest.approx(0.7)
+    assert record["cost_scale"] == {"norm": "linear", "reference_usd": 0.02}  # what cost_term reads on
     assert record["constraints"]["max_cost_usd"] == 1.0 and record["constraints"]["max_tokens"] == 100
     assert record["model"] == decision.model and record["answered_by"] == decision.model
     assert record["propensity"] == pytest.approx(decision.propensity) and record["policy"] == "softmax"

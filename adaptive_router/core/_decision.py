@@ -189,6 +189,11 @@ class Decision:
         return twin
 
     @property
+    def scales(self) -> tuple[LogScale, CostScale]:
+        """The latency and cost scales the terms were read on (the traffic log records the cost one)."""
+        return self._ranking.scales
+
+    @property
     def candidates(self) -> list[Candidate]:
         """The ranked models of the chain with the weighted terms of their scores."""
         if self._candidates is None:

@@ -47,6 +47,8 @@ __all__ = [
     "make_policy",
     "normal_quantile",
     "recheck_bonus",
+    "scale_from_record",
+    "scale_record",
     "score_sd",
 ]
 
@@ -120,6 +122,23 @@ CostScale = LogScale | LinearScale
 # The default scales (settings routing.latency_scale_s and cost_reference_usd), for code that
 # reads terms without a router at hand (replay of old logs, side calls).
 DEFAULT_SCALES: tuple[LogScale, CostScale] = (LogScale(0.01, 120.0), LinearScale(DEFAULT_COST_REFERENCE_USD))
+
+
+def scale_record(scale: CostScale) -> dict[str, object]:
+    """The cost scale as a traffic-log field: a line's ``cost_term`` is read on it."""
+    if isinstance(scale, LinearScale):
+        return {"norm": "linear", "reference_usd": scale.reference}
+    return {"norm": "log", "scale_usd": [scale.low, scale.high]}
+
+
+def scale_from_record(record: object) -> CostScale:
+    """:func:`scale_record` read back (a ``ValueError`` for anything else)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a cost scale is an object, not {record!r}")
+    if record.get("norm") == "linear":
+        return LinearScale(float(record["reference_usd"]))
+    low, high = record["scale_usd"]
+    return cost_scale(str(record.get("norm")), DEFAULT_COST_REFERENCE_USD, (float(low), float(high)))
 
 
 def cost_scale(norm: str, reference_usd: float, bounds_usd: tuple[float, float]) -> CostScale:

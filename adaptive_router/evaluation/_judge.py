@@ -22,7 +22,6 @@ import numpy as np
 
 from .._evaluation_settings import DEFAULT_RUBRIC, JudgeSettings
 from ..core._decision import Decision, Ranking
-from ..core._scoring import DEFAULT_SCALES
 from ..upstream._client import Completion
 from ..upstream._execution import Executor
 from ..upstream._text import answer_text
@@ -70,7 +69,7 @@ def side_decision(decision: Decision, request_id: str, chain: Sequence[str], pol
         bonus=np.zeros(k),
         offset=0.0,
         weights=decision.weights,
-        scales=DEFAULT_SCALES,
+        scales=decision.scales,  # the parent's: a log line's cost term reads on its scale
     )
     return Decision(
         request_id=request_id,

@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from .._errors import ReplayError
 from .._settings import RoutingSettings
-from ..core._scoring import DEFAULT_SCALES, CostScale, LogScale
+from ..core._scoring import DEFAULT_SCALES, CostScale, LogScale, scale_from_record
 
 __all__ = [
     "Interval",
@@ -342,12 +342,17 @@ def _fill_row(
     w = record["weights"]
     weights = (float(w["latency"]), float(w["cost"]), float(w["quality"]))
     names = [c["model"] for c in record["candidates"]]
+    rescale = not _same_cost_scale(record, scales[1])
     for j, c in enumerate(record["candidates"]):
         a.terms[0, i, j] = _unweighted(c["latency_term"], weights[0], c["latency_s"], scales[0])
-        a.terms[1, i, j] = _unweighted(c["cost_term"], weights[1], c["cost_usd"], scales[1])
-        a.terms[2, i, j] = float(c["quality"])
         a.bonus[i, j] = float(c.get("exploration") or 0.0)
-        a.score[i, j] = float(c["score"]) - a.bonus[i, j]
+        a.terms[2, i, j] = float(c["quality"])
+        if rescale:  # logged on another cost scale: the cost term and the score read again on ours
+            a.terms[1, i, j] = 1.0 - scales[1].norm(float(c["cost_usd"]))
+            a.score[i, j] = sum(weights[t] * a.terms[t, i, j] for t in range(3))
+        else:
+            a.terms[1, i, j] = _unweighted(c["cost_term"], weights[1], c["cost_usd"], scales[1])
+            a.score[i, j] = float(c["score"]) - a.bonus[i, j]
         a.mask[i, j] = True
         a.model[i, j] = models.setdefault(c["model"], len(models))
     a.chosen[i] = names.index(record["model"])
@@ -356,6 +361,16 @@ def _fill_row(
     # The direct model's groups are the router's own learner cells (older lines: the task).
     profile = record["profile"]
     a.task[i] = tasks.setdefault(str(profile.get("cell", profile["task"])), len(tasks))
+
+
+def _same_cost_scale(record: Mapping[str, Any], scale: CostScale) -> bool:
+    """Whether ``record``'s cost terms were read on ``scale``. A line without ``cost_scale`` was
+    written when the cost term was always a log: its bounds are taken to be ``scale``'s if that is
+    a log scale too (as replay did before the linear scale), and never a linear scale's."""
+    logged = record.get("cost_scale")
+    if logged is None:
+        return isinstance(scale, LogScale)
+    return repr(scale_from_record(logged)) == repr(scale)
 
 
 def _unweighted(term: float, weight: float, raw: float, scale: LogScale | CostScale) -> float:

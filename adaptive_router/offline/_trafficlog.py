@@ -22,6 +22,9 @@ Line schema, version 1 (every line has ``"v": 1`` and a ``"type"``):
                  "expected_output_tokens": 500},  # + "fast_path": rule name, when one matched
      "mode": "quality",                   # or "default", "custom" (the request's own weights)
      "weights": {"latency": 0.1, "cost": 0.2, "quality": 0.7},
+     "cost_scale": {"norm": "linear", "reference_usd": 0.02},   # what cost_term is read on
+                                          # (log: {"norm": "log", "scale_usd": [low, high]}); lines
+                                          # without it were written when the cost term was a log
      "constraints": {"max_latency_ms": null, "max_cost_usd": null, "max_tokens": 256,
                      "capabilities": [], "allow": [], "deny": [], "model": null, "fallback": true},
      "eligible": 12,                      # models that passed every constraint
@@ -67,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core._decision import Decision, Outcome, RouteRequest
+from ..core._scoring import scale_record
 from ..upstream._client import Completion
 from ..upstream._text import answer_text
 
@@ -221,6 +225,7 @@ def decision_record(
         "weights": dict(
             zip(("latency", "cost", "quality"), (_num(w) for w in decision.weights), strict=True)
         ),
+        "cost_scale": scale_record(decision.scales[1]),
         "constraints": _constraints(request),
         "eligible": decision.eligible,
         "candidates": [_candidate(c) for c in decision.candidates],
