@@ -220,7 +220,7 @@ class RoutingSettings(_Section):
     top_k: int = Field(default=4, ge=1, le=64, description="candidates kept as the fallback order")
     latency_quantile: float = Field(default=0.9, gt=0.5, lt=1.0)
     latency_scale_s: tuple[float, float] = (0.01, 120.0)
-    # Linear: w_quality of quality is worth w_cost / reference USD at any price (core/_scoring.py).
+    # Linear: a unit of quality is worth w_quality * reference / w_cost USD at any price (core/_scoring.py).
     cost_norm: Literal["linear", "log"] = Field(
         default="linear", description="the cost term: linear in dollars, or log between cost_scale_usd"
     )

@@ -7,8 +7,8 @@
 are present: a model that is worse on every term can then never change the winner. Latency is
 read on a log scale between two points (``routing.latency_scale_s``). Cost is linear in dollars
 by default (``LinearScale``: ``routing.cost_reference_usd`` counts the whole cost weight), so the
-score trades quality against money at one fixed rate, ``w_quality`` points of quality for
-``w_cost / reference`` dollars, whatever the models cost. That is what makes routing per cell pay:
+score trades quality against money at one fixed rate, a unit of quality (0 to 1) for
+``w_quality * reference / w_cost`` dollars, whatever the models cost. That is what makes routing per cell pay:
 choosing in each cell the model with the best ``quality - rate * cost`` reaches, at its total
 cost, at least the quality of any fixed mix of models at that cost (the mix is one of the
 choices it weighed). On a log scale (``routing.cost_norm: log``, between
