@@ -306,7 +306,8 @@ def cell_oracle(
     """What the router's score reaches on ``rows`` knowing the truth per cell: in each cell, the
     model with the best mean score (the score's cost and quality terms on the true outcomes,
     latency left out as in the sweep), for every prompt of the cell. Mean quality and total cost:
-    the bound that learning per cell, with this score, approaches and cannot pass."""
+    the bound on the score that learning per cell approaches (on points over the hull it is a
+    guide, not a bound: a choice with a worse score can sit further above the hull)."""
     routing = settings.routing
     cs = cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd)
     q, c, cell = table.quality[rows], table.cost[rows], cells[rows]

@@ -389,6 +389,18 @@ def test_router_log_cost_scale_is_still_available() -> None:
     assert linear_gaps[1] == pytest.approx(100 * linear_gaps[0]) and linear_gaps[0] > 0
 
 
+def test_router_reason_names_the_term_that_beat_the_runner_up() -> None:
+    """Every cheap model's cost term is near the full cost weight on the linear scale, so the
+    largest term says little; the reason names the term where the head beats the runner-up."""
+    smart, plain = model(0, quality=0.9), model(1, quality=0.5)
+    decision = router_for([smart, plain]).decide(RouteRequest(prompt="hi"))
+    assert decision.model == smart.id
+    assert decision.reason.endswith(f"ahead of {plain.id} on quality)")
+    fast = model(2, ttft_s=0.05, tpot_s=0.001, quality=0.5)
+    decision = router_for([plain, fast]).decide(RouteRequest(prompt="hi", mode="speed"))
+    assert decision.model == fast.id and decision.reason.endswith(f"ahead of {plain.id} on latency)")
+
+
 def test_router_per_request_weights_are_normalised_and_validated() -> None:
     router = router_for([model(0), model(1, quality=0.9)])
     d = router.decide(RouteRequest(prompt="hi", weights=(0, 0, 5)))

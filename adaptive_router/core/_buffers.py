@@ -27,7 +27,8 @@ class ScoreBuffers:
         self.block = np.empty((6, n))
         self.terms, self.logs = self.block[:3], self.block[3:]
         self.score, self.lat, self.cost = self.terms[0], self.terms[1], self.terms[2]
-        # Both log rows clipped at once: bounds as columns broadcast over the models.
+        # The log rows (latency, and cost on a log scale) clipped at once: bounds as columns
+        # broadcast over the models. A linear cost row is dollars, unclipped.
         self.cost_linear = cost_scale.linear
         if isinstance(cost_scale, LogScale):
             self.log_low = np.array([[latency_scale.log_low], [cost_scale.log_low]])

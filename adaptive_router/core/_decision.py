@@ -82,11 +82,11 @@ class Ranking:
             self._candidate(i, score[i], lat[i], cost[i], value[i], bonus[i]) for i in range(len(self.ids))
         ]
 
-    def first(self) -> Candidate:
-        """The chain's head alone (what ``Decision.reason`` reads): the same numbers, one row."""
-        score, lat, cost = self.terms[:, 0].tolist()
-        bonus = self.bonus.item(0) if self.bonus is not None else 0.0
-        return self._candidate(0, score, lat, cost, self.value.item(0), bonus)
+    def first(self, i: int = 0) -> Candidate:
+        """Row ``i`` of the chain alone (``Decision.reason`` reads the head and the runner-up)."""
+        score, lat, cost = self.terms[:, i].tolist()
+        bonus = self.bonus.item(i) if self.bonus is not None else 0.0
+        return self._candidate(i, score, lat, cost, self.value.item(i), bonus)
 
     def _candidate(
         self, i: int, score: float, lat: float, cost: float, value: float, bonus: float
@@ -208,11 +208,19 @@ class Decision:
             return f"{self.model} requested by the client; fallbacks ranked by {self.mode} score"
         prefix = f"{self.requested} is unavailable or does not fit the request; " if self.requested else ""
         terms = {"latency": best.latency_term, "cost": best.cost_term, "quality": best.quality_term}
+        if len(self._ranking.ids) > 1:  # the term that puts it ahead of the runner-up the most
+            second = self._candidates[1] if self._candidates is not None else self._ranking.first(1)
+            terms["latency"] -= second.latency_term
+            terms["cost"] -= second.cost_term
+            terms["quality"] -= second.quality_term
+            why = f"ahead of {second.model} on"
+        else:
+            why = "led by"
         lead = max(terms, key=lambda k: terms[k])
         text = (
             f"{prefix}{self.mode} mode: best score {best.score:.3f} of {self.eligible} eligible "
             f"(latency ~{best.latency_s * 1000:.0f} ms, cost ~${best.cost_usd:.6f}, "
-            f"quality {best.quality:.2f}; led by {lead})"
+            f"quality {best.quality:.2f}; {why} {lead})"
         )
         if self.explored:
             text += f"; explored by {self.policy} (bonus {best.exploration:+.3f})"

@@ -48,7 +48,7 @@ __all__ = ["Router", "catalogue_from_settings", "provider_groups"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-_PRICE_FLOOR = 1e-15  # keeps log(cost) finite for free models; far below any cost scale
+_PRICE_FLOOR = 1e-15  # keeps log(cost) finite for free models (log cost scale); far below any scale
 _GREEDY = Greedy()
 _CACHEABLE_POLICIES = frozenset({"greedy"})  # every other policy explores: never reuse its choice
 _DECISION_CACHE_SIZE = 4096
