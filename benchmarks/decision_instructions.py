@@ -42,8 +42,8 @@ def inner(step: str, repeats: int, models: int, policy: str) -> None:
     import numpy as np
 
     from adaptive_router import load_settings
-    from adaptive_router._bench import router_for, sample_requests
-    from adaptive_router.core import Outcome
+    from adaptive_router._bench import sample_requests, synthetic_catalogue
+    from adaptive_router.core import Outcome, Router
     from adaptive_router.simulator import SimClock
 
     rng = np.random.default_rng(7)
@@ -52,8 +52,17 @@ def inner(step: str, repeats: int, models: int, policy: str) -> None:
     requests = sample_requests()
     # A simulated clock, 5 ms a request: under callgrind the program runs ~50x slower, and the
     # learner's time-driven refreshes must come as often per request as in the service.
+    # Built here as _bench.router_for does (seed 0, no decision cache), so that the script also
+    # runs against older commits of the package for a before/after.
     clock = SimClock()
-    router = router_for(load_settings(), models, policy, clock=clock)
+    base = load_settings()
+    settings = base.model_copy(
+        update={
+            "exploration": base.exploration.model_copy(update={"seed": 0, "policy": policy}),
+            "cache": base.cache.model_copy(update={"decision_ttl_seconds": 0.0}),
+        }
+    )
+    router = Router.from_settings(settings, synthetic_catalogue(models, seed=0), clock=clock)
     for i in range(200):
         clock.advance(0.005)
         d = router.decide(requests[i % len(requests)])
