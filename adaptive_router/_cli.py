@@ -410,7 +410,7 @@ def _is_traffic_log(path: str) -> bool:
 
 
 def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
-    from .core._scoring import LogScale, cost_scale
+    from .core._setup import scales_from_settings
     from .offline._replay import RewardSpec, TargetPolicy, evaluate_many, logged_value, read_log
 
     if args.policy == "thompson":
@@ -419,11 +419,7 @@ def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
     names = [args.policy] if args.policy else ["greedy", "softmax", "ucb"]
     targets = [TargetPolicy(n, args.mode, args.weights, temperature) for n in names]
     modes = {name: w.normalised() for name, w in settings.routing.modes.items()}
-    routing = settings.routing
-    scales = (
-        LogScale(*routing.latency_scale_s),
-        cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd),
-    )
+    scales = scales_from_settings(settings.routing)
     log = read_log(args.path)
     estimates = evaluate_many(log, targets, RewardSpec(), modes=modes, scales=scales)
     logged = logged_value(log)

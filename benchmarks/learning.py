@@ -46,7 +46,7 @@ import numpy.typing as npt
 from adaptive_router import Settings
 from adaptive_router._bench import machine_info
 from adaptive_router._settings import ProfileSettings
-from adaptive_router.core import Router, RouteRequest, cost_scale
+from adaptive_router.core import Router, RouteRequest, scales_from_settings
 from adaptive_router.offline import (
     LatencyGroups,
     OutcomeTable,
@@ -308,8 +308,7 @@ def cell_oracle(
     latency left out as in the sweep), for every prompt of the cell. Mean quality and total cost:
     the bound on the score that learning per cell approaches (on points over the hull it is a
     guide, not a bound: a choice with a worse score can sit further above the hull)."""
-    routing = settings.routing
-    cs = cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd)
+    cs = scales_from_settings(settings.routing)[1]
     q, c, cell = table.quality[rows], table.cost[rows], cells[rows]
     norm = cs.norm_array(c)
     utility = weights[1] * (1.0 - norm) + weights[2] * q
@@ -335,8 +334,8 @@ def full_information_online(
     ``prior_strength``; the prompt's own cost), then every model's outcome is added. Between the
     per-cell oracle and this lies what learning online costs; between this and the router, what
     seeing only the chosen model's answer (bandit feedback) costs. Mean quality and total cost."""
-    routing, learning = settings.routing, settings.learning
-    cs = cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd)
+    learning = settings.learning
+    cs = scales_from_settings(settings.routing)[1]
     k = learning.prior_strength
     k_cell = learning.cell_prior_strength if isinstance(learning.cell_prior_strength, float) else 20.0
     q, c = table.quality[rows], table.cost[rows]

@@ -33,6 +33,7 @@ from ._scoring import (
     score_sd,
 )
 from ._semantic import DEFAULT_TABLE, MAX_TOKENS, SemanticCells, StaticEmbedder, wordpiece_basic_tokens
+from ._setup import scales_from_settings
 from ._sums import (
     FIT_SUMS,
     LATENCY_SUMS,
@@ -96,6 +97,7 @@ __all__ = [
     "make_policy",
     "normal_quantile",
     "provider_groups",
+    "scales_from_settings",
     "score_sd",
     "shrunk_quality",
     "sum_shapes",

@@ -37,11 +37,10 @@ from ._scoring import (
     LinearScale,
     LogScale,
     Policy,
-    cost_scale,
     make_policy,
     normal_quantile,
 )
-from ._setup import catalogue_from_settings, cell_strength, profiler_from_settings
+from ._setup import catalogue_from_settings, cell_strength, profiler_from_settings, scales_from_settings
 from ._sums import Estimates, LearnerConfig
 
 __all__ = ["Router", "catalogue_from_settings", "provider_groups"]
@@ -134,14 +133,15 @@ class Router:
         if catalogue is None:
             catalogue = catalogue_from_settings(settings)
         routing, learning, exploration = settings.routing, settings.learning, settings.exploration
+        latency_scale, cost_scale = scales_from_settings(routing)
         config = RouterConfig(
             modes={name: w.normalised() for name, w in routing.modes.items()},
             default_weights=routing.default_weights.normalised(),
             fallback_models=routing.fallback_models,
             top_k=routing.top_k,
             latency_quantile=routing.latency_quantile,
-            latency_scale=LogScale(*routing.latency_scale_s),
-            cost_scale=cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd),
+            latency_scale=latency_scale,
+            cost_scale=cost_scale,
             feedback_memory=learning.feedback_memory,
             decision_ttl_s=settings.cache.decision_ttl_seconds if settings.cache.enabled else 0.0,
             allow=tuple(routing.allow),

@@ -74,6 +74,12 @@ class LogScale:
     def __repr__(self) -> str:
         return f"LogScale({self.low!r}, {self.high!r})"
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LogScale) and (self.low, self.high) == (other.low, other.high)
+
+    def __hash__(self) -> int:
+        return hash((LogScale, self.low, self.high))
+
     @property
     def origin(self) -> float:
         return self.log_low
@@ -105,6 +111,12 @@ class LinearScale:
 
     def __repr__(self) -> str:
         return f"LinearScale({self.reference!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinearScale) and self.reference == other.reference
+
+    def __hash__(self) -> int:
+        return hash((LinearScale, self.reference))
 
     def norm(self, x: float) -> float:
         """``x`` in units of the reference (0 for a free or negative amount)."""

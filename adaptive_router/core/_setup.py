@@ -1,18 +1,20 @@
-"""Building the router's parts from ``Settings``: the catalogue and the profiler (start-up only)."""
+"""Building the router's parts from ``Settings``: the catalogue, the profiler and the score's
+reference scales (start-up only)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from .._settings import Settings
+from .._settings import RoutingSettings, Settings
 from ._catalogue import Catalogue, load_catalogue
 from ._profile import FastRoute, Profiler, TaskRules
+from ._scoring import CostScale, LogScale, cost_scale
 
 if TYPE_CHECKING:
     from ._semantic import StaticEmbedder
 
-__all__ = ["catalogue_from_settings", "cell_strength", "profiler_from_settings"]
+__all__ = ["catalogue_from_settings", "cell_strength", "profiler_from_settings", "scales_from_settings"]
 
 
 def catalogue_from_settings(settings: Settings) -> Catalogue:
@@ -21,6 +23,13 @@ def catalogue_from_settings(settings: Settings) -> Catalogue:
     declared = [m.model_dump() for m in spec.models]
     key, url = settings.openrouter_key(), settings.upstream.openrouter_base_url
     return load_catalogue(spec.source, spec.overlay, key, declared, base_url=url)
+
+
+def scales_from_settings(routing: RoutingSettings) -> tuple[LogScale, CostScale]:
+    """The latency and cost scales ``routing`` names (``latency_scale_s``; ``cost_norm`` with
+    ``cost_reference_usd`` or ``cost_scale_usd``)."""
+    latency = LogScale(*routing.latency_scale_s)
+    return latency, cost_scale(routing.cost_norm, routing.cost_reference_usd, routing.cost_scale_usd)
 
 
 def profiler_from_settings(settings: Settings) -> Profiler:

@@ -370,7 +370,7 @@ def _same_cost_scale(record: Mapping[str, Any], scale: CostScale) -> bool:
     logged = record.get("cost_scale")
     if logged is None:
         return isinstance(scale, LogScale)
-    return repr(scale_from_record(logged)) == repr(scale)
+    return scale_from_record(logged) == scale
 
 
 def _unweighted(term: float, weight: float, raw: float, scale: LogScale | CostScale) -> float:
