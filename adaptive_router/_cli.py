@@ -371,6 +371,13 @@ def _add_replay_command(sub: Any) -> None:
         help="measured latencies (llmperf CSV); default: ../latency/llmperf_requests.csv beside the table",
     )
     replay.add_argument("--curve", action="store_true", help="outcome tables: add the cost-quality curve")
+    replay.add_argument(
+        "--explore-by-shadow",
+        action="store_true",
+        default=None,
+        help="outcome tables: exploratory picks go beside the answer, judged by the table's truth, "
+        "and their cost is counted (evaluation.shadow.explore)",
+    )
     replay.add_argument("--json", action="store_true")
 
 
@@ -466,6 +473,12 @@ def _ci(interval: Any) -> str:
     return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
 
 
+def _by_shadow(summary: dict[str, Any]) -> str:
+    if not summary["shadows"]:
+        return ""
+    return f" (by shadow, ${summary['shadow_cost_usd']:.4f} of the router's cost)"
+
+
 def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
@@ -501,6 +514,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
             weights=args.weights,
             temperature=args.temperature,
             progress=lambda d, t: advance(d),
+            shadow_explore=args.explore_by_shadow,
         )
         curve = []
         if args.curve:
@@ -512,6 +526,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
                 limit=args.limit,
                 latency=latency,
                 progress=lambda d, t: advance(n + d),
+                shadow_explore=args.explore_by_shadow,
             )
     if args.json:
         data = report.to_dict()
@@ -536,7 +551,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"router: {quality} of {s['reference']}'s quality at {cost}; "
         f"quality regret vs best fixed {s['regret_vs_best_fixed']:+.4f}, "
-        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times; "
+        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times{_by_shadow(s)}; "
         f"{s['dropped']} prompts dropped (incomplete rows)"
     )
     if curve:

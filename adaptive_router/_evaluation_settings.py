@@ -52,6 +52,12 @@ class ShadowSettings(Section):
         default_factory=list, description="second models to pick from; empty: the decision's first fallback"
     )
     timeout_s: float = Field(default=60.0, gt=0)
+    explore: bool = Field(
+        default=False,
+        description="explore by shadow: when the policy picks a model to learn about it, the "
+        "best-scoring model answers and the pick is sent beside it as a shadow (both judged), "
+        "within daily_usd; over it, the pick answers as without this",
+    )
 
 
 class EvaluationSettings(Section):
@@ -109,6 +115,7 @@ class EvaluationSettings(Section):
 
     @model_validator(mode="after")
     def _shadow_needs_judge(self) -> EvaluationSettings:
-        if self.shadow.enabled and self.judge.model is None:
-            raise ValueError("shadow.enabled needs judge.model: both answers of a shadow are judged")
+        for key in ("enabled", "explore"):
+            if getattr(self.shadow, key) and self.judge.model is None:
+                raise ValueError(f"shadow.{key} needs judge.model: both answers of a shadow are judged")
         return self

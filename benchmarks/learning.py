@@ -370,12 +370,24 @@ def curve(
     per-cell oracle (``cell_oracle``) on the same prompts, and its points over the hull."""
     rows = []
     cells = profile_cells(table, settings)
+    base, _, how = policy.partition("+")  # "ucb+shadow": explore by shadow (evaluation.shadow.explore)
     for qw in sweep:
-        gains, qs, cs, hs, oq, oc, og, fg = [], [], [], [], [], [], [], []
+        gains, qs, cs, hs, oq, oc, og, fg, shadows = [], [], [], [], [], [], [], [], []
         for seed in seeds:
             r = replay_outcomes(
-                table, None, settings, policy, None, seed, True, limit, latency, weights=sweep_weights(qw)
+                table,
+                None,
+                settings,
+                base,
+                None,
+                seed,
+                True,
+                limit,
+                latency,
+                weights=sweep_weights(qw),
+                shadow_explore=how == "shadow",
             )
+            shadows.append(r.shadows / r.prompts)
             order = np.random.default_rng(seed).permutation(len(table))[: limit or None]  # as replayed
             o_quality, o_cost = cell_oracle(table, cells, order, sweep_weights(qw), settings)
             fixed_c = np.array([a.cost_usd for a in r.fixed])
@@ -409,6 +421,7 @@ def curve(
                     "points_over_hull": float(np.mean(og)),
                 },
                 "full_information_online": {"points_over_hull": float(np.mean(fg))},
+                "shadow_share": float(np.mean(shadows)),  # shadows per answer (their cost is counted)
                 "per_seed": {
                     "hull_quality": np.round(hs, 4).tolist(),
                     "quality": np.round(qs, 4).tolist(),
@@ -524,7 +537,7 @@ def run_curves(
     out: dict[str, Any] = {"seeds": seeds, "sweep": list(sweep), "tables": []}
     for source, limit, names in (
         ("routerbench", 1_200 if quick else None, policies),
-        ("routellm", min(routellm_limit, 1_200) if quick else routellm_limit, policies[:1]),
+        ("routellm", min(routellm_limit, 1_200) if quick else routellm_limit, _first(policies)),
     ):
         table = impute_costs(load_outcomes(table_path, source=source))
         entry: dict[str, Any] = {
@@ -544,6 +557,11 @@ def run_curves(
     return out
 
 
+def _first(policies: list[str]) -> list[str]:
+    """The first policy, and its shadow-exploring form when asked for: the second table's runs."""
+    return [p for p in policies if p.partition("+")[0] == policies[0].partition("+")[0]]
+
+
 def print_curves(result: dict[str, Any]) -> None:
     cv = result["curves"]
     print(
@@ -551,13 +569,13 @@ def print_curves(result: dict[str, Any]) -> None:
         f"latency 0, cost 1-q, quality q); mean of seeds {cv['seeds']} (worst)"
     )
     print(
-        f"{'table':<12} {'policy':<9} {'q':>5} {'quality vs ref':>18} {'cost vs ref':>16} "
+        f"{'table':<12} {'policy':<10} {'q':>5} {'quality vs ref':>18} {'cost vs ref':>16} "
         f"{'hull at that cost':>18} {'points over hull':>20} {'per-cell oracle':>24} {'full info':>10}"
     )
     for table in cv["tables"]:
         for r in table["rows"]:
             print(
-                f"{table['source']:<12} {r['policy']:<9} {r['quality_weight']:>5.2f} "
+                f"{table['source']:<12} {r['policy']:<10} {r['quality_weight']:>5.2f} "
                 f"{r['quality_vs_ref']:>9.1%} ({r['quality_vs_ref_worst']:.1%}) "
                 f"{r['cost_vs_ref']:>7.1%} ({r['cost_vs_ref_worst']:.1%}) "
                 f"{r['hull_quality_vs_ref']:>18.1%} "
@@ -689,7 +707,11 @@ def main() -> int:
     parser.add_argument("--semantic-bits", type=int, help="with --cells task_and_semantic")
     parser.add_argument("--ucb-c", type=float, help="exploration.ucb_c (default: the settings default)")
     parser.add_argument("--curves-only", action="store_true", help="only part 4, the curves against the hull")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="part 4: comma-separated policies")
+    parser.add_argument(
+        "--policies",
+        default=",".join([*POLICIES, "ucb+shadow"]),
+        help="part 4: comma-separated policies; NAME+shadow explores by shadow (evaluation.shadow.explore)",
+    )
     parser.add_argument(
         "--sweep", default=",".join(map(str, SWEEP)), help="part 4: quality weights, cost-leaning first"
     )

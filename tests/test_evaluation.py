@@ -45,6 +45,7 @@ from tests.servers import running_server
 from tests.service_fixtures import (
     FAST,
     MID,
+    SLOW,
     fail,
     scenario,
     service_stack,
@@ -267,6 +268,53 @@ def test_shadow_adds_judged_evidence_to_the_unchosen_model(
     assert weight == pytest.approx(3.0, rel=1e-6)  # one judge score per shadowed request
     assert 0.4 < mean < 0.95  # MID's true quality is 0.7
     assert service.evaluation_stats.get("shadow", "ok") == 3
+
+
+class _LastPlace:
+    """A policy that always explores: the worst eligible score (what a large bonus can pick)."""
+
+    name = "last-place"
+
+    def choose(self, score: Any, est: Any, task: int, weights: Any, rng: Any) -> Any:
+        from adaptive_router.core._scoring import Choice
+
+        return Choice(int(np.where(np.isfinite(score), score, np.inf).argmin()), 0.5, None)
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.0], ids=["within-budget", "budget-spent"])
+def test_explore_by_shadow_answers_with_the_best_and_judges_the_pick_beside_it(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch, budget: float
+) -> None:
+    evaluation = {**JUDGE_ALWAYS, "builtin": [], "shadow": {"explore": True, "daily_usd": budget}}
+    service = _service(simulator_url, monkeypatch, evaluation=evaluation)
+    service.router.policy = _LastPlace()
+    route = RouteRequest(messages=[{"role": "user", "content": "Explain tides."}], mode="quality")
+
+    async def run() -> tuple[list[str], int]:
+        async with service.open() as running:
+            answered = []
+            for _ in range(3):
+                call = running.pipeline.call(route, body={"messages": route.messages})
+                await running.pipeline.complete(call)
+                answered.append(call.completion.model_id)
+            await _until_idle(service)
+            return answered, call.decision.profile.cell
+
+    answered, cell = asyncio.run(run())
+    if budget:  # the client never gets the exploratory pick; the pick is judged beside the answer
+        assert answered == [FAST] * 3
+        weight, mean = _quality(service, SLOW, cell)
+        assert weight == pytest.approx(3.0, rel=1e-6)
+        assert 0.2 < mean < 0.8  # SLOW's true quality is 0.5
+        assert service.evaluation_stats.get("shadow", "ok") == 3
+    else:  # no budget for shadows: the pick answers, as without shadow.explore
+        assert answered == [SLOW] * 3
+        assert service.evaluation_stats.get("shadow", "ok") == 0
+
+
+def test_explore_by_shadow_needs_a_judge() -> None:
+    with pytest.raises(ConfigError, match=r"shadow\.explore needs judge\.model"):
+        load_settings(evaluation={"shadow": {"explore": True}})
 
 
 # --- through a real server: never delaying, never failing ---------------------------------------

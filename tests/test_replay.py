@@ -346,6 +346,33 @@ def test_outcome_replay_finds_the_clearly_best_model(tmp_path: Path) -> None:
     assert report.summary()["reference"] == "good" and report.rows()[0]["name"].startswith("router")
 
 
+def test_outcome_replay_explores_by_shadow_and_pays_for_it(tmp_path: Path) -> None:
+    quality = {"good": 0.8, "fair": 0.65, "poor": 0.5}
+    cost = {"good": 2e-4, "fair": 1e-4, "poor": 1e-5}
+    table = load_outcomes(write_table(tmp_path / "data", 300, quality, cost))
+    plain = replay_outcomes(table, policy="ucb", mode="quality", seed=5)
+    shadowed = replay_outcomes(table, policy="ucb", mode="quality", seed=5, shadow_explore=True)
+    assert plain.shadows == 0 and plain.explored > 0 and shadowed.shadows > 0
+    # Exploration happened beside the answers: none of them was an exploratory pick ...
+    assert shadowed.explored == shadowed.shadows
+    # ... and the shadows' spend is in the router's cost, answer by answer.
+    rows = zip(_order(300, 5), shadowed.choices, strict=True)
+    served = sum(table.cost[p, table.models.index(m)] for p, m in rows)
+    assert shadowed.router.cost_usd == pytest.approx(served + shadowed.shadow_cost_usd)
+    assert shadowed.router.cost_usd == pytest.approx(float(shadowed.cost_trace.sum()))
+    assert shadowed.summary()["shadows"] == shadowed.shadows
+    # It still learns which model is best, and serves it.
+    assert shadowed.choices[150:].count("good") / 150 > 0.85
+    # Off unless asked: the setting turns it on, as in the service.
+    settings = load_settings(evaluation={"judge": {"model": "any/judge"}, "shadow": {"explore": True}})
+    again = replay_outcomes(table, settings=settings, policy="ucb", mode="quality", seed=5)
+    assert again.shadows == shadowed.shadows
+
+
+def _order(n: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).permutation(n).tolist()
+
+
 def test_outcome_replay_uses_measured_latency_groups(tmp_path: Path) -> None:
     csv_path = tmp_path / "llmperf.csv"
     rows = ["provider,llama2_size,error_code,ttft_s,inter_token_latency_s"]

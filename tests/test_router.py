@@ -615,3 +615,39 @@ def test_feedback_memory_keeps_the_last_answers_by_model_id() -> None:
         router.record(d, outcome)
     assert router.feedback(decisions[0].request_id, 1.0) is False  # the oldest of three went
     assert all(router.feedback(d.request_id, 1.0) for d in decisions[1:])
+
+
+class _LastPlace:
+    """A policy that always explores: it picks the worst eligible score (what a bonus can do)."""
+
+    name = "last-place"
+
+    def choose(self, score, est, task, weights, rng):  # type: ignore[no-untyped-def]
+        from adaptive_router.core._scoring import Choice
+
+        finite = np.where(np.isfinite(score), score, np.inf)
+        return Choice(int(finite.argmin()), 0.25, None)
+
+
+def test_router_explores_by_shadow_only_while_the_gate_allows() -> None:
+    best, mid, worst = (model(i, quality=q) for i, q in enumerate((0.9, 0.7, 0.5)))
+    router = router_for([best, mid, worst])
+    router.policy = _LastPlace()
+    request = RouteRequest(prompt="Explain tides.", mode="quality")
+    on_policy = router.decide(request)
+    assert on_policy.model == worst.id and on_policy.explored and on_policy.shadow is None
+    assert on_policy.propensity == 0.25
+    allowed = [True]
+    router.shadow_gate = lambda: allowed[0]
+    shadowed = router.decide(request)
+    # The best-scoring model answers; the pick goes beside it; the answer was not an exploration.
+    assert shadowed.model == best.id and shadowed.shadow == worst.id
+    assert not shadowed.explored and shadowed.propensity == 1.0
+    assert shadowed.fallbacks[0] != best.id
+    allowed[0] = False  # e.g. the shadow budget is spent: the pick answers again
+    spent = router.decide(request)
+    assert spent.model == worst.id and spent.shadow is None and spent.explored
+    # A pinned model is never swapped for a shadow.
+    allowed[0] = True
+    pinned = router.decide(RouteRequest(prompt="Explain tides.", model=mid.id))
+    assert pinned.model == mid.id and pinned.shadow is None

@@ -124,6 +124,7 @@ class Decision:
         "propensity",
         "request_id",
         "requested",
+        "shadow",
         "weights",
     )
 
@@ -143,6 +144,7 @@ class Decision:
         pinned: bool,
         ranking: Ranking,
         decision_us: float = 0.0,
+        shadow: str | None = None,
     ) -> None:
         self.request_id = request_id
         self.model = chain[0]
@@ -157,6 +159,7 @@ class Decision:
         self.requested = requested
         self.pinned = pinned
         self.decision_us = decision_us
+        self.shadow = shadow  # the policy's exploratory pick, to send beside the answer (shadow.explore)
         self.cached = False  # True when reissued from the decision cache
         self._ranking = ranking
         self._candidates: list[Candidate] | None = None

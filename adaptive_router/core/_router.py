@@ -117,6 +117,10 @@ class Router:
         self._decisions: dict[tuple[Any, ...], tuple[float, Decision]] = {}
         self._available_version = 0
         self._fallback_rows = [catalogue.index[m] for m in config.fallback_models if m in catalogue]
+        # Exploration by shadow (``evaluation.shadow.explore``): while this says yes, a pick the
+        # policy made to explore does not answer; the best-scoring model does, and the pick is
+        # the decision's ``shadow`` (sent beside it and judged). None: the pick answers.
+        self.shadow_gate: Callable[[], bool] | None = None
 
     def restrict(self, routable: BoolArray) -> None:
         """Only ``routable`` rows may be chosen (models some configured provider serves)."""
@@ -281,6 +285,9 @@ class Router:
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
         head = choice.index if pinned is None else pinned
+        shadow: str | None = None
+        if pinned is None and head != ranked[0] and self.shadow_gate is not None and self.shadow_gate():
+            shadow, head = self.catalogue.ids[head], ranked[0]  # explore beside the answer, not with it
         rows = [head, *[r for r in ranked if r != head][: top_k - 1]] if request.fallback else [head]
         ids = self.catalogue.ids
         chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
@@ -297,9 +304,9 @@ class Router:
         return Decision(
             request_id=request.request_id or self._new_id(),
             chain=chain,
-            propensity=choice.propensity if pinned is None else 1.0,
+            propensity=choice.propensity if pinned is None and shadow is None else 1.0,
             policy=policy.name,
-            explored=pinned is None and choice.index != ranked[0],
+            explored=pinned is None and head != ranked[0],
             profile=profile,
             mode=mode,
             weights=weights,
@@ -308,6 +315,7 @@ class Router:
             pinned=pinned is not None,
             ranking=ranking,
             decision_us=(time.perf_counter() - started) * 1e6,
+            shadow=shadow,
         )
 
     def expected_tokens(self, est: Estimates, profile: Profile, max_tokens: int | None) -> float:

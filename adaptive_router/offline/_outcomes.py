@@ -317,7 +317,9 @@ class OutcomeReplay:
     explored: int
     choices: list[str] = field(repr=False)
     quality_trace: FloatArray = field(repr=False)  # quality of each routed answer, in order
-    cost_trace: FloatArray = field(repr=False)
+    cost_trace: FloatArray = field(repr=False)  # each answer's cost, with its shadow's when it had one
+    shadows: int = 0  # exploratory picks sent beside the answer (exploration by shadow)
+    shadow_cost_usd: float = 0.0  # what they cost: in the router's cost too
 
     @property
     def best_fixed(self) -> Arm:
@@ -384,6 +386,8 @@ class OutcomeReplay:
             "utility_regret_vs_best_fixed": round(self.best_fixed_utility.utility - self.router.utility, 4),
             "utility_regret_vs_oracle": round(self.utility_oracle - self.router.utility, 4),
             "explored": self.explored,
+            "shadows": self.shadows,
+            "shadow_cost_usd": round(self.shadow_cost_usd, 4),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -437,6 +441,7 @@ def replay_outcomes(
     source: str | None = None,
     seconds_per_request: float = 1.0,
     progress: Progress | None = None,
+    shadow_explore: bool | None = None,
 ) -> OutcomeReplay:
     """Run the real router once through the table's prompts (shuffled with ``seed``), learning.
 
@@ -446,6 +451,9 @@ def replay_outcomes(
     The catalogue has the table's models priced from their mean cost per token and equal,
     neutral priors, so every preference is learned. ``settings`` supplies the learning and
     scoring settings (default: ``Settings()``); ``policy``, ``seed`` and ``temperature`` override.
+    ``shadow_explore`` (default: ``evaluation.shadow.explore``): explore by shadow, as the service
+    does with a judge: an exploratory pick does not answer, the best-scoring model does; the pick's
+    true quality is fed back too and its cost is added to the router's (no budget).
     """
     if not isinstance(table, OutcomeTable):
         table = load_outcomes(table, prompts, source=source)
@@ -453,9 +461,14 @@ def replay_outcomes(
     order = order[:limit] if limit else order
     catalogue = outcome_catalogue(table)
     router, clock = _replay_router(catalogue, settings, policy, seed, temperature)
+    if shadow_explore is None:
+        evaluation = (settings or Settings()).evaluation
+        shadow_explore = evaluation.enabled and evaluation.shadow.explore
+    if shadow_explore:
+        router.shadow_gate = _always
     mode_name, used = router.weights_for(mode, weights)
     ttft, total = _latencies(table, latency, catalogue, seed)
-    chosen, explored = _route_all(
+    chosen, explored, shadow_cost = _route_all(
         router, clock, table, order, ttft, total, (mode, weights), seconds_per_request, progress
     )
     q, c, lat = table.quality[order], table.cost[order], total[order]
@@ -463,6 +476,8 @@ def replay_outcomes(
     rows = np.arange(order.shape[0])
     best = q.max(axis=1)
     pick = np.where(q >= best[:, None], c, np.inf).argmin(axis=1)
+    arm = _arm(f"router ({policy}, {mode_name})", q, c, lat, util, rows, chosen)
+    arm.cost_usd += float(shadow_cost.sum())
     return OutcomeReplay(
         source=table.source,
         policy=policy,
@@ -471,15 +486,21 @@ def replay_outcomes(
         seed=seed,
         prompts=int(order.shape[0]),
         dropped=table.dropped,
-        router=_arm(f"router ({policy}, {mode_name})", q, c, lat, util, rows, chosen),
+        router=arm,
         fixed=[_arm(m, q, c, lat, util, rows, np.full_like(chosen, j)) for j, m in enumerate(table.models)],
         oracle=_arm("oracle (per prompt)", q, c, lat, util, rows, pick),
         utility_oracle=float(util.max(axis=1).mean()),
         explored=explored,
         choices=[table.models[j] for j in chosen],
         quality_trace=q[rows, chosen],
-        cost_trace=c[rows, chosen],
+        cost_trace=c[rows, chosen] + shadow_cost,
+        shadows=int(np.count_nonzero(shadow_cost)),
+        shadow_cost_usd=float(shadow_cost.sum()),
     )
+
+
+def _always() -> bool:
+    return True
 
 
 def _arm(
@@ -504,10 +525,13 @@ def _route_all(
     how: tuple[str | None, Weights3 | None],
     seconds_per_request: float,
     progress: Progress | None,
-) -> tuple[IntArray, int]:
-    """Decide, observe the table's truth, record and feed back, prompt after prompt."""
+) -> tuple[IntArray, int, FloatArray]:
+    """Decide, observe the table's truth, record and feed back, prompt after prompt. A decision's
+    shadow (exploration by shadow) is judged perfectly: its true quality is fed back in the
+    request's cell. The chosen rows, the explorations, and each prompt's shadow cost."""
     column = {m: j for j, m in enumerate(table.models)}
     chosen = np.empty(order.shape[0], np.intp)
+    shadow_cost = np.zeros(order.shape[0])
     explored, n = 0, int(order.shape[0])
     for step, p in enumerate(order.tolist()):
         decision = router.decide(RouteRequest(prompt=table.texts[p], mode=how[0], weights=how[1]))
@@ -522,12 +546,17 @@ def _route_all(
         )
         router.record(decision, outcome)
         router.feedback(decision.request_id, min(max(float(table.quality[p, j]), 0.0), 1.0))
+        if decision.shadow is not None:
+            k = column[decision.shadow]
+            score = min(max(float(table.quality[p, k]), 0.0), 1.0)
+            router.learner.feedback(k, decision.profile.cell, clock(), score)
+            shadow_cost[step] = table.cost[p, k]
         chosen[step] = j
-        explored += decision.explored
+        explored += decision.explored or decision.shadow is not None
         clock.advance(seconds_per_request)
         if progress is not None and (step % 64 == 63 or step == n - 1):
             progress(step + 1, n)
-    return chosen, explored
+    return chosen, explored, shadow_cost
 
 
 # --- cost-quality curves ---------------------------------------------------------------------
@@ -561,6 +590,7 @@ def cost_quality_curve(
     latency: LatencyGroups | str | Path | None = None,
     *,
     progress: Progress | None = None,
+    shadow_explore: bool | None = None,
 ) -> list[CurvePoint]:
     """Quality against cost as the quality weight grows, like RouteLLM's curves: one replay each."""
     weights_list = list(quality_weights)
@@ -579,6 +609,7 @@ def cost_quality_curve(
             latency,
             weights=curve_weights(qw),
             progress=step,
+            shadow_explore=shadow_explore,
         )
         points.append(
             CurvePoint(

@@ -150,6 +150,8 @@ class Evaluations(NoHook):
         self.settings, self.router, self.evaluators = settings, router, evaluators
         self.judge = Judge(judge, self.executor, self.cost, clock=self.clock) if judge.model else None
         self.shadow_spend = DailySpend(settings.shadow.daily_usd, self.clock)
+        # Exploration by shadow: the router hands its exploratory picks over while the budget lasts.
+        router.shadow_gate = self.shadow_spend.allows if settings.shadow.explore and self.judge else None
 
     # --- the hook (on the request's path: constant time, never raises) -------------------------
 
@@ -158,7 +160,9 @@ class Evaluations(NoHook):
         if call.outcome != "ok" or completion is None or decision is None:
             return
         judge = self.judge is not None and self.rng.random() < self.settings.judge.sample_rate
-        shadow = self.settings.shadow.enabled and self.rng.random() < self.settings.shadow.sample_rate
+        shadow = decision.shadow is not None or (
+            self.settings.shadow.enabled and self.rng.random() < self.settings.shadow.sample_rate
+        )
         if not (self.evaluators or judge or shadow):
             return
         try:
@@ -305,8 +309,11 @@ class Evaluations(NoHook):
         return result.completion
 
     def _second_model(self, decision: Decision, answered: str) -> str | None:
-        """A configured shadow model (at random), else the decision's best other candidate."""
+        """The policy's exploratory pick (``shadow.explore``), else a configured shadow model (at
+        random), else the decision's best other candidate."""
         index, available = self.router.catalogue.index, self.router.available
+        if decision.shadow is not None and decision.shadow != answered:
+            return decision.shadow
         pool = self.settings.shadow.models or decision.chain
         usable = [m for m in pool if m != answered and (m not in index or available[index[m]])]
         if not usable:
