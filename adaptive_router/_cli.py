@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from ._cli_output import print_table, progress, waiting
+from ._cli_output import as_dict, by_shadow, interval_text, json_ratio, print_table, progress, waiting
 from ._errors import ConfigError, NoEligibleModel, RequestError, RouterError
 from ._settings import Settings, load_settings
 
@@ -431,15 +430,15 @@ def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
     estimates = evaluate_many(log, targets, RewardSpec(), modes=modes, scales=scales)
     logged = logged_value(log)
     if args.json:
-        print(json.dumps({"logged": _asdict(logged), "targets": [e.to_dict() for e in estimates]}, indent=2))
+        print(json.dumps({"logged": as_dict(logged), "targets": [e.to_dict() for e in estimates]}, indent=2))
         return EXIT_OK
-    rows = [{"target": "logged policy (on-policy)", "ips": _ci(logged), "n": estimates[0].n}]
+    rows = [{"target": "logged policy (on-policy)", "ips": interval_text(logged), "n": estimates[0].n}]
     rows += [
         {
             "target": e.target,
-            "ips": _ci(e.ips) if e.ips_in_range else "out of range (see below)",
-            "snips": _ci(e.snips),
-            "dr": _ci(e.dr),
+            "ips": interval_text(e.ips) if e.ips_in_range else "out of range (see below)",
+            "snips": interval_text(e.snips),
+            "dr": interval_text(e.dr),
             "ess": round(e.ess, 1),
             "agreement": round(e.agreement, 3),
             "n": e.n,
@@ -458,31 +457,11 @@ def _replay_log(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _asdict(value: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(value)
-
-
-def _ratio(value: float) -> float | None:
-    """A ratio to print: None when its reference is zero (NaN is not JSON)."""
-    return round(value, 4) if math.isfinite(value) else None
-
-
-def _ci(interval: Any) -> str:
-    return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
-
-
-def _by_shadow(summary: dict[str, Any]) -> str:
-    if not summary["shadows"]:
-        return ""
-    return f" (by shadow, ${summary['shadow_cost_usd']:.4f} of the router's cost)"
-
-
 def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from .offline._outcomes import cost_quality_curve, load_outcomes, replay_outcomes, table_sources
+    from .offline._curves import cost_quality_curve
+    from .offline._outcomes import load_outcomes, replay_outcomes, table_sources
 
     if args.source is None:
         sources = table_sources(args.path)
@@ -531,7 +510,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         data = report.to_dict()
         data["curve"] = [
-            {k: _ratio(v) if k.endswith("_ratio") else v for k, v in _asdict(p).items()} for p in curve
+            {k: json_ratio(v) if k.endswith("_ratio") else v for k, v in as_dict(p).items()} for p in curve
         ]
         print(json.dumps(data, indent=2))
         return EXIT_OK
@@ -551,7 +530,7 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"router: {quality} of {s['reference']}'s quality at {cost}; "
         f"quality regret vs best fixed {s['regret_vs_best_fixed']:+.4f}, "
-        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times{_by_shadow(s)}; "
+        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times{by_shadow(s)}; "
         f"{s['dropped']} prompts dropped (incomplete rows)"
     )
     if curve:
@@ -560,8 +539,8 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
                 "quality_weight": p.quality_weight,
                 "quality": round(p.quality, 4),
                 "cost_usd": round(p.cost_usd, 4),
-                "quality_vs_ref": _ratio(p.quality_ratio),
-                "cost_vs_ref": _ratio(p.cost_ratio),
+                "quality_vs_ref": json_ratio(p.quality_ratio),
+                "cost_vs_ref": json_ratio(p.cost_ratio),
             }
             for p in curve
         ]

@@ -6,6 +6,7 @@ All three use rich (the ``cli`` extra) on a terminal and fall back to plain outp
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -109,3 +110,27 @@ def fitting_columns(columns: Sequence[str], cells: Sequence[Sequence[str]], widt
         shown.append(i)
         used += need
     return shown
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A dataclass as a dict, for JSON output."""
+    from dataclasses import asdict
+
+    return asdict(value)
+
+
+def json_ratio(value: float) -> float | None:
+    """A ratio to print: None when its reference is zero (NaN is not JSON)."""
+    return round(value, 4) if math.isfinite(value) else None
+
+
+def interval_text(interval: Any) -> str:
+    """An estimate and its 95% interval."""
+    return f"{interval.value:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
+
+
+def by_shadow(summary: dict[str, Any]) -> str:
+    """An outcome replay's explorations, when they went beside the answers: what they cost."""
+    if not summary["shadows"]:
+        return ""
+    return f" (by shadow, ${summary['shadow_cost_usd']:.4f} of the router's cost)"

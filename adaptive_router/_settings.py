@@ -331,7 +331,7 @@ class LearningSettings(_Section):
 
 class ExplorationSettings(_Section):
     policy: Literal["ucb", "thompson", "softmax", "greedy"] = "ucb"
-    ucb_c: float = Field(default=0.5, ge=0, description="UCB: bonus = c * sqrt(ln(1 + N)) * score sd")
+    ucb_c: float = Field(default=0.75, ge=0, description="UCB: bonus = c * sqrt(ln(1 + N)) * score sd")
     temperature: float = Field(default=0.02, gt=0, description="softmax temperature in score units")
     recheck_after: float = Field(
         default=100.0, gt=0, description="requests elsewhere after which a slowed-down model is tried again"

@@ -3,14 +3,12 @@ preference pairs from the log."""
 
 from __future__ import annotations
 
+from ._curves import CurvePoint, cost_quality_curve, curve_weights
 from ._outcomes import (
     Arm,
-    CurvePoint,
     LatencyGroups,
     OutcomeReplay,
     OutcomeTable,
-    cost_quality_curve,
-    curve_weights,
     load_latency,
     load_outcomes,
     outcome_catalogue,

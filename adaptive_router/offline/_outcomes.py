@@ -7,8 +7,8 @@
 The router learns online in one pass over the prompts (profiled by its own profiler), fed the
 true quality and cost as outcomes and feedback, with latency drawn from measured
 distributions (:func:`load_latency` over the llmperf leaderboard's requests). Reports compare it
-with every fixed model and the per-prompt oracle; :func:`cost_quality_curve` sweeps the quality
-weight, like RouteLLM's curves.
+with every fixed model and the per-prompt oracle; :func:`cost_quality_curve` (``_curves``) sweeps
+the quality weight, like RouteLLM's curves.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,9 @@ from ..simulator._lab import SimClock
 
 __all__ = [
     "Arm",
-    "CurvePoint",
     "LatencyGroups",
     "OutcomeReplay",
     "OutcomeTable",
-    "cost_quality_curve",
-    "curve_weights",
     "load_latency",
     "load_outcomes",
     "outcome_catalogue",
@@ -557,75 +554,3 @@ def _route_all(
         if progress is not None and (step % 64 == 63 or step == n - 1):
             progress(step + 1, n)
     return chosen, explored, shadow_cost
-
-
-# --- cost-quality curves ---------------------------------------------------------------------
-
-CURVE_QUALITY_WEIGHTS = (0.2, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-@dataclass
-class CurvePoint:
-    quality_weight: float
-    weights: Weights3
-    quality: float
-    cost_usd: float
-    quality_ratio: float  # relative to the best single model by quality
-    cost_ratio: float
-
-
-def curve_weights(quality_weight: float) -> Weights3:
-    """Quality weight ``q``; the rest split 1:2 between latency and cost, as in the quality mode."""
-    rest = 1.0 - quality_weight
-    return (rest / 3.0, 2.0 * rest / 3.0, quality_weight)
-
-
-def cost_quality_curve(
-    table: OutcomeTable,
-    settings: Settings | None = None,
-    policy: str = "ucb",
-    quality_weights: Iterable[float] = CURVE_QUALITY_WEIGHTS,
-    seed: int = 0,
-    limit: int | None = None,
-    latency: LatencyGroups | str | Path | None = None,
-    *,
-    progress: Progress | None = None,
-    shadow_explore: bool | None = None,
-) -> list[CurvePoint]:
-    """Quality against cost as the quality weight grows, like RouteLLM's curves: one replay each."""
-    weights_list = list(quality_weights)
-    points = []
-    for i, qw in enumerate(weights_list):
-        step = None if progress is None else _offset_progress(progress, i, len(weights_list))
-        report = replay_outcomes(
-            table,
-            None,
-            settings,
-            policy,
-            None,
-            seed,
-            True,
-            limit,
-            latency,
-            weights=curve_weights(qw),
-            progress=step,
-            shadow_explore=shadow_explore,
-        )
-        points.append(
-            CurvePoint(
-                qw,
-                report.weights,
-                report.router.quality,
-                report.router.cost_usd,
-                report.quality_ratio,
-                report.cost_ratio,
-            )
-        )
-    return points
-
-
-def _offset_progress(progress: Progress, index: int, runs: int) -> Progress:
-    def step(done: int, total: int) -> None:
-        progress(index * total + done, runs * total)
-
-    return step
