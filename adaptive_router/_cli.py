@@ -530,7 +530,8 @@ def _replay_table(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"router: {quality} of {s['reference']}'s quality at {cost}; "
         f"quality regret vs best fixed {s['regret_vs_best_fixed']:+.4f}, "
-        f"vs oracle {s['regret_vs_oracle']:+.4f}; explored {s['explored']} times{by_shadow(s)}; "
+        f"vs oracle {s['regret_vs_oracle']:+.4f}; "
+        f"explored on the answer {s['explored']} times{by_shadow(s)}; "
         f"{s['dropped']} prompts dropped (incomplete rows)"
     )
     if curve:

@@ -133,4 +133,5 @@ def by_shadow(summary: dict[str, Any]) -> str:
     """An outcome replay's explorations, when they went beside the answers: what they cost."""
     if not summary["shadows"]:
         return ""
-    return f" (by shadow, ${summary['shadow_cost_usd']:.4f} of the router's cost)"
+    usd = summary["shadow_cost_usd"]
+    return f", and {summary['shadows']} times beside it by shadow (${usd:.4f}, in its cost)"

@@ -117,5 +117,8 @@ class EvaluationSettings(Section):
     def _shadow_needs_judge(self) -> EvaluationSettings:
         for key in ("enabled", "explore"):
             if getattr(self.shadow, key) and self.judge.model is None:
-                raise ValueError(f"shadow.{key} needs judge.model: both answers of a shadow are judged")
+                raise ValueError(
+                    f"shadow.{key} needs judge.model (both answers of a shadow are judged): "
+                    f"set evaluation.judge.model, or shadow.{key}: false"
+                )
         return self

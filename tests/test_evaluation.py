@@ -281,17 +281,26 @@ class _LastPlace:
         return Choice(int(np.where(np.isfinite(score), score, np.inf).argmin()), 0.5, None)
 
 
-@pytest.mark.parametrize("budget", [1.0, 0.0], ids=["within-budget", "budget-spent"])
+@pytest.mark.parametrize(
+    ("shadow_usd", "judge_usd"),
+    [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)],
+    ids=["within-budget", "shadow-budget-spent", "judge-budget-spent"],
+)
 def test_explore_by_shadow_answers_with_the_best_and_judges_the_pick_beside_it(
-    simulator_url: str, monkeypatch: pytest.MonkeyPatch, budget: float
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch, shadow_usd: float, judge_usd: float
 ) -> None:
-    evaluation = {**JUDGE_ALWAYS, "builtin": [], "shadow": {"explore": True, "daily_usd": budget}}
+    judge = {**JUDGE_ALWAYS["judge"], "daily_usd": judge_usd}
+    evaluation = {"judge": judge, "builtin": [], "shadow": {"explore": True, "daily_usd": shadow_usd}}
+    budget = min(shadow_usd, judge_usd)
     service = _service(simulator_url, monkeypatch, evaluation=evaluation)
     service.router.policy = _LastPlace()
     route = RouteRequest(messages=[{"role": "user", "content": "Explain tides."}], mode="quality")
 
     async def run() -> tuple[list[str], int]:
         async with service.open() as running:
+            # POST /route's decision is not answered here, so nothing would send its shadow.
+            routed = running.pipeline.route(running.pipeline.call(route))
+            assert routed.model == SLOW and routed.shadow is None
             answered = []
             for _ in range(3):
                 call = running.pipeline.call(route, body={"messages": route.messages})
@@ -307,7 +316,8 @@ def test_explore_by_shadow_answers_with_the_best_and_judges_the_pick_beside_it(
         assert weight == pytest.approx(3.0, rel=1e-6)
         assert 0.2 < mean < 0.8  # SLOW's true quality is 0.5
         assert service.evaluation_stats.get("shadow", "ok") == 3
-    else:  # no budget for shadows: the pick answers, as without shadow.explore
+        assert service.evaluation_stats.get("shadow", "explore") == 3
+    else:  # no budget for shadows or for judging them: the pick answers, as without shadow.explore
         assert answered == [SLOW] * 3
         assert service.evaluation_stats.get("shadow", "ok") == 0
 

@@ -643,7 +643,10 @@ def test_router_explores_by_shadow_only_while_the_gate_allows() -> None:
     # The best-scoring model answers; the pick goes beside it; the answer was not an exploration.
     assert shadowed.model == best.id and shadowed.shadow == worst.id
     assert not shadowed.explored and shadowed.propensity == 1.0
-    assert shadowed.fallbacks[0] != best.id
+    assert shadowed.to_dict()["shadow"] == worst.id
+    # A caller that will not send the shadow (POST /route) gets the pick itself.
+    unsent = router.decide(request, shadows=False)
+    assert unsent.model == worst.id and unsent.shadow is None and unsent.propensity == 0.25
     allowed[0] = False  # e.g. the shadow budget is spent: the pick answers again
     spent = router.decide(request)
     assert spent.model == worst.id and spent.shadow is None and spent.explored
@@ -651,3 +654,18 @@ def test_router_explores_by_shadow_only_while_the_gate_allows() -> None:
     allowed[0] = True
     pinned = router.decide(RouteRequest(prompt="Explain tides.", model=mid.id))
     assert pinned.model == mid.id and pinned.shadow is None
+
+
+def test_router_with_the_shadow_gate_open_logs_the_answers_true_propensity() -> None:
+    # While shadows are allowed the best-scoring model answers whatever a random policy drew:
+    # its propensity is 1 (replay divides by it), and tied models are no exploration.
+    router = router_for([model(i, quality=q) for i, q in enumerate((0.9, 0.7, 0.5))], "softmax", seed=3)
+    router.shadow_gate = lambda: True
+    request = RouteRequest(prompt="Explain tides.", mode="quality")
+    decisions = [router.decide(request) for _ in range(200)]
+    assert {d.model for d in decisions} == {"p0/m0"}
+    assert {d.propensity for d in decisions} == {1.0}
+    assert any(d.shadow is not None for d in decisions)
+    twins = router_for([model(i) for i in range(3)])
+    twins.shadow_gate = lambda: True
+    assert all(twins.decide(request).shadow is None for _ in range(20))

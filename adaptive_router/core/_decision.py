@@ -238,6 +238,7 @@ class Decision:
             "propensity": self.propensity,
             "policy": self.policy,
             "explored": self.explored,
+            **({"shadow": self.shadow} if self.shadow is not None else {}),
             "reason": self.reason,
             "decision_us": round(self.decision_us, 2),
             "profile": {

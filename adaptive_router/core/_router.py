@@ -228,8 +228,11 @@ class Router:
             known = ", ".join(["default", *self.config.modes])
             raise RequestError("mode", f"unknown priority mode {mode!r}; known: {known}") from None
 
-    def decide(self, request: RouteRequest) -> Decision:
+    def decide(self, request: RouteRequest, *, shadows: bool = True) -> Decision:
         """Rank the eligible models for ``request``; raise ``NoEligibleModel`` if there are none.
+
+        ``shadows``: an exploratory pick may become the decision's ``shadow`` while
+        ``shadow_gate`` allows (false for a caller that will not send it, e.g. ``POST /route``).
 
         With ``decision_ttl_s`` set and the greedy policy (every other policy explores, and a
         cached exploration would only repeat itself), a decision is reused for requests with the
@@ -237,7 +240,7 @@ class Router:
         opening or closing invalidates what was cached.
         """
         if self.config.decision_ttl_s <= 0 or self.policy.name not in _CACHEABLE_POLICIES:
-            return self._decide(request, self.policy, self.config.top_k)
+            return self._decide(request, self.policy, self.config.top_k, shadows=shadows)
         profile = self.profile(request)  # the key needs it; the miss below reuses it
         request = fast_route(request, profile)
         key = decision_key(request, profile, self._available_version)
@@ -256,7 +259,13 @@ class Router:
         return self._decide(request, _GREEDY, len(self.catalogue))
 
     def _decide(
-        self, request: RouteRequest, policy: Policy, top_k: int, profile: Profile | None = None
+        self,
+        request: RouteRequest,
+        policy: Policy,
+        top_k: int,
+        profile: Profile | None = None,
+        *,
+        shadows: bool = False,
     ) -> Decision:
         started = time.perf_counter()
         if profile is None:
@@ -285,9 +294,12 @@ class Router:
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
         head = choice.index if pinned is None else pinned
+        propensity = choice.propensity if pinned is None else 1.0
         shadow: str | None = None
-        if pinned is None and head != ranked[0] and self.shadow_gate is not None and self.shadow_gate():
-            shadow, head = self.catalogue.ids[head], ranked[0]  # explore beside the answer, not with it
+        if pinned is None and shadows and self.shadow_gate is not None and self.shadow_gate():
+            propensity = 1.0  # the best-scoring model answers, whatever the policy drew
+            if score[head] < score[ranked[0]]:  # the policy explored (a tie is no exploration)
+                shadow, head = self.catalogue.ids[head], ranked[0]  # beside the answer, not in it
         rows = [head, *[r for r in ranked if r != head][: top_k - 1]] if request.fallback else [head]
         ids = self.catalogue.ids
         chain = [ids[r] for r in rows] + self._closing(rows, mask) * request.fallback
@@ -304,7 +316,7 @@ class Router:
         return Decision(
             request_id=request.request_id or self._new_id(),
             chain=chain,
-            propensity=choice.propensity if pinned is None and shadow is None else 1.0,
+            propensity=propensity,
             policy=policy.name,
             explored=pinned is None and head != ranked[0],
             profile=profile,

@@ -57,6 +57,11 @@ class DailySpend:
         self._roll()
         self.spent_usd += usd
 
+    def carry(self, other: DailySpend) -> None:
+        """Start from what ``other`` spent today (a reload replaces the cap, not the spending)."""
+        other._roll()
+        self.day, self.spent_usd = other.day, other.spent_usd
+
 
 def side_decision(decision: Decision, request_id: str, chain: Sequence[str], policy: str) -> Decision:
     """A decision for a call made beside ``decision`` (a judge, a shadow): the same profile,

@@ -311,7 +311,7 @@ class OutcomeReplay:
     fixed: list[Arm]
     oracle: Arm  # best quality per prompt, the cheapest among ties
     utility_oracle: float  # the mean of each prompt's best utility
-    explored: int
+    explored: int  # answers the policy chose to learn from (not the best-scoring model)
     choices: list[str] = field(repr=False)
     quality_trace: FloatArray = field(repr=False)  # quality of each routed answer, in order
     cost_trace: FloatArray = field(repr=False)  # each answer's cost, with its shadow's when it had one
@@ -465,7 +465,7 @@ def replay_outcomes(
         router.shadow_gate = _always
     mode_name, used = router.weights_for(mode, weights)
     ttft, total = _latencies(table, latency, catalogue, seed)
-    chosen, explored, shadow_cost = _route_all(
+    chosen, explored, shadowed, shadow_cost = _route_all(
         router, clock, table, order, ttft, total, (mode, weights), seconds_per_request, progress
     )
     q, c, lat = table.quality[order], table.cost[order], total[order]
@@ -491,7 +491,7 @@ def replay_outcomes(
         choices=[table.models[j] for j in chosen],
         quality_trace=q[rows, chosen],
         cost_trace=c[rows, chosen] + shadow_cost,
-        shadows=int(np.count_nonzero(shadow_cost)),
+        shadows=shadowed,
         shadow_cost_usd=float(shadow_cost.sum()),
     )
 
@@ -522,14 +522,15 @@ def _route_all(
     how: tuple[str | None, Weights3 | None],
     seconds_per_request: float,
     progress: Progress | None,
-) -> tuple[IntArray, int, FloatArray]:
+) -> tuple[IntArray, int, int, FloatArray]:
     """Decide, observe the table's truth, record and feed back, prompt after prompt. A decision's
     shadow (exploration by shadow) is judged perfectly: its true quality is fed back in the
-    request's cell. The chosen rows, the explorations, and each prompt's shadow cost."""
+    request's cell. The chosen rows, the explorations on the answer and beside it, and each
+    prompt's shadow cost."""
     column = {m: j for j, m in enumerate(table.models)}
     chosen = np.empty(order.shape[0], np.intp)
     shadow_cost = np.zeros(order.shape[0])
-    explored, n = 0, int(order.shape[0])
+    explored, shadowed, n = 0, 0, int(order.shape[0])
     for step, p in enumerate(order.tolist()):
         decision = router.decide(RouteRequest(prompt=table.texts[p], mode=how[0], weights=how[1]))
         j = column[decision.model]
@@ -548,9 +549,10 @@ def _route_all(
             score = min(max(float(table.quality[p, k]), 0.0), 1.0)
             router.learner.feedback(k, decision.profile.cell, clock(), score)
             shadow_cost[step] = table.cost[p, k]
+            shadowed += 1
         chosen[step] = j
-        explored += decision.explored or decision.shadow is not None
+        explored += decision.explored
         clock.advance(seconds_per_request)
         if progress is not None and (step % 64 == 63 or step == n - 1):
             progress(step + 1, n)
-    return chosen, explored, shadow_cost
+    return chosen, explored, shadowed, shadow_cost

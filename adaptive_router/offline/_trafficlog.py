@@ -234,6 +234,7 @@ def decision_record(
         "propensity": _num(decision.propensity, 9),
         "policy": decision.policy,
         "explored": decision.explored,
+        **({"shadow": decision.shadow} if decision.shadow is not None else {}),
         "pinned": decision.pinned,
         "attempts": rows,
         "answered_by": answered,

@@ -148,10 +148,21 @@ class Evaluations(NoHook):
         evaluators += [load_plugin(path) for path in settings.plugins]  # may raise: nothing changed yet
         judge = settings.judge
         self.settings, self.router, self.evaluators = settings, router, evaluators
+        before = getattr(self, "judge", None), getattr(self, "shadow_spend", None)
         self.judge = Judge(judge, self.executor, self.cost, clock=self.clock) if judge.model else None
         self.shadow_spend = DailySpend(settings.shadow.daily_usd, self.clock)
-        # Exploration by shadow: the router hands its exploratory picks over while the budget lasts.
-        router.shadow_gate = self.shadow_spend.allows if settings.shadow.explore and self.judge else None
+        if before[0] is not None and self.judge is not None:  # a reload keeps what today spent
+            self.judge.spend.carry(before[0].spend)
+        if before[1] is not None:
+            self.shadow_spend.carry(before[1])
+        # Exploration by shadow: the router hands its exploratory picks over while both budgets
+        # last (a shadow nobody can judge teaches nothing).
+        explore = settings.enabled and settings.shadow.explore and self.judge is not None
+        router.shadow_gate = self._shadows_allowed if explore else None
+
+    def _shadows_allowed(self) -> bool:
+        assert self.judge is not None
+        return self.shadow_spend.allows() and self.judge.spend.allows()
 
     # --- the hook (on the request's path: constant time, never raises) -------------------------
 
@@ -160,9 +171,11 @@ class Evaluations(NoHook):
         if call.outcome != "ok" or completion is None or decision is None:
             return
         judge = self.judge is not None and self.rng.random() < self.settings.judge.sample_rate
-        shadow = decision.shadow is not None or (
-            self.settings.shadow.enabled and self.rng.random() < self.settings.shadow.sample_rate
-        )
+        explore = decision.shadow is not None and completion.model_id != decision.shadow
+        if explore:
+            self.stats.count("shadow", "explore")
+        sampled = self.settings.shadow.enabled and self.rng.random() < self.settings.shadow.sample_rate
+        shadow = explore or sampled
         if not (self.evaluators or judge or shadow):
             return
         try:

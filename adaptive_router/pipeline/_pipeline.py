@@ -223,10 +223,11 @@ class Pipeline:
         left = call.deadline - time.perf_counter() + slack_s
         return asyncio.get_running_loop().time() + min(left, 1e9)
 
-    def decide(self, call: Call) -> Decision:
-        """Profile and rank; a bad mode names the field the client wrote it in."""
+    def decide(self, call: Call, *, shadows: bool = True) -> Decision:
+        """Profile and rank; a bad mode names the field the client wrote it in. ``shadows``: the
+        call's answer is accounted here, so an exploratory pick may go beside it as a shadow."""
         try:
-            decision = self.router.decide(call.route)
+            decision = self.router.decide(call.route, shadows=shadows)
         except RequestError as exc:
             if exc.field != "mode":
                 raise
@@ -240,7 +241,7 @@ class Pipeline:
     def route(self, call: Call) -> Decision:
         """The decision alone (``/route``): admit and decide."""
         self.admit(call)
-        return self.decide(call)
+        return self.decide(call, shadows=False)  # the client calls the model: nothing sends a shadow
 
     async def lookup(self, call: Call) -> dict[str, Any] | None:
         """A cached answer for this call, or None (a corrupt entry is a miss, never an error)."""
@@ -461,6 +462,7 @@ def routing_info(
             "policy": decision.policy,
             "propensity": decision.propensity,
             "explored": decision.explored,
+            **({"shadow": decision.shadow} if decision.shadow is not None else {}),
             "task": decision.profile.task,
             "from_decision_cache": decision.cached,
         },
