@@ -462,6 +462,7 @@ def curve_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             np.min([r["cell_oracle"]["points_over_hull"] for r in rows])
         ),
         "points_over_hull_lowest": float(np.min(gains)),
+        "shadow_share_mean": float(np.mean([r.get("shadow_share", 0.0) for r in rows])),
         "points_over_hull_worst_seed_mean": float(np.mean(worst)),
         "points_over_hull_worst_seed_lowest": float(np.min(worst)),
         "best_within_40pct_cost": goal,
@@ -537,7 +538,7 @@ def run_curves(
     out: dict[str, Any] = {"seeds": seeds, "sweep": list(sweep), "tables": []}
     for source, limit, names in (
         ("routerbench", 1_200 if quick else None, policies),
-        ("routellm", min(routellm_limit, 1_200) if quick else routellm_limit, _first(policies)),
+        ("routellm", min(routellm_limit, 1_200) if quick else routellm_limit, _routellm_policies(policies)),
     ):
         table = impute_costs(load_outcomes(table_path, source=source))
         entry: dict[str, Any] = {
@@ -557,7 +558,7 @@ def run_curves(
     return out
 
 
-def _first(policies: list[str]) -> list[str]:
+def _routellm_policies(policies: list[str]) -> list[str]:
     """The first policy, and its shadow-exploring form when asked for: the second table's runs."""
     return [p for p in policies if p.partition("+")[0] == policies[0].partition("+")[0]]
 
@@ -597,6 +598,7 @@ def print_curves(result: dict[str, Any]) -> None:
                 f"average over the sweep (worst seed {sm['points_over_hull_worst_seed_mean']:+.2f}), lowest "
                 f"point {sm['points_over_hull_lowest']:+.2f} (worst seed "
                 f"{sm['points_over_hull_worst_seed_lowest']:+.2f}); best within 40% cost: {goal}; "
+                f"shadows on {sm.get('shadow_share_mean', 0.0):.1%} of the answers (their cost counted); "
                 f"goals met: {sm['goals_met']}; the per-cell oracle: "
                 f"{sm['cell_oracle_points_over_hull_mean']:+.2f} on average, lowest "
                 f"{sm['cell_oracle_points_over_hull_lowest']:+.2f}; learning per cell seeing every "
