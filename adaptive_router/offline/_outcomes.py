@@ -500,6 +500,11 @@ def _always() -> bool:
     return True
 
 
+def _score(table: OutcomeTable, prompt: int, model: int) -> float:
+    """The table's quality of ``model``'s answer to ``prompt`` as feedback: clipped to [0, 1]."""
+    return min(max(float(table.quality[prompt, model]), 0.0), 1.0)
+
+
 def _arm(
     name: str, q: FloatArray, c: FloatArray, lat: FloatArray, util: FloatArray, rows: IntArray, pick: IntArray
 ) -> Arm:
@@ -543,11 +548,10 @@ def _route_all(
             cost_usd=float(table.cost[p, j]),
         )
         router.record(decision, outcome)
-        router.feedback(decision.request_id, min(max(float(table.quality[p, j]), 0.0), 1.0))
+        router.feedback(decision.request_id, _score(table, p, j))
         if decision.shadow is not None:
             k = column[decision.shadow]
-            score = min(max(float(table.quality[p, k]), 0.0), 1.0)
-            router.learner.feedback(k, decision.profile.cell, clock(), score)
+            router.learner.feedback(k, decision.profile.cell, clock(), _score(table, p, k))
             shadow_cost[step] = table.cost[p, k]
             shadowed += 1
         chosen[step] = j
