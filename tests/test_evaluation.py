@@ -322,6 +322,60 @@ def test_explore_by_shadow_answers_with_the_best_and_judges_the_pick_beside_it(
         assert service.evaluation_stats.get("shadow", "ok") == 0
 
 
+def test_a_reload_keeps_what_today_spent_on_the_judge_and_on_shadows(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluation = {**JUDGE_ALWAYS, "builtin": [], "shadow": {"enabled": True, "sample_rate": 1.0}}
+    service = _service(simulator_url, monkeypatch, evaluation=evaluation)
+    route = RouteRequest(messages=[{"role": "user", "content": "Explain tides."}])
+
+    async def answer(pipeline: Any) -> None:
+        await pipeline.complete(pipeline.call(route, body={"messages": route.messages}))
+        await _until_idle(service)
+
+    async def run() -> None:
+        async with service.open() as running:
+            await answer(running.pipeline)
+            ev = service.evaluations
+            judged, shadowed = ev.judge.spend.spent_usd, ev.shadow_spend.spent_usd
+            assert judged > 0 and shadowed > 0  # the answer and its shadow judged, the shadow paid
+            # A reload that lowers the judge's cap below what today already spent: it stops judging.
+            lower = {**evaluation, "judge": {**JUDGE_ALWAYS["judge"], "daily_usd": judged / 2}}
+            ev.reconfigure(load_settings(evaluation=lower).evaluation, service.router)
+            assert (ev.judge.spend.spent_usd, ev.shadow_spend.spent_usd) == (judged, shadowed)
+            await answer(running.pipeline)
+            assert service.evaluation_stats.get("judge", "budget") == 2  # the answer and its shadow
+            assert ev.judge.spend.spent_usd == judged
+
+    asyncio.run(run())
+
+
+def test_judgings_in_flight_hold_their_cost_so_the_cap_is_not_overshot(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judge = {**JUDGE_ALWAYS["judge"]}
+    evaluation = {"judge": judge, "builtin": [], "workers": 8}
+    service = _service(simulator_url, monkeypatch, evaluation=evaluation)
+    route = RouteRequest(messages=[{"role": "user", "content": "Explain tides."}])
+
+    async def run() -> tuple[float, float, float]:
+        async with service.open() as running:
+            pipeline, spend = running.pipeline, service.evaluations.judge.spend
+            await pipeline.complete(pipeline.call(route, body={"messages": route.messages}))
+            await _until_idle(service)
+            one = spend.spent_usd  # what one judging costs (the same prompt, the same answer length)
+            spend.cap_usd = 3.5 * one  # room for two and a half more
+            calls = [pipeline.call(route, body={"messages": route.messages}) for _ in range(8)]
+            await asyncio.gather(*(pipeline.complete(call) for call in calls))  # eight at once
+            await _until_idle(service)
+            return one, spend.spent_usd, spend.cap_usd
+
+    one, spent, cap = asyncio.run(run())
+    # Without holding, all eight workers pass the check before any pays: 9 judgings' worth.
+    assert spent <= cap + 1.05 * one
+    assert service.evaluation_stats.get("judge", "budget") >= 4
+
+
 def test_explore_by_shadow_needs_a_judge() -> None:
     with pytest.raises(ConfigError, match=r"shadow\.explore needs judge\.model"):
         load_settings(evaluation={"shadow": {"explore": True}})

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adaptive_router import ReplayError, load_settings
+from adaptive_router import ReplayError, Settings, load_settings
 from adaptive_router._cli import main
 from adaptive_router.core import Catalogue, LinearScale, LogScale, Model, Router, RouteRequest
 from adaptive_router.core._scoring import DEFAULT_SCALES, scale_record
@@ -361,6 +361,14 @@ def test_outcome_replay_explores_by_shadow_and_pays_for_it(tmp_path: Path) -> No
     assert shadowed.router.cost_usd == pytest.approx(served + shadowed.shadow_cost_usd)
     assert shadowed.router.cost_usd == pytest.approx(float(shadowed.cost_trace.sum()))
     assert shadowed.summary()["shadows"] == shadowed.shadows
+    # ... and in its score: against a fixed arm (same constant latency), utility differs by the
+    # cost and quality terms of what was paid and served (linear cost: dollars / reference).
+    w_cost, w_quality = shadowed.weights[1], shadowed.weights[2]
+    per_prompt = 300 * Settings().routing.cost_reference_usd
+    good = next(a for a in shadowed.fixed if a.name == "good")
+    expected = w_cost * (good.cost_usd - shadowed.router.cost_usd) / per_prompt
+    expected += w_quality * (shadowed.router.quality - good.quality)
+    assert shadowed.router.utility - good.utility == pytest.approx(expected, abs=1e-12)
     # It still learns which model is best, and serves it.
     assert shadowed.choices[150:].count("good") / 150 > 0.85
     # Off unless asked: the setting turns it on, as in the service.

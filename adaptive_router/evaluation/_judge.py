@@ -23,7 +23,7 @@ import numpy as np
 from .._evaluation_settings import DEFAULT_RUBRIC, JudgeSettings
 from ..core._decision import Decision, Ranking
 from ..upstream._client import Completion
-from ..upstream._execution import Executor
+from ..upstream._execution import Executor, Result
 from ..upstream._text import answer_text
 from ._builtin import Sample
 
@@ -37,12 +37,25 @@ _DAY_S = 86_400
 
 
 class DailySpend:
-    """What was spent today (UTC) against a cap; the count starts again at midnight."""
+    """What was spent today (UTC) against a cap; the count starts again at midnight.
+
+    A call holds what such calls have cost on average while it runs (``reserve``, then
+    ``settle``), so many in flight at once do not overshoot the cap by more than their surprise.
+    Before any has finished nothing is known to hold: the first batch (at most
+    ``evaluation.workers`` calls) can pass the cap by what it costs.
+
+        held = spend.reserve()      # None: over the cap
+        ...                         # the call
+        spend.settle(held, usd)     # usd None: it cost nothing that is known
+    """
 
     def __init__(self, cap_usd: float, clock: Callable[[], float] = time.time) -> None:
         self.cap_usd, self.clock = cap_usd, clock
         self.day = int(clock() // _DAY_S)
         self.spent_usd = 0.0
+        self.reserved_usd = 0.0
+        self.in_flight = 0
+        self._calls, self._calls_usd = 0, 0.0  # every settled call so far: what a call costs
 
     def _roll(self) -> None:
         day = int(self.clock() // _DAY_S)
@@ -50,17 +63,31 @@ class DailySpend:
             self.day, self.spent_usd = day, 0.0
 
     def allows(self) -> bool:
+        """Whether another call fits under the cap beside those in flight."""
         self._roll()
-        return self.spent_usd < self.cap_usd
+        return self.spent_usd + self.reserved_usd < self.cap_usd
+
+    def reserve(self) -> float | None:
+        """Hold a call's typical cost for a call about to start; None when over the cap."""
+        if not self.allows():
+            return None
+        held = self._calls_usd / self._calls if self._calls else 0.0
+        self.reserved_usd += held
+        self.in_flight += 1
+        return held
+
+    def settle(self, held: float, usd: float | None) -> None:
+        """A reserved call finished: its hold is released and what it cost (if known) spent."""
+        self.in_flight = max(self.in_flight - 1, 0)
+        self.reserved_usd = max(self.reserved_usd - held, 0.0) if self.in_flight else 0.0
+        if usd is not None:
+            self.add(usd)
+            self._calls += 1
+            self._calls_usd += usd
 
     def add(self, usd: float) -> None:
         self._roll()
         self.spent_usd += usd
-
-    def carry(self, other: DailySpend) -> None:
-        """Start from what ``other`` spent today (a reload replaces the cap, not the spending)."""
-        other._roll()
-        self.day, self.spent_usd = other.day, other.spent_usd
 
 
 def side_decision(decision: Decision, request_id: str, chain: Sequence[str], policy: str) -> Decision:
@@ -153,19 +180,16 @@ class Judge:
         cost: Callable[[Completion], float],
         *,
         clock: Callable[[], float] = time.time,
+        spend: DailySpend | None = None,
     ) -> None:
         assert settings.model is not None
         self.settings = settings
         self.executor = executor
         self.cost = cost
         self.chain = [settings.model, *settings.fallbacks]
-        self.spend = DailySpend(settings.daily_usd, clock)
+        self.spend = spend or DailySpend(settings.daily_usd, clock)
 
-    async def score(self, decision: Decision, sample: Sample) -> tuple[str, float | None]:
-        """``("ok", score)``, or the reason it was skipped (``budget``, ``timeout``, ``error``,
-        ``unparsed``) and None."""
-        if not self.spend.allows():
-            return "budget", None
+    async def _ask(self, decision: Decision, sample: Sample) -> Result:
         s = self.settings
         body = {
             "messages": judge_messages(s.rubric or DEFAULT_RUBRIC, sample.messages, sample.text, s.max_chars),
@@ -173,14 +197,26 @@ class Judge:
             "temperature": 0,
         }
         side = side_decision(decision, f"{decision.request_id}~judge", self.chain, "judge")
+        return await asyncio.wait_for(
+            self.executor.complete(side, body, s.timeout_s), s.timeout_s * len(self.chain) + 1.0
+        )
+
+    async def score(self, decision: Decision, sample: Sample) -> tuple[str, float | None]:
+        """``("ok", score)``, or the reason it was skipped (``budget``, ``timeout``, ``error``,
+        ``unparsed``) and None."""
+        held = self.spend.reserve()
+        if held is None:
+            return "budget", None
+        usd: float | None = None
         try:
-            result = await asyncio.wait_for(
-                self.executor.complete(side, body, s.timeout_s), s.timeout_s * len(self.chain) + 1.0
-            )
+            result = await self._ask(decision, sample)
+            usd = None if result.completion is None else self.cost(result.completion)
         except TimeoutError:
             return "timeout", None
+        finally:
+            self.spend.settle(held, usd)  # however it ended, even cancelled
         if result.completion is None:
             return ("timeout" if result.all_timed_out else "error"), None
-        self.spend.add(self.cost(result.completion))
+        s = self.settings
         score = parse_score(answer_text(result.completion), s.scale)
         return ("ok", score) if score is not None else ("unparsed", None)

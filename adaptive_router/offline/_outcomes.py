@@ -474,7 +474,10 @@ def replay_outcomes(
     best = q.max(axis=1)
     pick = np.where(q >= best[:, None], c, np.inf).argmin(axis=1)
     arm = _arm(f"router ({policy}, {mode_name})", q, c, lat, util, rows, chosen)
-    arm.cost_usd += float(shadow_cost.sum())
+    if shadowed:  # the shadows are paid for: in the router's cost and in its score's cost term
+        arm.cost_usd += float(shadow_cost.sum())
+        paid = c[rows, chosen] + shadow_cost
+        arm.utility = float(_utility(q[rows, chosen], paid, lat[rows, chosen], used, router).mean())
     return OutcomeReplay(
         source=table.source,
         policy=policy,

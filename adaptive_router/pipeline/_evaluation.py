@@ -136,6 +136,7 @@ class Evaluations(NoHook):
         self.traffic_log = traffic_log
         self.rng = rng or random.Random()
         self.stats = stats or EvaluationStats()
+        self._spends: dict[str, DailySpend] = {}
         self.reconfigure(settings, router)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue_size)
         self._workers: list[asyncio.Task[None]] = []
@@ -148,17 +149,24 @@ class Evaluations(NoHook):
         evaluators += [load_plugin(path) for path in settings.plugins]  # may raise: nothing changed yet
         judge = settings.judge
         self.settings, self.router, self.evaluators = settings, router, evaluators
-        before = getattr(self, "judge", None), getattr(self, "shadow_spend", None)
-        self.judge = Judge(judge, self.executor, self.cost, clock=self.clock) if judge.model else None
-        self.shadow_spend = DailySpend(settings.shadow.daily_usd, self.clock)
-        if before[0] is not None and self.judge is not None:  # a reload keeps what today spent
-            self.judge.spend.carry(before[0].spend)
-        if before[1] is not None:
-            self.shadow_spend.carry(before[1])
+        spend = self._spend("judge", judge.daily_usd)
+        self.judge = (
+            Judge(judge, self.executor, self.cost, clock=self.clock, spend=spend) if judge.model else None
+        )
+        self.shadow_spend = self._spend("shadow", settings.shadow.daily_usd)
         # Exploration by shadow: the router hands its exploratory picks over while both budgets
         # last (a shadow nobody can judge teaches nothing).
         explore = settings.enabled and settings.shadow.explore and self.judge is not None
         router.shadow_gate = self._shadows_allowed if explore else None
+
+    def _spend(self, name: str, cap_usd: float) -> DailySpend:
+        """The day's spend for ``name`` under ``cap_usd``: a reload changes the cap, not what was
+        spent today or is held by calls in flight (they settle into the same account)."""
+        spend = self._spends.get(name)
+        if spend is None:
+            spend = self._spends[name] = DailySpend(cap_usd, self.clock)
+        spend.cap_usd = cap_usd
+        return spend
 
     def _shadows_allowed(self) -> bool:
         assert self.judge is not None
@@ -277,13 +285,17 @@ class Evaluations(NoHook):
         if second is None:
             self.stats.count("shadow", "no_second_model")
             return
-        if not self.shadow_spend.allows():
+        held = self.shadow_spend.reserve()
+        if held is None:
             self.stats.count("shadow", "budget")
             return
-        completion = await self._shadow_answer(decision, sample, second)
+        completion = None
+        try:
+            completion = await self._shadow_answer(decision, sample, second)
+        finally:
+            self.shadow_spend.settle(held, None if completion is None else self.cost(completion))
         if completion is None:
             return
-        self.shadow_spend.add(self.cost(completion))
         other = replace(
             sample,
             request_id=f"{sample.request_id}~shadow",
