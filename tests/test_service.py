@@ -499,6 +499,35 @@ def test_cached_answer_replays_as_a_stream(shared: Stack) -> None:
     assert (after["requests_total"], after["streams"]) == (calls["requests_total"], calls["streams"])
 
 
+def _streamed(stack: Stack, body: dict[str, Any]) -> tuple[str, str]:
+    """A stream's ``x-router-cache`` header and its text."""
+    with stack.http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        return response.headers["x-router-cache"], _stream_text(_sse_payloads(response.read().decode()))
+
+
+def test_a_finished_stream_is_cached_for_streams_and_plain_requests(shared: Stack) -> None:
+    body = user_body("Name three rivers. (stream cache test)", temperature=0)
+    state, text = _streamed(shared, body)
+    assert state == "miss" and text
+    calls = shared.sim_stats()
+    assert _streamed(shared, body) == ("hit", text)  # replayed, the upstream not asked again
+    plain = shared.chat(body)  # the same answer, as JSON
+    assert plain.headers["x-router-cache"] == "hit"
+    assert plain.json()["choices"][0]["message"] == {"role": "assistant", "content": text}
+    assert plain.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert plain.json()["model"] == plain.headers["x-router-model"]
+    assert shared.sim_stats()["requests_total"] == calls["requests_total"]
+
+
+def test_a_stream_asking_for_more_than_text_is_not_cached(shared: Stack) -> None:
+    # Log probabilities travel in the chunks, not in the text a stream adds up to.
+    body = user_body("Name three lakes. (stream no-cache test)", temperature=0, logprobs=True)
+    calls = shared.sim_stats()["streams"]
+    assert [_streamed(shared, body)[0] for _ in range(2)] == ["miss", "miss"]
+    assert shared.sim_stats()["streams"] == calls + 2
+
+
 # --- 7. Redis ------------------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from adaptive_router.upstream import (
     pick_provider,
     providers_from_settings,
 )
+from adaptive_router.upstream._text import streamed_answer
 
 KEY = "sk-or-v1-secret-test-key"
 MODEL = "openai/gpt-4o-mini"
@@ -708,3 +709,52 @@ def test_sse_parser_any_chunking_gives_same_events(case: tuple[bytes, list[bytes
     assert feed_all([stream]) == expected
     assert feed_all(pieces) == expected
     assert feed_all([bytes([byte]) for byte in stream]) == expected
+
+
+# --- a finished stream as the plain answer it adds up to (what the response cache keeps) -----------
+
+
+def _streamed_completion(**changes: Any) -> Completion:
+    base: dict[str, Any] = {
+        "model_id": "a/m",
+        "provider": "p",
+        "status": 200,
+        "data": {"id": "chatcmpl-1", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+        "latency_s": 0.1,
+        "ttft_s": 0.05,
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+        "cost_usd": None,
+        "headers": {},
+        "finish_reason": "stop",
+        "text": "Hi there",
+    }
+    return Completion(**{**base, **changes})
+
+
+def test_a_finished_stream_adds_up_to_a_plain_answer() -> None:
+    answer = streamed_answer({"temperature": 0}, _streamed_completion())
+    assert answer is not None
+    assert answer["id"] == "chatcmpl-1" and answer["model"] == "a/m" and answer["object"] == "chat.completion"
+    assert answer["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}
+    ]
+    assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("body", "changes"),
+    [
+        ({}, {"done": False}),  # cut short
+        ({}, {"finish_reason": "tool_calls", "text": ""}),
+        ({"n": 2}, {}),  # the text gathers the first choice only
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, {}),
+        ({"logprobs": True}, {}),
+        ({"reasoning": {"effort": "low"}}, {}),
+    ],
+    ids=["unfinished", "tool-calls", "two-choices", "tools", "logprobs", "reasoning"],
+)
+def test_a_stream_that_carried_more_than_its_text_has_no_plain_answer(
+    body: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    assert streamed_answer(body, _streamed_completion(**changes)) is None

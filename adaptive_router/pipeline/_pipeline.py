@@ -42,6 +42,7 @@ from ..state._cache import Cache, is_cacheable, request_cache_key
 from ..state._feedback import Answered, FeedbackStore, owner_of
 from ..upstream._client import Completion, StreamHandle
 from ..upstream._execution import Breakers, Executor, Result
+from ..upstream._text import streamed_answer
 from ._admission import pinned_unavailable, worst_case_usd
 from ._deadlines import Drain, error_event, timed_out
 from ._metrics import Metrics
@@ -406,13 +407,25 @@ class Pipeline:
 
     async def _store(self, call: Call) -> None:
         """Serialise the answer once; cache it when the call is cacheable and it fits."""
+        await self._cache(call)
+        if call.completion is not None:
+            await self.remember(call, call.completion)
+
+    async def _cache(self, call: Call) -> None:
         call.answer_json = dumps(call.answer)
         if call.cache_key is not None and len(call.answer_json) <= self.cache_settings.max_value_bytes:
             await self.cache.set(call.cache_key, call.answer_json, self.cache_settings.ttl_seconds)
             if self.hooks:
                 self.hooks.run("stored", call, guarded=True)
-        if call.completion is not None:
-            await self.remember(call, call.completion)
+
+    async def _cache_stream(self, call: Call) -> None:
+        """A cacheable stream that finished: its answer cached as the plain answer it adds up to,
+        when its summary can stand for it (``streamed_answer``)."""
+        assert call.completion is not None
+        answer = streamed_answer(call.body, call.completion)
+        if answer is not None:
+            call.answer = answer
+            await self._cache(call)
 
     async def remember(self, call: Call, completion: Completion) -> None:
         """Keep what ``/feedback`` needs for an answered call; awaited before the answer leaves,
@@ -526,6 +539,8 @@ class Streamed:
             await upstream.aclose()
             await self.handle.aclose()
             self._finish(error, cancelled)
+            if self.call.outcome == "ok" and self.call.cache_key is not None:
+                await self.pipeline._cache_stream(self.call)
 
     def _priced(self, payload: bytes) -> bytes:
         """The usage chunk with ``usage.cost`` (USD) added, as OpenRouter reports it."""
