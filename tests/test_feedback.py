@@ -120,7 +120,7 @@ def test_a_streamed_cache_hit_names_its_request_in_the_header_and_final_chunk(
     open_stack: Stack, include_usage: bool
 ) -> None:
     extra: dict[str, Any] = {"temperature": 0, "max_tokens": 29 + include_usage}
-    assert open_stack.chat(user_body(**extra)).headers["x-router-cache"] == "miss"  # stored; a stream is not
+    assert open_stack.chat(user_body(**extra)).headers["x-router-cache"] == "miss"  # stored
     usage = {"stream_options": {"include_usage": True}} if include_usage else {}
     response, chunks = stream_chunks(open_stack, **extra, **usage)
     assert response.headers["x-router-cache"] == "hit"
