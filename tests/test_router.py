@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from adaptive_router import NoEligibleModel, RequestError, load_settings
-from adaptive_router.core import Catalogue, Model, Outcome, Router, RouteRequest, Softmax
+from adaptive_router.core import Catalogue, Decision, Model, Outcome, Router, RouteRequest, Softmax
 from adaptive_router.simulator import LAB_IDS, SimClock, lab, run
 
 CAPS = ["tools", "vision", "json_mode"]
@@ -654,6 +654,29 @@ def test_router_explores_by_shadow_only_while_the_gate_allows() -> None:
     allowed[0] = True
     pinned = router.decide(RouteRequest(prompt="Explain tides.", model=mid.id))
     assert pinned.model == mid.id and pinned.shadow is None
+
+
+def test_exploring_by_shadow_counts_quality_uncertainty_where_no_answer_is_scored() -> None:
+    # Without a score for any answer, exploring on the answer would teach nothing about quality;
+    # beside it, by shadow, the pick is judged for certain: its quality uncertainty counts in full.
+    router = router_for([model(i, quality=q) for i, q in enumerate((0.8, 0.7))], "ucb")
+    request = RouteRequest(prompt="Explain tides.", mode="quality")
+    for _ in range(20):
+        d = router.decide(request)
+        router.record(
+            d, Outcome(model=d.model, success=True, latency_s=1.0, ttft_s=0.3, completion_tokens=40)
+        )
+
+    def bonus(decision: Decision) -> dict[str, float]:
+        return {c.model: c.exploration for c in decision.candidates}
+
+    closed = bonus(router.decide(request))
+    router.shadow_gate = lambda: True
+    opened = bonus(router.decide(request))
+    router.shadow_gate = None
+    assert bonus(router.decide(request)) == closed  # nothing stays behind once the gate closes
+    assert set(opened) == set(closed) == {"p0/m0", "p1/m1"}
+    assert all(opened[m] > closed[m] + 0.05 for m in closed)
 
 
 def test_router_with_the_shadow_gate_open_logs_the_answers_true_propensity() -> None:

@@ -290,13 +290,16 @@ class Router:
                 quantile=self.config.latency_quantile,
             )
         np.putmask(score, np.logical_not(mask, out=self._buf.mask2), -np.inf)
+        gate = shadows and self.shadow_gate is not None and self.shadow_gate()
+        if hasattr(policy, "judged"):  # an exploratory pick's quality is judged for certain beside it
+            policy.judged = gate
         choice = policy.choose(score, est, profile.cell, weights, self.rng)
         pinned = self._pinned_row(request.model, mask)
         ranked = self._ranked(score, eligible, top_k)
         head = choice.index if pinned is None else pinned
         propensity = choice.propensity if pinned is None else 1.0
         shadow: str | None = None
-        if pinned is None and shadows and self.shadow_gate is not None and self.shadow_gate():
+        if pinned is None and gate:
             propensity = 1.0  # the best-scoring model answers, whatever the policy drew
             if score[head] < score[ranked[0]]:  # the policy explored (a tie is no exploration)
                 shadow, head = self.catalogue.ids[head], ranked[0]  # beside the answer, not in it

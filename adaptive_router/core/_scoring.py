@@ -238,16 +238,19 @@ def score_sd(
     latency_inv_range: float,
     out: FloatArray | None = None,
     scratch: FloatArray | None = None,
+    judged: bool = False,
 ) -> FloatArray:
     """The standard deviation of each model's score that more evidence could still remove
     (written into ``out`` when given; ``scratch`` is a second buffer of the same shape).
 
     Latency term: ``w_latency / log-range`` times the spread of the mean log-latency; quality
-    term: ``w_quality`` times the spread of the mean quality (zero when no feedback arrives).
+    term: ``w_quality`` times the spread of the mean quality, as far as the cell's answers get a
+    score (zero when no feedback arrives; in full when ``judged``: exploring by shadow judges
+    every exploratory pick).
     """
     slope = weights[0] * latency_inv_range
     var: FloatArray = np.multiply(est.latency_var, slope * slope, out=out)
-    quality_weight = weights[2] * weights[2] * float(est.feedback_rate[task])
+    quality_weight = weights[2] * weights[2] * (1.0 if judged else float(est.feedback_rate[task]))
     if quality_weight != 0.0:  # no feedback in this cell (or no quality weight): it would add zeros
         var += np.multiply(est.quality_var[task], quality_weight, out=scratch)
     return np.sqrt(var, out=var)
@@ -309,6 +312,7 @@ class Ucb:
         self.c = c
         self.latency_inv_range = latency_inv_range
         self.patience = patience
+        self.judged = False  # set by the router: exploratory picks are judged beside the answer
         self._scratch: _Scratch | None = None
 
     def choose(
@@ -316,7 +320,7 @@ class Ucb:
     ) -> Choice:
         """The returned ``bonus`` is the policy's own buffer: valid until its next decision."""
         buf = self._scratch = _Scratch.of(self._scratch, score.shape[0])
-        bonus = score_sd(est, task, weights, self.latency_inv_range, out=buf.bonus, scratch=buf.total)
+        bonus = score_sd(est, task, weights, self.latency_inv_range, buf.bonus, buf.total, self.judged)
         bonus *= self.c * math.sqrt(math.log1p(float(est.task_evidence[task])))
         _add_recheck(bonus, est, weights, self.latency_inv_range, self.patience, buf)
         return Choice(int(np.add(score, bonus, out=buf.total).argmax()), 1.0, bonus)
@@ -336,6 +340,7 @@ class Thompson:
         self.latency_inv_range = latency_inv_range
         self.patience = patience
         self.scale = scale
+        self.judged = False  # as Ucb's
         self._scratch: _Scratch | None = None
 
     def choose(
@@ -343,7 +348,7 @@ class Thompson:
     ) -> Choice:
         """The returned ``bonus`` is the policy's own buffer: valid until its next decision."""
         buf = self._scratch = _Scratch.of(self._scratch, score.shape[0])
-        bonus = score_sd(est, task, weights, self.latency_inv_range, out=buf.bonus, scratch=buf.total)
+        bonus = score_sd(est, task, weights, self.latency_inv_range, buf.bonus, buf.total, self.judged)
         bonus *= rng.standard_normal(score.shape[0], out=buf.total)
         bonus *= self.scale
         _add_recheck(bonus, est, weights, self.latency_inv_range, self.patience, buf)
