@@ -13,7 +13,9 @@ Modes (``size`` in the body sets the byte count where one is used; default 200,0
 - ``huge``: a 200 answer of ``size`` bytes, sent in 16 KiB chunks;
 - ``stream_deep_first`` / ``stream_deep_later``: a stream whose first / second event is nested
   1,000 deep;
-- ``stream_long_line``: a stream whose first line is ``size`` bytes long, sent in 16 KiB chunks.
+- ``stream_long_line``: a stream whose first line is ``size`` bytes long, sent in 16 KiB chunks;
+- ``stream_text`` / ``stream_reasoning``: a well-formed stream that finishes (``stop``), the
+  latter with reasoning in its first delta, as OpenRouter sends for reasoning models.
 """
 
 from __future__ import annotations
@@ -60,7 +62,20 @@ async def _pieces(data: bytes) -> AsyncIterator[bytes]:
         yield data[start : start + CHUNK]
 
 
+def _finish(model: str) -> bytes:
+    head = {"id": "chatcmpl-hostile", "object": "chat.completion.chunk", "created": 0, "model": model}
+    return (
+        b"data: "
+        + json.dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode()
+    )
+
+
 async def _stream(model: str, mode: str, size: int) -> AsyncIterator[bytes]:
+    if mode in ("stream_text", "stream_reasoning"):
+        yield _chunk(model, b',"reasoning":"Let me think."' if mode == "stream_reasoning" else b"")
+        yield _finish(model) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+        return
     if mode == "stream_deep_first":
         yield _chunk(model, b',"x":' + _DEEP)
     elif mode == "stream_long_line":

@@ -289,6 +289,17 @@ def _poll(read: Any, timeout_s: float = 10.0) -> Any:
 # --- 5. size caps on upstream answers ---------------------------------------------------------------
 
 
+def test_a_stream_with_reasoning_in_it_is_not_cached_as_plain_text(stack: Stack) -> None:
+    # A finished temperature-0 stream is cached as the plain answer it adds up to, unless its
+    # chunks carried more than text: reasoning would be lost from every later hit.
+    def states(mode: str) -> list[str]:
+        body = user_body(f"Think first ({mode}).", model=BAD, hostile=mode, stream=True, temperature=0)
+        return [post(stack, "/v1/chat/completions", body).headers["x-router-cache"] for _ in range(2)]
+
+    assert states("stream_text") == ["miss", "hit"]
+    assert states("stream_reasoning") == ["miss", "miss"]
+
+
 def test_an_answer_over_the_cap_is_that_models_failure(stack: Stack) -> None:
     response = post(stack, "/v1/chat/completions", user_body(model=BAD, hostile="huge", size=4 * ANSWER_CAP))
     assert response.status_code == 200, response.text

@@ -508,24 +508,28 @@ def _streamed(stack: Stack, body: dict[str, Any]) -> tuple[str, str]:
 
 def test_a_finished_stream_is_cached_for_streams_and_plain_requests(shared: Stack) -> None:
     body = user_body("Name three rivers. (stream cache test)", temperature=0)
-    state, text = _streamed(shared, body)
-    assert state == "miss" and text
+    with shared.http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.headers["x-router-cache"] == "miss"
+        payloads = _sse_payloads(response.read().decode())
+    text, first = _stream_text(payloads), json.loads(payloads[0])
     calls = shared.sim_stats()
     assert _streamed(shared, body) == ("hit", text)  # replayed, the upstream not asked again
-    plain = shared.chat(body)  # the same answer, as JSON
+    plain = shared.chat(body)  # the same answer, as JSON, as the stream's first chunk named it
     assert plain.headers["x-router-cache"] == "hit"
-    assert plain.json()["choices"][0]["message"] == {"role": "assistant", "content": text}
-    assert plain.json()["choices"][0]["finish_reason"] in ("stop", "length")
-    assert plain.json()["model"] == plain.headers["x-router-model"]
+    answer = plain.json()
+    assert answer["choices"][0]["message"]["content"] == text
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    assert (answer["id"], answer["created"]) == (first["id"], first["created"])
+    assert answer["model"] == plain.headers["x-router-model"]
+    assert answer["usage"]["completion_tokens"] > 0 and answer["usage"]["cost"] == 0.0  # free this time
     assert shared.sim_stats()["requests_total"] == calls["requests_total"]
 
 
-def test_a_stream_asking_for_more_than_text_is_not_cached(shared: Stack) -> None:
-    # Log probabilities travel in the chunks, not in the text a stream adds up to.
-    body = user_body("Name three lakes. (stream no-cache test)", temperature=0, logprobs=True)
-    calls = shared.sim_stats()["streams"]
-    assert [_streamed(shared, body)[0] for _ in range(2)] == ["miss", "miss"]
-    assert shared.sim_stats()["streams"] == calls + 2
+def test_a_cached_complete_answer_costs_nothing(shared: Stack) -> None:
+    body = {"prompt": "Name three mountains. (complete cache test)", "temperature": 0}
+    first, hit = (shared.http.post("/complete", json=body).json() for _ in range(2))
+    assert (first["cached"], hit["cached"]) == (False, True) and hit["id"] == first["id"]
+    assert first["usage"]["cost"] > 0 and hit["usage"]["cost"] == 0.0
 
 
 # --- 7. Redis ------------------------------------------------------------------------------------------

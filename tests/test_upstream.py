@@ -714,47 +714,80 @@ def test_sse_parser_any_chunking_gives_same_events(case: tuple[bytes, list[bytes
 # --- a finished stream as the plain answer it adds up to (what the response cache keeps) -----------
 
 
-def _streamed_completion(**changes: Any) -> Completion:
-    base: dict[str, Any] = {
-        "model_id": "a/m",
-        "provider": "p",
-        "status": 200,
-        "data": {"id": "chatcmpl-1", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
-        "latency_s": 0.1,
-        "ttft_s": 0.05,
-        "prompt_tokens": 3,
-        "completion_tokens": 2,
-        "cost_usd": None,
-        "headers": {},
-        "finish_reason": "stop",
-        "text": "Hi there",
-    }
-    return Completion(**{**base, **changes})
+def _streamed(*items: bytes) -> Completion:
+    """What a stream of ``items`` (then [DONE]) adds up to, read through a real StreamHandle."""
+    _, respond = sse(*items, b"data: [DONE]\n\n")
+
+    async def scenario(client: UpstreamClient) -> Completion:
+        async with client.stream(MODEL, BODY, timeout_s=1.0) as handle:
+            await handle.start()
+            async for _ in handle.events():
+                pass
+            return handle.result()
+
+    result: Completion = run_with(respond, scenario)
+    return result
 
 
 def test_a_finished_stream_adds_up_to_a_plain_answer() -> None:
-    answer = streamed_answer({"temperature": 0}, _streamed_completion())
+    first = chunk("Hi", created=1_700_000_000, system_fingerprint="fp_1")
+    completion = _streamed(first, chunk(" there"), chunk(finish="stop"), USAGE_CHUNK)
+    answer = streamed_answer(completion, created=1)
     assert answer is not None
-    assert answer["id"] == "chatcmpl-1" and answer["model"] == "a/m" and answer["object"] == "chat.completion"
+    assert (answer["id"], answer["object"], answer["created"]) == ("gen-1", "chat.completion", 1_700_000_000)
+    assert answer["system_fingerprint"] == "fp_1" and answer["model"] == completion.model_id
     assert answer["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hi there", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
     ]
-    assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert answer["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "cost": 0.00042}
+    cut = streamed_answer(_streamed(chunk("Hi"), chunk(finish="length")), created=1)
+    assert cut is not None and cut["choices"][0]["finish_reason"] == "length"
+    assert cut["created"] == 1 and "usage" not in cut and "system_fingerprint" not in cut  # not sent
+
+
+def _choice(delta: dict[str, Any], **extra: Any) -> list[dict[str, Any]]:
+    return [{"index": 0, "delta": delta, "finish_reason": None, **extra}]
 
 
 @pytest.mark.parametrize(
-    ("body", "changes"),
+    "extra",
     [
-        ({}, {"done": False}),  # cut short
-        ({}, {"finish_reason": "tool_calls", "text": ""}),
-        ({"n": 2}, {}),  # the text gathers the first choice only
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, {}),
-        ({"logprobs": True}, {}),
-        ({"reasoning": {"effort": "low"}}, {}),
+        chunk(choices=_choice({"reasoning": "Let me think."})),  # OpenRouter's reasoning tokens
+        chunk(choices=_choice({"reasoning_content": "Hmm."})),  # vLLM's
+        chunk(choices=_choice({"refusal": "I can't help with that."})),
+        chunk(choices=_choice({"tool_calls": [{"index": 0, "id": "t", "function": {"name": "f"}}]})),
+        chunk(choices=_choice({"content": "x"}, logprobs={"content": [{"token": "x", "logprob": -0.1}]})),
+        chunk(choices=[{"index": 1, "delta": {"content": "second"}, "finish_reason": None}]),  # n = 2
+        chunk(choices=_choice({"annotations": [{"type": "url_citation"}]})),
     ],
-    ids=["unfinished", "tool-calls", "two-choices", "tools", "logprobs", "reasoning"],
+    ids=[
+        "reasoning",
+        "reasoning-content",
+        "refusal",
+        "tool-calls",
+        "logprobs",
+        "second-choice",
+        "annotations",
+    ],
 )
-def test_a_stream_that_carried_more_than_its_text_has_no_plain_answer(
-    body: dict[str, Any], changes: dict[str, Any]
-) -> None:
-    assert streamed_answer(body, _streamed_completion(**changes)) is None
+def test_a_stream_carrying_more_than_text_has_no_plain_answer(extra: bytes) -> None:
+    completion = _streamed(chunk("Hi"), extra, chunk(finish="stop"))
+    assert completion.beyond_text
+    assert streamed_answer(completion, created=1) is None
+
+
+def test_an_unfinished_or_tool_calling_stream_has_no_plain_answer() -> None:
+    assert streamed_answer(_streamed(chunk("Hi")), created=1) is None  # no finish reason came
+    assert streamed_answer(_streamed(chunk("Hi"), chunk(finish="tool_calls")), created=1) is None
+    plain = _streamed(
+        chunk("Hi", choices=_choice({"role": "assistant", "content": "Hi", "refusal": None})),
+        chunk(finish="stop"),
+    )
+    assert (
+        not plain.beyond_text and streamed_answer(plain, created=1) is not None
+    )  # null fields are no content

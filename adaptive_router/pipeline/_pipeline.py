@@ -406,26 +406,28 @@ class Pipeline:
         return prompt * prompt_tokens + done * completion_tokens
 
     async def _store(self, call: Call) -> None:
-        """Serialise the answer once; cache it when the call is cacheable and it fits."""
-        await self._cache(call)
+        """Serialise and cache the answer; keep what ``/feedback`` needs."""
+        await self._cache_answer(call)
         if call.completion is not None:
             await self.remember(call, call.completion)
 
-    async def _cache(self, call: Call) -> None:
+    async def _cache_answer(self, call: Call) -> None:
+        """Serialise ``call.answer``; cache it when the call is cacheable and it fits."""
         call.answer_json = dumps(call.answer)
         if call.cache_key is not None and len(call.answer_json) <= self.cache_settings.max_value_bytes:
             await self.cache.set(call.cache_key, call.answer_json, self.cache_settings.ttl_seconds)
             if self.hooks:
                 self.hooks.run("stored", call, guarded=True)
 
-    async def _cache_stream(self, call: Call) -> None:
-        """A cacheable stream that finished: its answer cached as the plain answer it adds up to,
-        when its summary can stand for it (``streamed_answer``)."""
-        assert call.completion is not None
-        answer = streamed_answer(call.body, call.completion)
+    async def cache_stream(self, call: Call, completion: Completion) -> None:
+        """A finished cacheable stream, before its ``[DONE]`` goes on: cached as its plain answer."""
+        if call.cache_key is None:
+            return
+        answer = streamed_answer(completion, int(time.time()))
         if answer is not None:
+            answer["usage"] = with_cost(answer.get("usage"), self.cost(completion))
             call.answer = answer
-            await self._cache(call)
+            await self._cache_answer(call)
 
     async def remember(self, call: Call, completion: Completion) -> None:
         """Keep what ``/feedback`` needs for an answered call; awaited before the answer leaves,
@@ -539,8 +541,6 @@ class Streamed:
             await upstream.aclose()
             await self.handle.aclose()
             self._finish(error, cancelled)
-            if self.call.outcome == "ok" and self.call.cache_key is not None:
-                await self.pipeline._cache_stream(self.call)
 
     def _priced(self, payload: bytes) -> bytes:
         """The usage chunk with ``usage.cost`` (USD) added, as OpenRouter reports it."""

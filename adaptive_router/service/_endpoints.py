@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from .._errors import ApiError, RedisUnavailable
 from ..core._decision import RouteRequest
-from ..pipeline._pipeline import Call
+from ..pipeline._pipeline import Call, with_cost
 from ..state._cache import redis_topology
 from ..state._feedback import owner_of
 from ._access import is_admin, known_model, may_score, sees_detail
@@ -93,7 +93,7 @@ async def complete(request: Request) -> Response:
         "id": data.get("id"),
         "model": data.get("model"),
         "choices": data.get("choices", []),
-        "usage": data.get("usage"),
+        "usage": _usage(data, cached),
         "routing_decision": {
             "selected_model": data.get("model"),
             "reason": decision.reason if decision else "cached",
@@ -263,3 +263,9 @@ async def ready(request: Request) -> Response:
     if service.simulated:
         body["warning"] = "answers come from the SIMULATED upstream: set OPENROUTER_API_KEY for real models"
     return json_response(body)
+
+
+def _usage(data: dict[str, Any], cached: bool) -> Any:
+    """The answer's usage; a cached answer's costs nothing this time, as on /v1/chat/completions."""
+    usage = data.get("usage")
+    return with_cost(usage, 0.0) if cached and isinstance(usage, dict) else usage

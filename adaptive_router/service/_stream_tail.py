@@ -1,5 +1,5 @@
 """The end of a streamed answer: ``routing`` (with the request id) in the final chunk, and the
-answered request remembered for ``/feedback`` before ``[DONE]`` leaves.
+answered request remembered for ``/feedback`` (and cached, when it may be) before ``[DONE]`` leaves.
 
 A stream's last chunk is the one with a ``finish_reason`` or, when the client asked for
 usage, the usage chunk after it; both carry ``routing``, so whichever a client reads last has
@@ -28,7 +28,9 @@ async def with_routing(pipeline: Pipeline, call: Call, streamed: Streamed) -> As
     routing["model"] = streamed.handle.model_id
     async for payload in streamed.events():
         if payload == DONE:
-            await pipeline.remember(call, streamed.handle.result())
+            completion = streamed.handle.result()
+            await pipeline.remember(call, completion)
+            await pipeline.cache_stream(call, completion)
         elif _FINISHED.search(payload) or _NO_CHOICES.search(payload):
             payload = _add_routing(payload, {**routing, "attempts": _attempts(routing, streamed)})
         yield payload

@@ -23,6 +23,7 @@ from .._json import loads, too_deep
 
 __all__ = [
     "Completion",
+    "beyond_text",
     "completion_from",
     "delta_text",
     "finish_reason",
@@ -66,6 +67,7 @@ class Completion:
     finish_reason: str | None = None
     done: bool = True
     text: str | None = None  # a stream's answer text, gathered from its deltas (None: see ``data``)
+    beyond_text: bool = False  # a stream carried more than ``text`` (see ``beyond_text``)
 
 
 def _count(value: object) -> int | None:
@@ -105,6 +107,29 @@ def delta_text(chunk: dict[str, Any]) -> str | None:
             content = delta.get("content")
             return content if isinstance(content, str) else None
     return None
+
+
+_TEXT_DELTA = frozenset({"role", "content"})
+
+
+def beyond_text(chunk: dict[str, Any]) -> bool:
+    """Whether a stream chunk carries more than its first choice's text: another choice, log
+    probabilities, or a delta field other than role and content with a value (tool calls,
+    reasoning, a refusal, annotations, audio)."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("index", 0) != 0 or choice.get("logprobs") is not None:
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(
+            value not in (None, "", [], {}) for key, value in delta.items() if key not in _TEXT_DELTA
+        ):
+            return True
+    return False
 
 
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -36,6 +36,7 @@ from .._errors import (
 from .._json import dumps
 from ._answers import (
     Completion,
+    beyond_text,
     completion_from,
     delta_text,
     finish_reason,
@@ -54,6 +55,8 @@ __all__ = ["DONE", "USER_AGENT", "Completion", "StreamHandle", "UpstreamClient"]
 
 
 DONE = b"[DONE]"
+# A stream's top-level fields kept in its summary (as a plain answer has them).
+_SUMMARY_KEYS = ("id", "created", "model", "system_fingerprint", "service_tier", "provider")
 USER_AGENT = f"{APP_TITLE}/{__version__}"
 _ROUTE_CACHE_SIZE = 4096
 
@@ -304,6 +307,7 @@ class StreamHandle:
         self._summary: dict[str, Any] = {}
         self._text: list[str] = []
         self._finish_reason: str | None = None
+        self._beyond_text = False
         self._response: httpx.Response | None = None
         self._chunks: AsyncIterator[bytes] | None = None
         self._started_at: float | None = None
@@ -373,6 +377,7 @@ class StreamHandle:
             finish_reason=self._finish_reason,
             done=self.done,
             text="".join(self._text),
+            beyond_text=self._beyond_text,
         )
 
     async def aclose(self) -> None:
@@ -430,9 +435,11 @@ class StreamHandle:
             return
         chunk = parse_object(self.model_id, payload, self._limits.json_depth)
         raise_for_payload(self.model_id, chunk, payload, self.headers)
-        for key in ("id", "model"):
+        for key in _SUMMARY_KEYS:
             if key in chunk and key not in self._summary:
                 self._summary[key] = chunk[key]
+        if not self._beyond_text:
+            self._beyond_text = beyond_text(chunk)
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
             self._summary["usage"] = self.usage

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
 from typing import Any
 
 from ._client import Completion
 
 __all__ = ["answer_text", "has_tool_calls", "streamed_answer"]
 
-# Request fields whose streamed answers carry what a stream's summary does not keep (it keeps the
-# first choice's text, the finish reason, id, model and usage): such streams are not summarised.
-_BEYOND_THE_SUMMARY = (
-    "tools",
-    "functions",
-    "logprobs",
-    "top_logprobs",
-    "reasoning",
-    "include_reasoning",
-    "audio",
-)
+_PASSED_ON = ("system_fingerprint", "service_tier", "provider")  # a stream's, kept in a plain answer
 
 
 def answer_text(completion: Completion) -> str:
@@ -41,24 +29,37 @@ def has_tool_calls(completion: Completion) -> bool:
     return completion.finish_reason == "tool_calls" or bool(_message(completion.data).get("tool_calls"))
 
 
-def streamed_answer(body: Mapping[str, Any], completion: Completion) -> dict[str, Any] | None:
-    """The plain ``chat.completion`` a finished stream adds up to (what a cache hit gives back,
-    as JSON or replayed as a stream), or None when the stream may have carried more than its
-    summary keeps: several choices, tool calls, log probabilities, reasoning or audio."""
-    n = body.get("n")
-    if not completion.done or completion.text is None or (n is not None and n != 1):
-        return None
-    if has_tool_calls(completion) or any(body.get(name) for name in _BEYOND_THE_SUMMARY):
+def streamed_answer(completion: Completion, created: int) -> dict[str, Any] | None:
+    """The plain ``chat.completion`` a finished stream adds up to (what a cache keeps for a hit to
+    give back as JSON or replay as a stream), or None when the stream carried more than its
+    summary keeps (``Completion.beyond_text``: other choices, tool calls, log probabilities,
+    reasoning, a refusal, audio) or did not finish. ``created``: if the stream did not say."""
+    reason = completion.finish_reason
+    if (
+        not completion.done
+        or completion.text is None
+        or completion.beyond_text
+        or reason in (None, "tool_calls")
+    ):
         return None
     data = completion.data
-    message = {"role": "assistant", "content": completion.text}
     answer: dict[str, Any] = {
         "id": data.get("id"),
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": data.get("created", created),
         "model": completion.model_id,
-        "choices": [{"index": 0, "message": message, "finish_reason": completion.finish_reason or "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+        ],
     }
+    answer.update(
+        (key, data[key]) for key in ("system_fingerprint", "service_tier", "provider") if key in data
+    )
     if isinstance(data.get("usage"), dict):
         answer["usage"] = dict(data["usage"])
     if answer["id"] is None:
