@@ -22,6 +22,7 @@ from adaptive_router import ConfigError, load_settings
 from adaptive_router._cli import main
 from adaptive_router.core import Catalogue, Model, Outcome, Router, RouteRequest
 from adaptive_router.evaluation import (
+    DailySpend,
     EmptyAnswer,
     InvalidJson,
     Refusal,
@@ -338,14 +339,23 @@ def test_a_reload_keeps_what_today_spent_on_the_judge_and_on_shadows(
             await answer(running.pipeline)
             ev = service.evaluations
             judged, shadowed = ev.judge.spend.spent_usd, ev.shadow_spend.spent_usd
+            spends, typical = (ev.judge.spend, ev.shadow_spend), ev.judge.spend.typical_usd
             assert judged > 0 and shadowed > 0  # the answer and its shadow judged, the shadow paid
             # A reload that lowers the judge's cap below what today already spent: it stops judging.
             lower = {**evaluation, "judge": {**JUDGE_ALWAYS["judge"], "daily_usd": judged / 2}}
             ev.reconfigure(load_settings(evaluation=lower).evaluation, service.router)
             assert (ev.judge.spend.spent_usd, ev.shadow_spend.spent_usd) == (judged, shadowed)
+            # The same accounts, so calls still in flight settle into today's spend; the judge
+            # model did not change, so what a judging costs is still known.
+            assert ev.judge.spend is spends[0] and ev.shadow_spend is spends[1]
+            assert ev.judge.spend.typical_usd == typical
             await answer(running.pipeline)
             assert service.evaluation_stats.get("judge", "budget") == 2  # the answer and its shadow
             assert ev.judge.spend.spent_usd == judged
+            # Another judge chain: today's spend stays, what a judging costs is learned again.
+            other = {**lower, "judge": {**lower["judge"], "fallbacks": [MID]}}
+            ev.reconfigure(load_settings(evaluation=other).evaluation, service.router)
+            assert ev.judge.spend.spent_usd == judged and ev.judge.spend.typical_usd is None
 
     asyncio.run(run())
 
@@ -379,6 +389,66 @@ def test_judgings_in_flight_hold_their_cost_so_the_cap_is_not_overshot(
 def test_explore_by_shadow_needs_a_judge() -> None:
     with pytest.raises(ConfigError, match=r"shadow\.explore needs judge\.model"):
         load_settings(evaluation={"shadow": {"explore": True}})
+
+
+# --- the daily spend of judges and shadows -----------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, t: float = 10.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_calls_in_flight_hold_what_a_call_typically_costs() -> None:
+    spend = DailySpend(1.0, _Clock())
+    first = spend.reserve()
+    assert first == 0.0  # nothing known yet: nothing to hold
+    spend.settle(first, 0.3)
+    holds = [spend.reserve() for _ in range(3)]  # 0.3 spent, 0.3 held by each call in flight
+    assert holds == [0.3, 0.3, 0.3] and spend.reserve() is None and not spend.allows()
+    for held in holds:
+        spend.settle(held, 0.3)
+    assert spend.spent_usd == pytest.approx(1.2) and spend.reserved_usd == 0.0 and spend.in_flight == 0
+    assert spend.spent_usd - spend.cap_usd <= 0.3  # over by at most one call's surprise
+
+
+def test_a_failed_or_cancelled_call_releases_its_hold_and_spends_nothing() -> None:
+    spend = DailySpend(1.0, _Clock())
+    spend.settle(spend.reserve() or 0.0, 0.4)
+    held = spend.reserve()
+    assert held == 0.4 and spend.reserved_usd == 0.4
+    spend.settle(held, None)  # timed out, failed, or cancelled: no cost known
+    assert (spend.spent_usd, spend.reserved_usd, spend.in_flight) == (0.4, 0.0, 0)
+
+
+def test_the_day_rolls_over_under_calls_in_flight() -> None:
+    clock = _Clock(86_400.0 - 1.0)
+    spend = DailySpend(1.0, clock)
+    spend.settle(spend.reserve() or 0.0, 0.9)
+    held = spend.reserve()
+    assert held == 0.9 and not spend.allows()
+    clock.t += 2.0  # midnight (UTC) passes while the call runs
+    assert spend.allows()  # yesterday's spend is gone; today's holds stay
+    spend.settle(held, 0.9)
+    assert spend.spent_usd == 0.9 and spend.reserved_usd == 0.0
+
+
+def test_a_lower_cap_stops_calls_and_a_new_model_is_priced_afresh() -> None:
+    spend = DailySpend(1.0, _Clock())
+    for _ in range(3):
+        spend.settle(spend.reserve() or 0.0, 0.01)
+    spend.cap_usd = 0.02  # a reload lowers the cap below what the day spent
+    assert spend.reserve() is None
+    spend.cap_usd = 10.0
+    spend.reprice()  # a reload changed the model: the old price says nothing
+    assert spend.reserve() == 0.0
+    spend.settle(0.0, 1.0)
+    assert spend.reserve() == 1.0  # the new model's price, not the old models' mean
+    spend.settle(1.0, 0.5)
+    assert spend.typical_usd == pytest.approx(1.0 + 0.25 * (0.5 - 1.0))  # the last few calls count
 
 
 # --- through a real server: never delaying, never failing ---------------------------------------

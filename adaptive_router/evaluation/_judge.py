@@ -34,14 +34,16 @@ JUDGE_OUTCOMES = ("ok", "sampled_out", "budget", "timeout", "error", "unparsed")
 _SCORE = re.compile(r'"?score"?\s*[:=]\s*(-?\d+(?:\.\d+)?)', re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _DAY_S = 86_400
+_TYPICAL_WEIGHT = 0.25  # a settled call's share of a call's typical cost: the last few calls count
 
 
 class DailySpend:
     """What was spent today (UTC) against a cap; the count starts again at midnight.
 
-    A call holds what such calls have cost on average while it runs (``reserve``, then
-    ``settle``), so many in flight at once do not overshoot the cap by more than their surprise.
-    Before any has finished nothing is known to hold: the first batch (at most
+    A call holds what such calls typically cost while it runs (``reserve``, then ``settle``), so
+    many in flight at once do not overshoot the cap by more than their surprise. Typical is a
+    moving average of the last few calls (``reprice`` forgets it when the calls change, e.g. a
+    new judge model). Before any has finished nothing is known to hold: the first batch (at most
     ``evaluation.workers`` calls) can pass the cap by what it costs.
 
         held = spend.reserve()      # None: over the cap
@@ -55,7 +57,7 @@ class DailySpend:
         self.spent_usd = 0.0
         self.reserved_usd = 0.0
         self.in_flight = 0
-        self._calls, self._calls_usd = 0, 0.0  # every settled call so far: what a call costs
+        self.typical_usd: float | None = None  # what a call has cost lately
 
     def _roll(self) -> None:
         day = int(self.clock() // _DAY_S)
@@ -71,7 +73,7 @@ class DailySpend:
         """Hold a call's typical cost for a call about to start; None when over the cap."""
         if not self.allows():
             return None
-        held = self._calls_usd / self._calls if self._calls else 0.0
+        held = self.typical_usd or 0.0
         self.reserved_usd += held
         self.in_flight += 1
         return held
@@ -81,13 +83,14 @@ class DailySpend:
         self.in_flight = max(self.in_flight - 1, 0)
         self.reserved_usd = max(self.reserved_usd - held, 0.0) if self.in_flight else 0.0
         if usd is not None:
-            self.add(usd)
-            self._calls += 1
-            self._calls_usd += usd
+            self._roll()
+            self.spent_usd += usd
+            last = self.typical_usd
+            self.typical_usd = usd if last is None else last + _TYPICAL_WEIGHT * (usd - last)
 
-    def add(self, usd: float) -> None:
-        self._roll()
-        self.spent_usd += usd
+    def reprice(self) -> None:
+        """The calls changed (another model): what they typically cost is learned again."""
+        self.typical_usd = None
 
 
 def side_decision(decision: Decision, request_id: str, chain: Sequence[str], policy: str) -> Decision:
@@ -187,7 +190,7 @@ class Judge:
         self.executor = executor
         self.cost = cost
         self.chain = [settings.model, *settings.fallbacks]
-        self.spend = spend or DailySpend(settings.daily_usd, clock)
+        self.spend = DailySpend(settings.daily_usd, clock) if spend is None else spend
 
     async def _ask(self, decision: Decision, sample: Sample) -> Result:
         s = self.settings

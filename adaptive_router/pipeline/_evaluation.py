@@ -137,6 +137,7 @@ class Evaluations(NoHook):
         self.rng = rng or random.Random()
         self.stats = stats or EvaluationStats()
         self._spends: dict[str, DailySpend] = {}
+        self._priced_for: dict[str, tuple[str | None, ...]] = {}
         self.reconfigure(settings, router)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(settings.queue_size)
         self._workers: list[asyncio.Task[None]] = []
@@ -149,22 +150,26 @@ class Evaluations(NoHook):
         evaluators += [load_plugin(path) for path in settings.plugins]  # may raise: nothing changed yet
         judge = settings.judge
         self.settings, self.router, self.evaluators = settings, router, evaluators
-        spend = self._spend("judge", judge.daily_usd)
+        spend = self._spend("judge", judge.daily_usd, (judge.model, *judge.fallbacks))
         self.judge = (
             Judge(judge, self.executor, self.cost, clock=self.clock, spend=spend) if judge.model else None
         )
-        self.shadow_spend = self._spend("shadow", settings.shadow.daily_usd)
+        self.shadow_spend = self._spend("shadow", settings.shadow.daily_usd, tuple(settings.shadow.models))
         # Exploration by shadow: the router hands its exploratory picks over while both budgets
         # last (a shadow nobody can judge teaches nothing).
         explore = settings.enabled and settings.shadow.explore and self.judge is not None
         router.shadow_gate = self._shadows_allowed if explore else None
 
-    def _spend(self, name: str, cap_usd: float) -> DailySpend:
+    def _spend(self, name: str, cap_usd: float, models: tuple[str | None, ...]) -> DailySpend:
         """The day's spend for ``name`` under ``cap_usd``: a reload changes the cap, not what was
-        spent today or is held by calls in flight (they settle into the same account)."""
+        spent today or is held by calls in flight (they settle into the same account); when it
+        changes the ``models`` called, what a call typically costs is learned again."""
         spend = self._spends.get(name)
         if spend is None:
             spend = self._spends[name] = DailySpend(cap_usd, self.clock)
+        elif self._priced_for.get(name) != models:
+            spend.reprice()
+        self._priced_for[name] = models
         spend.cap_usd = cap_usd
         return spend
 
