@@ -11,8 +11,10 @@ import pytest
 
 from adaptive_router import AllCandidatesFailed, BudgetExceeded, UpstreamRejected, load_settings
 from adaptive_router.core import RouteRequest
-from adaptive_router.pipeline import Call, NoHook, build_service
-from tests.service_fixtures import FAST, MID, small_catalogue
+from adaptive_router.pipeline import SIMULATOR_URL_ENV, Call, NoHook, build_service
+from adaptive_router.simulator import create_simulator_app, sim_models_from_catalogue
+from tests.servers import running_server
+from tests.service_fixtures import FAST, MID, scenario, small_catalogue
 
 STAGES = ["admitted", "decided", "executed", "accounted", "stored"]
 
@@ -166,3 +168,31 @@ def test_a_failing_hook_after_the_answer_loses_nothing(monkeypatch: pytest.Monke
     call, error, stages, _, _ = _run({}, body, monkeypatch, Raises("accounted"))
     assert error is None and call.answer["model"] == FAST
     assert ("accounted", "ok") in stages  # the hooks after the failing one still ran
+
+
+def test_a_stream_closed_right_after_its_done_is_answered_and_paid_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that goes away as soon as it has ``[DONE]`` got the whole answer: it counts as
+    answered (learned, spent, metered), not as cancelled."""
+    app = create_simulator_app(sim_models_from_catalogue(small_catalogue()), scenario())
+    with running_server(app) as url:
+        monkeypatch.setenv(SIMULATOR_URL_ENV, url + "/v1")
+        service = build_service(load_settings(exploration={"policy": "greedy"}), catalogue=small_catalogue())
+        route = RouteRequest(messages=[{"role": "user", "content": "hello"}])
+
+        async def go() -> Call:
+            async with service.open() as running:
+                pipeline = running.pipeline
+                call = pipeline.call(route, body={"messages": route.messages, "stream": True}, stream=True)
+                events = (await pipeline.stream(call)).events()
+                async for payload in events:
+                    if payload == b"[DONE]":
+                        break  # gone: the server closes the stream at the [DONE] it sent
+                await events.aclose()  # type: ignore[attr-defined]
+                return call
+
+        call = asyncio.run(go())
+    assert call.outcome == "ok" and call.cost_usd > 0
+    outcomes = service.metrics.summary()["requests"]["by_outcome"]
+    assert outcomes["ok"] == 1 and outcomes["cancelled"] == 0

@@ -535,7 +535,7 @@ class Streamed:
             error = exc
             yield dumps({"error": {"message": str(exc), "type": "upstream_error", "code": exc.kind}})
         except (asyncio.CancelledError, GeneratorExit):
-            cancelled = True
+            cancelled = not self.handle.done  # gone after [DONE]: answered, and paid for
             raise
         finally:
             await upstream.aclose()
