@@ -14,6 +14,8 @@ Modes (``size`` in the body sets the byte count where one is used; default 200,0
 - ``stream_deep_first`` / ``stream_deep_later``: a stream whose first / second event is nested
   1,000 deep;
 - ``stream_long_line``: a stream whose first line is ``size`` bytes long, sent in 16 KiB chunks;
+- ``rich``: a plain answer of two choices, the first calling a tool (with log probabilities),
+  the second a refusal;
 - ``stream_text`` / ``stream_reasoning``: a well-formed stream that finishes (``stop``), the
   latter with reasoning in its first delta, as OpenRouter sends for reasoning models.
 """
@@ -29,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["DEPTH", "create_hostile_app"]
+__all__ = ["DEPTH", "RICH_CHOICES", "create_hostile_app"]
 
 DEPTH = 1000
 CHUNK = 16 * 1024
@@ -90,6 +92,37 @@ async def _stream(model: str, mode: str, size: int) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+RICH_CHOICES = [
+    {
+        "index": 0,
+        "message": {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+                }
+            ],
+        },
+        "logprobs": {"content": [{"token": "weather", "logprob": -0.01, "bytes": None, "top_logprobs": []}]},
+        "finish_reason": "tool_calls",
+    },
+    {
+        "index": 1,
+        "message": {"role": "assistant", "content": None, "refusal": "I cannot say."},
+        "finish_reason": "stop",
+    },
+]
+
+
+def _rich(model: str) -> bytes:
+    usage = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+    answer = {"id": "chatcmpl-rich", "object": "chat.completion", "created": 0, "model": model}
+    return json.dumps({**answer, "choices": RICH_CHOICES, "usage": usage}).encode()
+
+
 async def _chat(request: Request) -> Response:
     body: dict[str, Any] = await request.json()
     model, mode = str(body.get("model")), str(body.get("hostile", "ok"))
@@ -98,6 +131,8 @@ async def _chat(request: Request) -> Response:
         return StreamingResponse(_stream(model, mode, size), media_type="text/event-stream")
     if mode == "deep":
         return Response(_answer(model, b',"x":' + _DEEP), media_type="application/json")
+    if mode == "rich":
+        return Response(_rich(model), media_type="application/json")
     if mode == "huge":
         padding = b',"x":"' + b"x" * size + b'"'
         return StreamingResponse(_pieces(_answer(model, padding)), media_type="application/json")

@@ -29,7 +29,7 @@ from adaptive_router.pipeline import Metrics
 from adaptive_router.service import ChatCompletionRequest, create_app
 from adaptive_router.service._guards import prepare_globs
 from adaptive_router.simulator import SimEvent
-from tests.hostile_upstream import create_hostile_app
+from tests.hostile_upstream import RICH_CHOICES, create_hostile_app
 from tests.servers import running_server
 from tests.service_fixtures import FAST, MID, SLOW, Stack, service_stack, user_body
 
@@ -298,6 +298,35 @@ def test_a_stream_with_reasoning_in_it_is_not_cached_as_plain_text(stack: Stack)
 
     assert states("stream_text") == ["miss", "hit"]
     assert states("stream_reasoning") == ["miss", "miss"]
+
+
+def test_a_cached_answer_with_tool_calls_replays_whole_as_a_stream(stack: Stack) -> None:
+    # The upstream answers two choices (unasked): a tool call with log probabilities, a refusal.
+    body = user_body("Weather in Oslo?", model=BAD, hostile="rich", temperature=0)
+    plain = post(stack, "/v1/chat/completions", body)
+    assert plain.status_code == 200, plain.text
+    assert plain.headers["x-router-cache"] == "miss" and plain.json()["choices"] == RICH_CHOICES
+    with stack.http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.headers["x-router-cache"] == "hit"
+        lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    # Put back together as a client would, choice by choice, each delta added to its message.
+    got: dict[int, dict[str, Any]] = {}
+    for chunk in map(json.loads, lines[:-1]):
+        for part in chunk["choices"]:
+            choice = got.setdefault(part["index"], {"content": "", "finish_reason": None})
+            delta = part["delta"]
+            choice["content"] += delta.get("content") or ""
+            for key in ("refusal", "tool_calls"):
+                if delta.get(key):
+                    choice[key] = delta[key]
+            if part.get("logprobs"):
+                choice["logprobs"] = part["logprobs"]
+            choice["finish_reason"] = part["finish_reason"] or choice["finish_reason"]
+    calls = got[0]["tool_calls"]
+    assert [c.pop("index") for c in calls] == [0] and calls == RICH_CHOICES[0]["message"]["tool_calls"]
+    assert got[0]["logprobs"] == RICH_CHOICES[0]["logprobs"] and got[0]["finish_reason"] == "tool_calls"
+    assert got[1]["refusal"] == "I cannot say." and got[1]["finish_reason"] == "stop"
 
 
 def test_an_answer_over_the_cap_is_that_models_failure(stack: Stack) -> None:

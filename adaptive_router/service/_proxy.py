@@ -89,19 +89,45 @@ def _cached(pipeline: Pipeline, call: Call, data: dict[str, Any], chat: ChatComp
 
 
 async def _replay(data: dict[str, Any], include_usage: bool, routing: dict[str, Any]) -> AsyncIterator[bytes]:
-    """A cached completion as OpenAI's stream: role, content, finish reason, [usage,] [DONE]."""
+    """A cached completion as OpenAI's stream: per choice its role, then its message (text, a
+    refusal, tool calls, with its log probabilities), then each choice's finish reason (the last
+    with ``routing``), [usage,] [DONE]."""
     base = {
         "id": data.get("id", "chatcmpl-cached"),
         "object": "chat.completion.chunk",
         "created": data.get("created", int(time.time())),
         "model": data.get("model"),
     }
-    choice = (data.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    for delta in ({"role": "assistant", "content": ""}, {"content": message.get("content") or ""}):
-        yield dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-    finish = {"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")}
-    yield dumps({**base, "choices": [finish], "routing": routing})  # the request id, as a live stream's
+    choices = [c for c in data.get("choices") or [] if isinstance(c, dict)] or [{}]
+    for n, choice in enumerate(choices):
+        index = choice.get("index", n)
+        for delta, logprobs in _deltas(choice):
+            part = {"index": index, "delta": delta, "finish_reason": None}
+            yield dumps({**base, "choices": [part if logprobs is None else {**part, "logprobs": logprobs}]})
+    for n, choice in enumerate(choices):
+        finish = {
+            "index": choice.get("index", n),
+            "delta": {},
+            "finish_reason": choice.get("finish_reason", "stop"),
+        }
+        last = n == len(choices) - 1  # the request id, as a live stream's final chunk has it
+        yield dumps({**base, "choices": [finish], **({"routing": routing} if last else {})})
     if include_usage and data.get("usage"):
         yield dumps({**base, "choices": [], "usage": data["usage"], "routing": routing})
     yield b"[DONE]"
+
+
+def _deltas(choice: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    """One choice's message as stream deltas: the role, then what it said (and its log probabilities)."""
+    found = choice.get("message")
+    message: dict[str, Any] = found if isinstance(found, dict) else {}
+    said: dict[str, Any] = {"content": message.get("content") or ""}
+    for key in ("refusal", "reasoning", "tool_calls"):
+        if message.get(key):
+            said[key] = message[key]
+    if isinstance(said.get("tool_calls"), list):  # a stream numbers its tool calls
+        said["tool_calls"] = [
+            {"index": i, **call} if isinstance(call, dict) else call
+            for i, call in enumerate(said["tool_calls"])
+        ]
+    return [({"role": "assistant", "content": ""}, None), (said, choice.get("logprobs"))]
