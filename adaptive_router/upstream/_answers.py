@@ -125,8 +125,10 @@ def beyond_text(chunk: dict[str, Any]) -> bool:
         if choice.get("index", 0) != 0 or choice.get("logprobs") is not None:
             return True
         delta = choice.get("delta")
-        if isinstance(delta, dict) and any(
-            value not in (None, "", [], {}) for key, value in delta.items() if key not in _TEXT_DELTA
+        if (
+            isinstance(delta, dict)
+            and not _TEXT_DELTA.issuperset(delta)  # the usual chunk stops here: role and content only
+            and any(value not in (None, "", [], {}) for key, value in delta.items() if key not in _TEXT_DELTA)
         ):
             return True
     return False

@@ -308,6 +308,7 @@ class StreamHandle:
         self._text: list[str] = []
         self._finish_reason: str | None = None
         self._beyond_text = False
+        self._headed = False
         self._response: httpx.Response | None = None
         self._chunks: AsyncIterator[bytes] | None = None
         self._started_at: float | None = None
@@ -435,9 +436,9 @@ class StreamHandle:
             return
         chunk = parse_object(self.model_id, payload, self._limits.json_depth)
         raise_for_payload(self.model_id, chunk, payload, self.headers)
-        for key in _SUMMARY_KEYS:
-            if key in chunk and key not in self._summary:
-                self._summary[key] = chunk[key]
+        if not self._headed:  # the first chunk that names the answer names it for the stream
+            self._summary.update((key, chunk[key]) for key in _SUMMARY_KEYS if key in chunk)
+            self._headed = "id" in chunk
         if not self._beyond_text:
             self._beyond_text = beyond_text(chunk)
         if isinstance(chunk.get("usage"), dict):
