@@ -577,3 +577,23 @@ def test_a_command_on_a_closed_transport_is_redis_unavailable() -> None:
 
     with pytest.raises(RedisUnavailable):
         asyncio.run(redis_call("budget reserve", closed(), 1.0))
+
+
+def test_a_write_racing_a_closed_connection_inside_redis_py_is_redis_unavailable() -> None:
+    """redis-py lets an AttributeError escape when a write finds its connection's writer gone (a
+    peer closed it: redis-py issues 3546, 4287; seen as a 500 while a cluster master was down):
+    from redis-py's own code that is a Redis fault. The same error from our code is not masked."""
+    from redis.asyncio.connection import Connection
+
+    from adaptive_router import RedisUnavailable
+    from adaptive_router.state import redis_call
+
+    connection = Connection()  # never connected: its writer is None, as after the race
+    with pytest.raises(RedisUnavailable, match="writelines"):
+        asyncio.run(redis_call("budget reserve", connection._send_packed_command([b"PING"]), 1.0))
+
+    async def ours() -> None:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    with pytest.raises(AttributeError):
+        asyncio.run(redis_call("budget reserve", ours(), 1.0))
