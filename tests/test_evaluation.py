@@ -38,6 +38,7 @@ from adaptive_router.pipeline import SIMULATOR_URL_ENV, build_service
 from adaptive_router.simulator import (
     JUDGE_MODEL,
     Scenario,
+    SimClock,
     SimModel,
     create_simulator_app,
     sim_models_from_catalogue,
@@ -394,16 +395,8 @@ def test_explore_by_shadow_needs_a_judge() -> None:
 # --- the daily spend of judges and shadows -----------------------------------------------------
 
 
-class _Clock:
-    def __init__(self, t: float = 10.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_calls_in_flight_hold_what_a_call_typically_costs() -> None:
-    spend = DailySpend(1.0, _Clock())
+    spend = DailySpend(1.0, SimClock(10.0))
     first = spend.reserve()
     assert first == 0.0  # nothing known yet: nothing to hold
     spend.settle(first, 0.3)
@@ -416,7 +409,7 @@ def test_calls_in_flight_hold_what_a_call_typically_costs() -> None:
 
 
 def test_a_failed_or_cancelled_call_releases_its_hold_and_spends_nothing() -> None:
-    spend = DailySpend(1.0, _Clock())
+    spend = DailySpend(1.0, SimClock(10.0))
     spend.settle(spend.reserve() or 0.0, 0.4)
     held = spend.reserve()
     assert held == 0.4 and spend.reserved_usd == 0.4
@@ -425,19 +418,19 @@ def test_a_failed_or_cancelled_call_releases_its_hold_and_spends_nothing() -> No
 
 
 def test_the_day_rolls_over_under_calls_in_flight() -> None:
-    clock = _Clock(86_400.0 - 1.0)
+    clock = SimClock(86_400.0 - 1.0)
     spend = DailySpend(1.0, clock)
     spend.settle(spend.reserve() or 0.0, 0.9)
     held = spend.reserve()
     assert held == 0.9 and not spend.allows()
-    clock.t += 2.0  # midnight (UTC) passes while the call runs
+    clock.advance(2.0)  # midnight (UTC) passes while the call runs
     assert spend.allows()  # yesterday's spend is gone; today's holds stay
     spend.settle(held, 0.9)
     assert spend.spent_usd == 0.9 and spend.reserved_usd == 0.0
 
 
 def test_a_lower_cap_stops_calls_and_a_new_model_is_priced_afresh() -> None:
-    spend = DailySpend(1.0, _Clock())
+    spend = DailySpend(1.0, SimClock(10.0))
     for _ in range(3):
         spend.settle(spend.reserve() or 0.0, 0.01)
     spend.cap_usd = 0.02  # a reload lowers the cap below what the day spent

@@ -101,9 +101,12 @@ async def _replay(data: dict[str, Any], include_usage: bool, routing: dict[str, 
     choices = [c for c in data.get("choices") or [] if isinstance(c, dict)] or [{}]
     for n, choice in enumerate(choices):
         index = choice.get("index", n)
-        for delta, logprobs in _deltas(choice):
-            part = {"index": index, "delta": delta, "finish_reason": None}
-            yield dumps({**base, "choices": [part if logprobs is None else {**part, "logprobs": logprobs}]})
+        role = {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        said = {"index": index, "delta": _said(choice), "finish_reason": None}
+        if choice.get("logprobs") is not None:
+            said["logprobs"] = choice["logprobs"]
+        yield dumps({**base, "choices": [role]})
+        yield dumps({**base, "choices": [said]})
     for n, choice in enumerate(choices):
         finish = {
             "index": choice.get("index", n),
@@ -117,17 +120,18 @@ async def _replay(data: dict[str, Any], include_usage: bool, routing: dict[str, 
     yield b"[DONE]"
 
 
-def _deltas(choice: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
-    """One choice's message as stream deltas: the role, then what it said (and its log probabilities)."""
+def _said(choice: dict[str, Any]) -> dict[str, Any]:
+    """What one choice's message said, as a stream delta: its text, and a refusal, reasoning or
+    tool calls (numbered, as a stream numbers them) when it has them."""
     found = choice.get("message")
     message: dict[str, Any] = found if isinstance(found, dict) else {}
     said: dict[str, Any] = {"content": message.get("content") or ""}
     for key in ("refusal", "reasoning", "tool_calls"):
         if message.get(key):
             said[key] = message[key]
-    if isinstance(said.get("tool_calls"), list):  # a stream numbers its tool calls
+    if isinstance(said.get("tool_calls"), list):
         said["tool_calls"] = [
             {"index": i, **call} if isinstance(call, dict) else call
             for i, call in enumerate(said["tool_calls"])
         ]
-    return [({"role": "assistant", "content": ""}, None), (said, choice.get("logprobs"))]
+    return said

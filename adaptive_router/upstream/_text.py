@@ -43,12 +43,12 @@ def streamed_answer(completion: Completion, created: int) -> dict[str, Any] | No
     ):
         return None
     data = completion.data
-    answer: dict[str, Any] = {
-        "id": data.get("id"),
-        "object": "chat.completion",
-        "created": data.get("created", created),
-        "model": completion.model_id,
-        "choices": [
+    answer: dict[str, Any] = {"id": data["id"]} if "id" in data else {}
+    answer.update(
+        object="chat.completion",
+        created=data.get("created", created),
+        model=completion.model_id,
+        choices=[
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": completion.text, "refusal": None},
@@ -56,14 +56,10 @@ def streamed_answer(completion: Completion, created: int) -> dict[str, Any] | No
                 "finish_reason": reason,
             }
         ],
-    }
-    answer.update(
-        (key, data[key]) for key in ("system_fingerprint", "service_tier", "provider") if key in data
     )
+    answer.update((key, data[key]) for key in _PASSED_ON if key in data)
     if isinstance(data.get("usage"), dict):
         answer["usage"] = dict(data["usage"])
-    if answer["id"] is None:
-        del answer["id"]
     return answer
 
 
